@@ -1,0 +1,47 @@
+"""draftless: training-free, lossless speculative decoding for Hugging Face causal LMs.
+
+    import draftless
+    fast = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer)
+    out = fast.generate(input_ids, max_new_tokens=128)
+    out.sequences, out.stats.mean_accepted
+"""
+from __future__ import annotations
+
+from .drafter import BaseDrafter, Drafter, NullDrafter, StepFeedback
+from .engine import GenerationResult, SpeculativeGenerator
+from .tree import DraftTree, merge
+
+__version__ = "0.1.0"
+
+
+def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, **config) -> SpeculativeGenerator:
+    """Pair ``model`` with a drafter; returns an object whose ``.generate`` is a drop-in, lossless fast path.
+
+    ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
+    ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was
+    built with the same tokenizer. ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
+    ``verbose`` (see ``SpeculativeGenerator``).
+    """
+    from .spec import DrafterContext, build_drafter
+
+    if isinstance(drafter, str):
+        drafter = build_drafter(drafter, DrafterContext(model=model, tokenizer=tokenizer), datastore=datastore)
+    elif not isinstance(drafter, Drafter):
+        raise TypeError(f"drafter must be a spec string or implement the Drafter protocol, got {type(drafter).__name__}")
+    return SpeculativeGenerator(model, drafter, **config)
+
+
+def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> GenerationResult:
+    """One-shot form of ``accelerate(model, drafter).generate(input_ids, **kwargs)``.
+
+    Engine options (``max_nodes``, ``adaptive``, ...) may be mixed into ``kwargs``.
+    """
+    engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "verbose", "datastore"}
+    config = {k: kwargs.pop(k) for k in list(kwargs) if k in engine_keys}
+    return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, **kwargs)
+
+
+__all__ = [
+    "accelerate", "generate", "DraftTree", "merge", "Drafter", "BaseDrafter", "NullDrafter", "StepFeedback",
+    "SpeculativeGenerator", "GenerationResult",
+]

@@ -1,0 +1,100 @@
+"""What the engine must know about a model's attention, checked once before any work is done.
+
+Tree verification hands the unmodified model a custom 4-D additive mask plus explicit ``position_ids``. That needs
+an attention implementation that adds the mask to the scores (``eager``, ``sdpa``), a decoder with a KV cache of
+keys/values (not a recurrent state), and to know which layers use a sliding window: transformers takes, for models
+with ``config.layer_types``, a dict of masks keyed by layer type, and otherwise one mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+class UnsupportedModel(ValueError):
+    """The model cannot be verified with a tree mask; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """``layer_types``: the distinct layer types (None when the config has no ``layer_types``: one mask for all);
+    ``sliding_window``: window size of sliding layers (or of every layer when ``layer_types`` is None), else None."""
+
+    layer_types: tuple[str, ...] | None
+    sliding_window: int | None
+
+
+def inspect_model(model) -> AttentionLayout:
+    """Validate ``model`` for tree verification and describe its attention layout."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModel("encoder-decoder models are not supported: draftless accelerates decoder-only causal LMs")
+    if getattr(model, "_is_stateful", False):
+        raise UnsupportedModel(
+            f"{type(model).__name__} keeps a recurrent state that cannot be rolled back to an accepted tree path; "
+            "draftless supports attention models with a key/value cache"
+        )
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in SUPPORTED_ATTENTION:
+        raise UnsupportedModel(
+            f"attention implementation {impl!r} cannot take a custom tree mask; load the model with "
+            "attn_implementation='sdpa' (or 'eager')"
+        )
+    text_config = config.get_text_config(decoder=True)
+    layer_types = getattr(text_config, "layer_types", None)
+    window = getattr(text_config, "sliding_window", None)
+    if layer_types is not None:
+        kinds = tuple(dict.fromkeys(layer_types))
+        unknown = [k for k in kinds if k not in SUPPORTED_LAYER_TYPES]
+        if unknown:
+            raise UnsupportedModel(f"layer types {unknown} are not supported (only {SUPPORTED_LAYER_TYPES})")
+        if "sliding_attention" not in kinds:
+            window = None
+        return AttentionLayout(layer_types=kinds, sliding_window=int(window) if window else None)
+    # Models without layer_types but with a sliding window (Mistral-style) apply it in every layer.
+    return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None)
+
+
+def tree_attention_mask(
+    layout: AttentionLayout,
+    ancestor_mask: np.ndarray,
+    depths: np.ndarray,
+    prefix_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+):
+    """The attention mask(s) for verifying a tree of n nodes after ``prefix_len`` cached positions.
+
+    ``ancestor_mask``: bool[n, n] (node i sees node j iff j is i or an ancestor); ``depths``: int[n].
+    Returns an additive float mask of shape [1, 1, n, prefix_len + n] (0 = attend, dtype minimum = blocked), or for
+    models with ``layer_types`` a dict ``{layer_type: mask}``. Node i sits at position ``prefix_len + depths[i]``;
+    a sliding-window layer additionally blocks keys whose position is ``window`` or more behind the query's.
+    """
+    n = ancestor_mask.shape[0]
+    tree_part = torch.from_numpy(ancestor_mask).to(device)
+    allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=device), tree_part], dim=1)
+    blocked_value = torch.finfo(dtype).min
+
+    def additive(allow: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allow.shape, dtype=dtype, device=device)
+        mask.masked_fill_(~allow, blocked_value)
+        return mask[None, None]
+
+    full = additive(allowed)
+    if layout.sliding_window is None:
+        if layout.layer_types is None:
+            return full
+        return {kind: full for kind in layout.layer_types}
+    depth_t = torch.from_numpy(np.asarray(depths, dtype=np.int64)).to(device)
+    query_pos = prefix_len + depth_t
+    key_pos = torch.cat([torch.arange(prefix_len, device=device), query_pos])
+    in_window = key_pos[None, :] > query_pos[:, None] - layout.sliding_window
+    sliding = additive(allowed & in_window)
+    if layout.layer_types is None:
+        return sliding
+    return {kind: (sliding if kind == "sliding_attention" else full) for kind in layout.layer_types}

@@ -1,0 +1,81 @@
+"""The drafter protocol: how every source of guesses talks to the engine.
+
+A drafter is told the prompt once (``begin``), asked for a tree each step (``draft``), and shown what the target
+model verified (``feedback``). A root-only tree means "no guess": the step decodes exactly one token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .tree import DraftTree
+
+
+@dataclass
+class StepFeedback:
+    """What one verification step established.
+
+    - ``tree``: the tree that was verified (n nodes);
+    - ``accepted``: int64[k+1] indices of the accepted nodes, root first (``accepted[0] == 0``);
+    - ``new_tokens``: int64[m] tokens committed this step (accepted drafts then the bonus token, cut at EOS or at the
+      token limit, so ``m <= k + 1``);
+    - ``context``: int64[L] all committed tokens after this step (prompt + output); read-only;
+    - ``logits``: float[n, V] raw target logits at every verified node (row i predicts the token after node i);
+    - ``hidden``: float[n, H] last-layer hidden states of the verified nodes, only when a drafter asks for them.
+    """
+
+    tree: DraftTree
+    accepted: np.ndarray
+    new_tokens: np.ndarray
+    context: np.ndarray
+    logits: torch.Tensor
+    hidden: Optional[torch.Tensor] = None
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Anything with these members can draft for the engine.
+
+    ``draft(context, budget)``: ``context`` is int64[L], every committed token (prompt + output so far); the tree's
+    root must be ``context[-1]``. ``budget`` is the most nodes (root included) the engine will verify this step; a
+    drafter may return more (the engine prunes by score) or fewer.
+    """
+
+    name: str
+
+    def begin(self, prompt_ids: np.ndarray) -> None: ...
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree: ...
+
+    def feedback(self, step: StepFeedback) -> None: ...
+
+
+class BaseDrafter:
+    """Convenience base: no-op ``begin``/``feedback``; subclasses set ``name`` and implement ``draft``.
+
+    ``wants_hidden_states``: set True to receive ``StepFeedback.hidden`` (costs memory, not compute).
+    """
+
+    name = "base"
+    wants_hidden_states = False
+
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        pass
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def feedback(self, step: StepFeedback) -> None:
+        pass
+
+
+class NullDrafter(BaseDrafter):
+    """Never guesses: generation through the engine degenerates to plain one-token decoding."""
+
+    name = "none"
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        return DraftTree.root_only(int(context[-1]))

@@ -1,0 +1,232 @@
+"""The speculative loop: draft -> verify -> accept -> compact -> feedback.
+
+Invariant between steps: the KV cache holds every committed token but the last; the last committed token is the
+root of the next draft tree, so each verification pass also computes the root's own logits and no pass is spent
+on the bonus token alone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .accept import SamplingWarper, accept_greedy, accept_sampling
+from .attention import AttentionLayout, inspect_model, tree_attention_mask
+from .budget import CostCurve, best_tree_size, cost_curve_for
+from .calibration import Calibrator
+from .drafter import Drafter, StepFeedback
+from .kv_cache import keep_prefix_and, new_cache
+from .stats import GenerationStats
+from .tree import DraftTree
+
+
+@dataclass
+class GenerationResult:
+    """``sequences``: int64 [1, prompt + new] like ``model.generate``; ``new_tokens``: the generated ids."""
+
+    sequences: torch.Tensor
+    new_tokens: list[int]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+def _eos_set(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        eos_token_id = getattr(model.generation_config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, (int, np.integer)):
+        return {int(eos_token_id)}
+    if isinstance(eos_token_id, torch.Tensor):
+        return {int(x) for x in eos_token_id.flatten().tolist()}
+    return {int(x) for x in eos_token_id}
+
+
+class SpeculativeGenerator:
+    """A model paired with a drafter. Build it with ``draftless.accelerate``.
+
+    ``max_nodes``: the most tree nodes (root included) one pass may verify. ``adaptive``: choose each step's tree
+    size from the measured cost curve and calibrated scores (see ``budget.py``); when False every step verifies up
+    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring.
+    """
+
+    def __init__(
+        self,
+        model,
+        drafter: Drafter,
+        max_nodes: int = 32,
+        adaptive: bool = True,
+        cost_curve: CostCurve | None = None,
+        calibrate: bool = True,
+        verbose: bool = False,
+    ):
+        self.model = model
+        self.drafter = drafter
+        self.layout: AttentionLayout = inspect_model(model)
+        self.max_nodes = int(max_nodes)
+        if self.max_nodes < 1:
+            raise ValueError("max_nodes must be at least 1")
+        self.adaptive = adaptive
+        self.verbose = verbose
+        self._cost_curve = cost_curve
+        self.calibrator = Calibrator() if calibrate else None
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @property
+    def cost_curve(self) -> CostCurve:
+        if self._cost_curve is None:
+            self._cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose)
+        return self._cost_curve
+
+    # ------------------------------------------------------------------ one verification pass
+    def _verify(self, cache, tree: DraftTree, prefix_len: int, want_hidden: bool):
+        """Run the tree through the model. Returns logits float[n, V] and, if asked, hidden states float[n, H]."""
+        depths = tree.depths
+        ids = torch.from_numpy(tree.tokens).to(self.device)[None]
+        positions = torch.from_numpy(depths.astype(np.int64) + prefix_len).to(self.device)[None]
+        mask = tree_attention_mask(self.layout, tree.ancestor_mask(), depths, prefix_len, self.dtype, self.device)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=want_hidden,
+        )
+        hidden = out.hidden_states[-1][0] if want_hidden else None
+        return out.logits[0], hidden
+
+    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int) -> tuple[DraftTree, list | None]:
+        """Calibrate and prune a drafted tree; returns the tree to verify and its nodes' calibration keys."""
+        if tree.root_token != root:
+            raise ValueError(f"drafter {self.drafter.name!r} returned a tree rooted at {tree.root_token}, expected {root}")
+        if len(tree) == 1:
+            return tree, None
+        keys = None
+        if self.calibrator is not None:
+            tree, keys = self.calibrator.calibrate(tree)
+        # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
+        keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1)
+        if self.adaptive and len(keep) > 1:
+            size = best_tree_size(tree.subset(keep), self.cost_curve, max_nodes=self.max_nodes)
+            keep = tree.prune_indices(size, max_depth=remaining - 1)
+        if len(keep) < len(tree):
+            tree = tree.subset(keep)
+            keys = None if keys is None else [keys[i] for i in keep]
+        return tree, keys
+
+    # ------------------------------------------------------------------ the loop
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id=None,
+        streamer=None,
+        generator: torch.Generator | None = None,
+    ) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (int64 [1, P] or [P]).
+
+        Greedy output equals ``model.generate(do_sample=False)``; sampled output has the distribution of
+        ``model.generate(do_sample=True, temperature=..., top_k=..., top_p=...)``. ``eos_token_id`` defaults to the
+        model's generation config; generation stops after the first EOS it emits.
+        """
+        t_start = time.perf_counter()
+        prompt = torch.as_tensor(input_ids)
+        if prompt.dim() == 2:
+            if prompt.shape[0] != 1:
+                raise ValueError(f"batch size {prompt.shape[0]} is not supported yet: pass one sequence ([1, P])")
+            prompt = prompt[0]
+        if prompt.dim() != 1 or prompt.numel() == 0:
+            raise ValueError("input_ids must hold at least one token (shape [1, P] or [P], P >= 1)")
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        warper = SamplingWarper(temperature, top_k, top_p) if do_sample else None
+        eos = _eos_set(self.model, eos_token_id)
+        prompt_np = prompt.to("cpu", torch.int64).numpy().copy()
+        n_prompt = len(prompt_np)
+        stats = GenerationStats(prompt_tokens=n_prompt)
+
+        if streamer is not None:
+            streamer.put(torch.from_numpy(prompt_np)[None])
+        if max_new_tokens == 0:
+            if streamer is not None:
+                streamer.end()
+            return GenerationResult(torch.from_numpy(prompt_np)[None], [], stats)
+
+        context = np.empty(n_prompt + max_new_tokens + 1, dtype=np.int64)
+        context[:n_prompt] = prompt_np
+        length = n_prompt
+        cache = new_cache()
+        t0 = time.perf_counter()
+        if n_prompt > 1:
+            prefix = torch.from_numpy(prompt_np[:-1]).to(self.device)[None]
+            self.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        stats.prefill_ms = (time.perf_counter() - t0) * 1000
+        self.drafter.begin(prompt_np)
+        want_hidden = bool(getattr(self.drafter, "wants_hidden_states", False))
+
+        produced: list[int] = []
+        finished = False
+        while not finished:
+            remaining = max_new_tokens - len(produced)
+            prefix_len = length - 1
+            t0 = time.perf_counter()
+            view = context[:length]
+            view.flags.writeable = False
+            tree, keys = self._prepare_tree(self.drafter.draft(view, self.max_nodes), int(context[length - 1]), remaining)
+            view.flags.writeable = True
+            t1 = time.perf_counter()
+            logits, hidden = self._verify(cache, tree, prefix_len, want_hidden)
+            t2 = time.perf_counter()
+            if warper is None:
+                acc = accept_greedy(tree, logits)
+            else:
+                acc = accept_sampling(tree, logits, warper, generator)
+            committed = [int(t) for t in tree.tokens[acc.accepted[1:]]] + [acc.bonus]
+            committed = committed[:remaining]
+            for i, tok in enumerate(committed):
+                if tok in eos:
+                    committed = committed[: i + 1]
+                    finished = True
+                    break
+            if len(produced) + len(committed) >= max_new_tokens:
+                finished = True
+            keep_prefix_and(cache, prefix_len, torch.from_numpy(acc.accepted).to(self.device))
+            context[length : length + len(committed)] = committed
+            length += len(committed)
+            produced.extend(committed)
+            t3 = time.perf_counter()
+
+            stats.steps += 1
+            stats.draft_ms += (t1 - t0) * 1000
+            stats.verify_ms += (t2 - t1) * 1000
+            stats.accept_ms += (t3 - t2) * 1000
+            stats.record_tree(tree, acc.accepted)
+            if keys is not None:
+                self.calibrator.observe(tree, keys, committed)
+            if streamer is not None:
+                streamer.put(torch.tensor(committed, dtype=torch.long))
+            if not finished:
+                self.drafter.feedback(
+                    StepFeedback(
+                        tree=tree,
+                        accepted=acc.accepted,
+                        new_tokens=np.asarray(committed, dtype=np.int64),
+                        context=context[:length],
+                        logits=logits,
+                        hidden=hidden,
+                    )
+                )
+        if streamer is not None:
+            streamer.end()
+        stats.new_tokens = len(produced)
+        stats.total_ms = (time.perf_counter() - t_start) * 1000
+        sequences = torch.from_numpy(context[:length].copy())[None]
+        return GenerationResult(sequences, produced, stats)

@@ -1,0 +1,54 @@
+"""``a+b+c``: several drafters fused into one tree under one budget.
+
+Each source's tree is first calibrated against that source's own observed acceptance (``Calibrator``), so scores
+from different sources are comparable probabilities; the calibrated trees are then merged by longest-prefix (trie)
+merging, a node proposed by several sources keeping its best score and the union of its sources, and pruned to
+the budget best-first by score.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import Calibrator
+from .drafter import BaseDrafter, Drafter, StepFeedback
+from .tree import DraftTree, merge
+
+
+class FusedDrafter(BaseDrafter):
+    def __init__(self, drafters: list[Drafter]):
+        if not drafters:
+            raise ValueError("a fused drafter needs at least one source")
+        names = [d.name for d in drafters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"fused sources must have distinct names, got {names}")
+        self.drafters = list(drafters)
+        self.name = "+".join(names)
+        self.wants_hidden_states = any(getattr(d, "wants_hidden_states", False) for d in drafters)
+        self._calibrators = [Calibrator() for _ in drafters]
+        self._last: list[tuple[DraftTree, list] | None] = [None] * len(drafters)
+
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        for d in self.drafters:
+            d.begin(prompt_ids)
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        trees = []
+        for i, (drafter, calibrator) in enumerate(zip(self.drafters, self._calibrators)):
+            tree = drafter.draft(context, budget)
+            if len(tree) > 1:
+                tree = tree if tree.source_names else tree.with_source(drafter.name)
+                tree, keys = calibrator.calibrate(tree)
+                self._last[i] = (tree, keys)
+                trees.append(tree)
+            else:
+                self._last[i] = None
+        if not trees:
+            return DraftTree.root_only(int(context[-1]))
+        return merge(*trees).prune(budget)
+
+    def feedback(self, step: StepFeedback) -> None:
+        for i, drafter in enumerate(self.drafters):
+            if self._last[i] is not None:
+                tree, keys = self._last[i]
+                self._calibrators[i].observe(tree, keys, step.new_tokens)
+            drafter.feedback(step)

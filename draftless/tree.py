@@ -1,0 +1,280 @@
+"""``DraftTree``: a tree of guessed tokens rooted at the last committed token.
+
+A tree is three aligned arrays (plus which sources proposed each node):
+
+- ``tokens``  int64[n]   token id of each node; node 0 is the root (the last committed token, not a guess);
+- ``parents`` int32[n]   index of each node's parent, ``parents[0] == -1`` and ``parents[i] < i`` (topological order);
+- ``scores``  float32[n] the proposer's estimate that the node is *reached and accepted* (root = 1). Scores are
+  cumulative along a path, so they never increase from a parent to its child;
+- ``source_mask`` uint32[n] bit ``b`` set when ``source_names[b]`` proposed the node (fusion ORs them).
+
+Everything else (depths, ancestor mask, paths) derives from ``parents``. Children of a node carry distinct tokens.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    tokens: np.ndarray
+    parents: np.ndarray
+    scores: np.ndarray
+    source_mask: np.ndarray
+    source_names: tuple[str, ...] = ()
+    _depths: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ constructors
+    @staticmethod
+    def root_only(root_token: int) -> "DraftTree":
+        """The "no guess" tree: verifying it decodes exactly one token."""
+        return DraftTree(
+            tokens=np.array([root_token], dtype=np.int64),
+            parents=np.array([-1], dtype=np.int32),
+            scores=np.ones(1, dtype=np.float32),
+            source_mask=np.zeros(1, dtype=np.uint32),
+        )
+
+    @staticmethod
+    def from_chain(root_token: int, chain: Sequence[int], scores: Sequence[float] | None = None, source: str = "") -> "DraftTree":
+        """A single path ``root -> chain[0] -> chain[1] ...``; ``scores`` are per-node cumulative scores."""
+        return DraftTree.from_paths(root_token, [list(chain)], None if scores is None else [list(scores)], source)
+
+    @staticmethod
+    def from_paths(
+        root_token: int,
+        paths: Sequence[Sequence[int]],
+        path_scores: Sequence[Sequence[float]] | None = None,
+        source: str = "",
+    ) -> "DraftTree":
+        """A trie of root-to-node token paths (the root token is implicit, not part of the paths).
+
+        ``path_scores[i][j]`` scores the node reached by ``paths[i][:j+1]``; where several paths share a node the
+        highest score wins. Without scores every node scores 1.
+        """
+        tokens = [int(root_token)]
+        parents = [-1]
+        scores = [1.0]
+        children: dict[tuple[int, int], int] = {}
+        for i, path in enumerate(paths):
+            node = 0
+            for j, token in enumerate(path):
+                score = 1.0 if path_scores is None else float(path_scores[i][j])
+                key = (node, int(token))
+                child = children.get(key)
+                if child is None:
+                    child = len(tokens)
+                    children[key] = child
+                    tokens.append(int(token))
+                    parents.append(node)
+                    scores.append(score)
+                else:
+                    scores[child] = max(scores[child], score)
+                node = child
+        has_source = bool(source) and len(tokens) > 1
+        mask = np.full(len(tokens), 1 if has_source else 0, dtype=np.uint32)
+        mask[0] = 0
+        return DraftTree(
+            tokens=np.asarray(tokens, dtype=np.int64),
+            parents=np.asarray(parents, dtype=np.int32),
+            scores=np.asarray(scores, dtype=np.float32),
+            source_mask=mask,
+            source_names=(source,) if has_source else (),
+        )
+
+    # ------------------------------------------------------------------ derived views
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def root_token(self) -> int:
+        return int(self.tokens[0])
+
+    @property
+    def depths(self) -> np.ndarray:
+        """int32[n]: number of edges from the root (root = 0)."""
+        if self._depths is None:
+            depths = np.zeros(len(self), dtype=np.int32)
+            for i in range(1, len(self)):
+                depths[i] = depths[self.parents[i]] + 1
+            object.__setattr__(self, "_depths", depths)
+        return self._depths
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depths.max()) if len(self) else 0
+
+    def ancestor_mask(self) -> np.ndarray:
+        """bool[n, n]: ``m[i, j]`` is True when node ``j`` is node ``i`` or one of its ancestors."""
+        n = len(self)
+        mask = np.zeros((n, n), dtype=bool)
+        for i in range(n):
+            p = self.parents[i]
+            if p >= 0:
+                mask[i] = mask[p]
+            mask[i, i] = True
+        return mask
+
+    def children(self) -> list[list[int]]:
+        """Child indices of every node, in index order."""
+        kids: list[list[int]] = [[] for _ in range(len(self))]
+        for i in range(1, len(self)):
+            kids[self.parents[i]].append(i)
+        return kids
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root to ``node`` inclusive."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = int(self.parents[node])
+        return path[::-1]
+
+    def token_paths(self) -> list[list[int]]:
+        """Token sequences (root excluded) of every root-to-leaf path."""
+        kids = self.children()
+        return [[int(self.tokens[k]) for k in self.path_to(leaf)[1:]] for leaf in range(len(self)) if not kids[leaf]]
+
+    def sources_of(self, node: int) -> list[str]:
+        bits = int(self.source_mask[node])
+        return [name for b, name in enumerate(self.source_names) if bits >> b & 1]
+
+    def expected_accepted(self) -> float:
+        """Expected number of draft tokens accepted, if scores are calibrated probabilities (root excluded)."""
+        return float(self.scores[1:].sum())
+
+    # ------------------------------------------------------------------ edits
+    def subset(self, keep: np.ndarray) -> "DraftTree":
+        """The tree restricted to the sorted node indices ``keep`` (must contain 0 and be closed under parents)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        remap = np.full(len(self), -1, dtype=np.int32)
+        remap[keep] = np.arange(len(keep), dtype=np.int32)
+        old_parents = self.parents[keep]
+        new_parents = np.where(old_parents >= 0, remap[np.maximum(old_parents, 0)], -1).astype(np.int32)
+        if (new_parents[1:] < 0).any():
+            raise ValueError("subset is not closed under parents")
+        return DraftTree(
+            tokens=self.tokens[keep],
+            parents=new_parents,
+            scores=self.scores[keep],
+            source_mask=self.source_mask[keep],
+            source_names=self.source_names,
+        )
+
+    def prune_indices(self, budget: int, max_depth: int | None = None) -> np.ndarray:
+        """Sorted indices of the nodes ``prune`` keeps (see there)."""
+        budget = max(1, int(budget))
+        depth_ok = None if max_depth is None else self.depths <= max_depth
+        if len(self) <= budget and (depth_ok is None or depth_ok.all()):
+            return np.arange(len(self))
+        kids = self.children()
+        chosen = [0]
+        frontier: list[tuple[float, int]] = []
+        for c in kids[0]:
+            heapq.heappush(frontier, (-float(self.scores[c]), c))
+        while frontier and len(chosen) < budget:
+            _, node = heapq.heappop(frontier)
+            if depth_ok is not None and not depth_ok[node]:
+                continue
+            chosen.append(node)
+            for c in kids[node]:
+                heapq.heappush(frontier, (-float(self.scores[c]), c))
+        return np.sort(np.asarray(chosen, dtype=np.int64))
+
+    def prune(self, budget: int, max_depth: int | None = None) -> "DraftTree":
+        """Keep at most ``budget`` nodes (root included): best-first by score, always a connected tree.
+
+        Nodes deeper than ``max_depth`` are dropped. Ties go to the lower index (the proposer's order).
+        """
+        keep = self.prune_indices(budget, max_depth)
+        return self if len(keep) == len(self) else self.subset(keep)
+
+    def with_source(self, name: str) -> "DraftTree":
+        """The same tree with every non-root node attributed to the single source ``name``."""
+        mask = np.ones(len(self), dtype=np.uint32)
+        mask[0] = 0
+        return DraftTree(self.tokens, self.parents, self.scores, mask, (name,), self._depths)
+
+    def with_scores(self, scores: np.ndarray) -> "DraftTree":
+        return DraftTree(self.tokens, self.parents, np.asarray(scores, dtype=np.float32), self.source_mask,
+                         self.source_names, self._depths)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` when the arrays break the invariants in the module docstring."""
+        n = len(self)
+        if n == 0:
+            raise ValueError("a draft tree has at least its root")
+        for name, arr in (("parents", self.parents), ("scores", self.scores), ("source_mask", self.source_mask)):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
+        if self.parents[0] != -1:
+            raise ValueError("parents[0] must be -1")
+        idx = np.arange(1, n)
+        if ((self.parents[1:] < 0) | (self.parents[1:] >= idx)).any():
+            raise ValueError("parents[i] must satisfy 0 <= parents[i] < i")
+        seen = set()
+        for i in range(1, n):
+            key = (int(self.parents[i]), int(self.tokens[i]))
+            if key in seen:
+                raise ValueError(f"node {i} repeats a sibling's token {key[1]}")
+            seen.add(key)
+
+
+def merge(*trees: DraftTree) -> DraftTree:
+    """Longest-prefix (trie) merge of trees that share a root token.
+
+    A node present in several trees appears once, with the highest score and the union of its sources. Nodes stay in
+    topological order: the first tree's nodes first, then each later tree's new nodes in its own order.
+    """
+    if not trees:
+        raise ValueError("merge needs at least one tree")
+    root = trees[0].root_token
+    names: list[str] = []
+    for t in trees:
+        if t.root_token != root:
+            raise ValueError(f"cannot merge trees with different roots ({root} and {t.root_token})")
+        for name in t.source_names:
+            if name not in names:
+                names.append(name)
+    if len(names) > 32:
+        raise ValueError("at most 32 distinct sources can be merged")
+    tokens = [root]
+    parents = [-1]
+    scores = [1.0]
+    masks = [0]
+    index: dict[tuple[int, int], int] = {}
+    for t in trees:
+        bit_of = [1 << names.index(name) for name in t.source_names]
+        local = np.empty(len(t), dtype=np.int64)
+        local[0] = 0
+        for i in range(1, len(t)):
+            parent = int(local[t.parents[i]])
+            key = (parent, int(t.tokens[i]))
+            bits = 0
+            m = int(t.source_mask[i])
+            for b, bit in enumerate(bit_of):
+                if m >> b & 1:
+                    bits |= bit
+            node = index.get(key)
+            if node is None:
+                node = len(tokens)
+                index[key] = node
+                tokens.append(key[1])
+                parents.append(parent)
+                scores.append(float(t.scores[i]))
+                masks.append(bits)
+            else:
+                scores[node] = max(scores[node], float(t.scores[i]))
+                masks[node] |= bits
+            local[i] = node
+    return DraftTree(
+        tokens=np.asarray(tokens, dtype=np.int64),
+        parents=np.asarray(parents, dtype=np.int32),
+        scores=np.asarray(scores, dtype=np.float32),
+        source_mask=np.asarray(masks, dtype=np.uint32),
+        source_names=tuple(names),
+    )

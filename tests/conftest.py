@@ -1,0 +1,106 @@
+"""Tiny seeded models of four architectures, built in-process from configs (no downloads)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+VOCAB = 48
+
+
+def make_tiny_model(arch: str, attn: str = "sdpa", vocab: int = VOCAB, seed: int = 0):
+    """A small random causal LM of the given architecture, in fp32, eval mode.
+
+    Weights are drawn wider than the usual init so logits are well separated: greedy argmaxes then do not hinge on
+    rounding differences between batched and sequential forwards. Gemma 3 gets a sliding window of 6 so the
+    window is exercised by short prompts.
+    """
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, attn_implementation=attn, initializer_range=0.3)
+    if arch == "llama":
+        config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=512, **common)
+        model = tf.LlamaForCausalLM(config)
+    elif arch == "qwen2":
+        config = tf.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=512, **common)
+        model = tf.Qwen2ForCausalLM(config)
+    elif arch == "gemma3":
+        config = tf.Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                     num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=6,
+                                     layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                                  "sliding_attention"], **common)
+        config.initializer_range = 0.1  # wider makes tied-embedding Gemma repeat its input token forever
+        model = tf.Gemma3ForCausalLM(config)
+    elif arch == "gpt2":
+        config = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, bos_token_id=0, eos_token_id=None,
+                               **common)
+        model = tf.GPT2LMHeadModel(config)
+    else:
+        raise ValueError(arch)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+ARCHS = ["llama", "qwen2", "gemma3", "gpt2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    cache = {}
+
+    def get(arch: str, attn: str = "sdpa"):
+        if (arch, attn) not in cache:
+            cache[(arch, attn)] = make_tiny_model(arch, attn)
+        return cache[(arch, attn)]
+
+    return get
+
+
+class OracleDrafter:
+    """Test drafter that knows the reference greedy continuation and proposes trees around it.
+
+    Each step it offers a branch with the true next tokens (corrupted at a random depth, so rejections land
+    mid-path) plus random branches; sometimes nothing. It exercises deep acceptance, sibling choice, and cache
+    compaction of non-contiguous nodes.
+    """
+
+    name = "oracle"
+    wants_hidden_states = False
+
+    def __init__(self, reference, vocab: int, seed: int = 0, max_branches: int = 3, max_depth: int = 6):
+        import numpy as np
+
+        self.reference = [int(t) for t in reference]
+        self.vocab = vocab
+        self.rng = np.random.default_rng(seed)
+        self.max_branches = max_branches
+        self.max_depth = max_depth
+
+    def begin(self, prompt_ids):
+        pass
+
+    def feedback(self, step):
+        pass
+
+    def draft(self, context, budget):
+        from draftless.tree import DraftTree
+
+        rng = self.rng
+        root = int(context[-1])
+        if rng.random() < 0.1:
+            return DraftTree.root_only(root)
+        truth = self.reference[len(context): len(context) + self.max_depth]
+        paths = []
+        for _ in range(int(rng.integers(0, self.max_branches + 1))):
+            paths.append([int(t) for t in rng.integers(0, self.vocab, int(rng.integers(1, self.max_depth + 1)))])
+        if truth:
+            cut = int(rng.integers(0, len(truth) + 1))
+            true_path = list(truth)
+            if cut < len(true_path):
+                true_path[cut] = (true_path[cut] + 1 + int(rng.integers(0, self.vocab - 1))) % self.vocab
+            paths.insert(int(rng.integers(0, len(paths) + 1)), true_path)
+        depth_scores = [[0.9 ** (j + 1) for j in range(len(p))] for p in paths]
+        return DraftTree.from_paths(root, paths, depth_scores, source=self.name)
