@@ -84,15 +84,15 @@ def _read_jsonl(path: Path, fields: Sequence[str] | None) -> Iterator[Piece]:
             yield Piece(_jsonl_text(record, fields, f"{path}:{line_no}"), True, len(raw))
 
 
-def _read_text(path: Path) -> Iterator[Piece]:
+def _read_text(path: Path, piece_chars: int) -> Iterator[Piece]:
     first = True
     with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
         while True:
-            text = f.read(PIECE_CHARS)
+            text = f.read(piece_chars)
             if not text:
                 break
             # Finish the current line so a piece boundary never splits a word (tokenization stays as if whole).
-            if len(text) == PIECE_CHARS:
+            if len(text) == piece_chars:
                 text += f.readline()
             yield Piece(text, first, len(text.encode("utf-8", errors="replace")))
             first = False
@@ -101,14 +101,14 @@ def _read_text(path: Path) -> Iterator[Piece]:
 
 
 def iter_pieces(paths: Iterable[str | Path], fields: Sequence[str] | None = None, glob: str | None = None,
-                exclude: Sequence[str] = ()) -> Iterator[Piece]:
+                exclude: Sequence[str] = (), piece_chars: int = PIECE_CHARS) -> Iterator[Piece]:
     """Every document of the corpus, in order (see the module docstring for how paths are read)."""
     for path in map(Path, paths):
-        if path.is_dir():
-            for file in list_files(path, glob, exclude):
-                yield from (_read_jsonl(file, fields) if file.suffix == ".jsonl" else _read_text(file))
-        elif path.is_file():
-            yield from (_read_jsonl(path, fields) if path.suffix == ".jsonl" else _read_text(path))
+        files = list_files(path, glob, exclude) if path.is_dir() else [path] if path.is_file() else None
+        if files is None:
+            raise FileNotFoundError(f"corpus path not found: {path}")
+        for file in files:
+            yield from (_read_jsonl(file, fields) if file.suffix == ".jsonl" else _read_text(file, piece_chars))
         else:
             raise FileNotFoundError(f"corpus path not found: {path}")
 
@@ -135,7 +135,8 @@ def separator_token(tokenizer) -> int:
 
 def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str] | None = None,
                     glob: str | None = None, exclude: Sequence[str] = (), separator_id: int | None = None,
-                    batch_chars: int = 1 << 20, progress: bool = True) -> TokenizedCorpus:
+                    batch_chars: int = 1 << 20, piece_chars: int = PIECE_CHARS,
+                    progress: bool = True) -> TokenizedCorpus:
     """Tokenize every document and concatenate: ``doc0 SEP doc1 SEP ... docN-1`` as int32.
 
     Documents are sent to the fast tokenizer's batch call in groups of about ``batch_chars`` characters (the Rust
@@ -176,7 +177,7 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
 
     batch: list[Piece] = []
     chars = 0
-    for piece in iter_pieces(paths, fields, glob, exclude):
+    for piece in iter_pieces(paths, fields, glob, exclude, piece_chars):
         batch.append(piece)
         chars += len(piece.text)
         if chars >= batch_chars:

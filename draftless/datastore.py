@@ -46,12 +46,9 @@ def tokenizer_identity(tokenizer) -> dict:
     vocabulary takes tens of milliseconds: compute it once per tokenizer and pass the dict around.
     """
     vocab = tokenizer.get_vocab()
-    digest = hashlib.sha256()
-    for token, idx in sorted(vocab.items()):
-        digest.update(token.encode("utf-8", errors="surrogatepass"))
-        digest.update(b"\x00")
-        digest.update(str(int(idx)).encode())
-        digest.update(b"\x01")
+    # One JSON text of the sorted items, hashed at once (the C JSON encoder is ~10x faster than a Python loop).
+    items = sorted((str(token), int(idx)) for token, idx in vocab.items())
+    digest = hashlib.sha256(json.dumps(items, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
     name = os.path.basename(os.path.normpath(str(getattr(tokenizer, "name_or_path", "") or ""))) or "unknown"
     return {"name": name, "vocab_hash": digest.hexdigest(), "vocab_size": len(vocab)}
 
@@ -103,6 +100,7 @@ def write_store(out_dir: str | os.PathLike, kind: str, arrays: Mapping[str, np.n
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a store is meant to be shared like any built artefact
         files = {}
         for name, array in arrays.items():
             array = np.asarray(array)
@@ -240,9 +238,13 @@ def open_store(path: str | os.PathLike, expected_kind: str | None = None, tokeni
     if expected_kind is not None and meta["kind"] != expected_kind:
         raise DatastoreError(f"{path} is a {meta['kind']!r} datastore, expected {expected_kind!r}")
     if tokenizer_identity is not None and not same_tokenizer(meta.get("tokenizer"), tokenizer_identity):
+        recorded = meta.get("tokenizer")
+        hint = ""
+        if recorded is not None and recorded.get("name") == tokenizer_identity.get("name"):
+            hint = " (same name, different vocabulary: a modified tokenizer or a store from another draftless version)"
         raise DatastoreError(
-            f"{path} was built with {_describe(meta.get('tokenizer'))}, but the model uses "
-            f"{_describe(tokenizer_identity)}; rebuild the datastore with this model's tokenizer"
+            f"{path} was built with {_describe(recorded)}, but the model uses "
+            f"{_describe(tokenizer_identity)}{hint}; rebuild the datastore with this model's tokenizer"
         )
     for name, info in meta["files"].items():
         _check_npy(path / name, info)

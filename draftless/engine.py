@@ -71,6 +71,7 @@ class SpeculativeGenerator:
         self.verbose = verbose
         self._cost_curve = cost_curve
         self.calibrator = Calibrator() if calibrate else None
+        self._draft_ms = 0.0  # running estimate of one draft call, charged to every non-empty tree
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 
@@ -110,7 +111,7 @@ class SpeculativeGenerator:
         # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
         keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1)
         if self.adaptive and len(keep) > 1:
-            size = best_tree_size(tree.subset(keep), self.cost_curve, max_nodes=self.max_nodes)
+            size = best_tree_size(tree.subset(keep), self.cost_curve, draft_ms=self._draft_ms, max_nodes=self.max_nodes)
             keep = tree.prune_indices(size, max_depth=remaining - 1)
         if len(keep) < len(tree):
             tree = tree.subset(keep)
@@ -204,6 +205,7 @@ class SpeculativeGenerator:
             produced.extend(committed)
             t3 = time.perf_counter()
 
+            self._draft_ms = 0.9 * self._draft_ms + 0.1 * (t1 - t0) * 1000
             stats.steps += 1
             stats.draft_ms += (t1 - t0) * 1000
             stats.verify_ms += (t2 - t1) * 1000

@@ -152,3 +152,10 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation)
     model.to(device).eval()
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | None = None):
+    """The tokenizer of a model, without loading its weights (converting a GGUF model on first use)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve_model_path(name_or_path)))

@@ -511,9 +511,11 @@ def sam_draft_tree(frozen, st, pool, edge_off, edge_tok, edge_to, s0, len0, budg
                 total += cnt
                 if c == skip_token:
                     continue
-                if n_best < top_k or cnt > best_cnt[n_best - 1]:
+                # ties go to the smaller token, so both layouts (hash order vs sorted) give the same tree
+                if n_best < top_k or cnt > best_cnt[n_best - 1] or (cnt == best_cnt[n_best - 1]
+                                                                    and c < best_tok[n_best - 1]):
                     j = n_best if n_best < top_k else top_k - 1
-                    while j > 0 and best_cnt[j - 1] < cnt:
+                    while j > 0 and (best_cnt[j - 1] < cnt or (best_cnt[j - 1] == cnt and best_tok[j - 1] > c)):
                         best_cnt[j] = best_cnt[j - 1]
                         best_tok[j] = best_tok[j - 1]
                         best_to[j] = best_to[j - 1]

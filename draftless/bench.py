@@ -1,0 +1,212 @@
+"""``draftless bench``: every method on the same prompts, interleaved, against plain ``model.generate``.
+
+Methods: ``hf`` (plain greedy ``model.generate``), ``hf-pld`` (``model.generate(prompt_lookup_num_tokens=10)``), and
+any drafter spec (``ngram``, ``sam+recycle``, ``auto`` ...). For each prompt every method runs back to back, so
+slow drifts of the machine hit all methods alike; one warm-up prompt runs first and is not counted.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .prompts import BenchPrompt, encode_prompt
+
+HF_METHODS = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
+
+
+@dataclass
+class MethodTotals:
+    wall_s: float = 0.0
+    new_tokens: int = 0
+    passes: int = 0
+    identical: bool = True
+    tree_nodes: int = 0
+    draft_ms: float = 0.0
+    per_source: dict = field(default_factory=dict)
+
+
+class _ForwardCounter:
+    """Counts top-level forward calls of a model through a forward hook (no patching)."""
+
+    def __init__(self, model):
+        self.count = 0
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.count += 1
+
+    def close(self):
+        self._handle.remove()
+
+
+class _Method:
+    def __init__(self, name: str, model, tokenizer, datastore: str | None, max_nodes: int):
+        self.name = name
+        self.model = model
+        self.engine = None
+        if name not in HF_METHODS:
+            import draftless
+
+            self.engine = draftless.accelerate(model, drafter=name, tokenizer=tokenizer, datastore=datastore,
+                                               max_nodes=max_nodes)
+
+    def run(self, ids: torch.Tensor, max_new_tokens: int):
+        """Returns (new token ids, seconds, target forward passes, stats or None)."""
+        if self.engine is not None:
+            t0 = time.perf_counter()
+            out = self.engine.generate(ids, max_new_tokens=max_new_tokens)
+            return out.new_tokens, time.perf_counter() - t0, out.stats.steps, out.stats
+        counter = _ForwardCounter(self.model)
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                seq = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=max_new_tokens, **HF_METHODS[self.name])
+            elapsed = time.perf_counter() - t0
+        finally:
+            counter.close()
+        return seq[0, ids.shape[1]:].tolist(), elapsed, counter.count, None
+
+
+def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], max_new_tokens: int = 128,
+              chat: bool = False, datastore: str | None = None, max_nodes: int = 32, model_name: str = "",
+              progress: bool = True) -> dict:
+    """Run ``methods`` over ``prompts`` and return the report dict (schema in design.md)."""
+    if "hf" not in methods:
+        methods = ["hf"] + list(methods)
+    runners = [_Method(m, model, tokenizer, datastore, max_nodes) for m in methods]
+    encoded = [encode_prompt(tokenizer, p.text, chat) for p in prompts]
+    device = next(model.parameters()).device
+    encoded = [e.to(device) for e in encoded]
+
+    for r in runners:  # warm-up: kernels, cost curve, numba compilation
+        r.run(encoded[0], min(16, max_new_tokens))
+
+    totals = {m: MethodTotals() for m in methods}
+    per_cat: dict[str, dict[str, MethodTotals]] = {}
+    bar = tqdm(total=len(prompts) * len(runners), desc="bench", unit="run", disable=not progress)
+    for prompt, ids in zip(prompts, encoded):
+        reference = None
+        for r in runners:
+            tokens, seconds, passes, stats = r.run(ids, max_new_tokens)
+            if r.name == "hf":
+                reference = tokens
+            for bucket in (totals[r.name], per_cat.setdefault(prompt.category, {}).setdefault(r.name, MethodTotals())):
+                bucket.wall_s += seconds
+                bucket.new_tokens += len(tokens)
+                bucket.passes += passes
+                bucket.identical &= tokens == reference
+                if stats is not None:
+                    bucket.tree_nodes += stats.tree_nodes
+                    bucket.draft_ms += stats.draft_ms
+                    for src, s in stats.per_source.items():
+                        acc = bucket.per_source.setdefault(src, [0, 0])
+                        acc[0] += s.accepted
+                        acc[1] += s.proposed
+            bar.update(1)
+    bar.close()
+
+    def rate(t: MethodTotals) -> float:
+        return t.new_tokens / t.wall_s if t.wall_s else 0.0
+
+    def mean_acc(t: MethodTotals) -> float:
+        return t.new_tokens / t.passes if t.passes else 0.0
+
+    report = {
+        "model": model_name or str(getattr(model.config, "_name_or_path", "")),
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "max_new_tokens": max_new_tokens,
+        "n_prompts": len(prompts),
+        "chat": chat,
+        "torch_threads": torch.get_num_threads(),
+        "methods": {},
+    }
+    hf_rate = rate(totals["hf"])
+    for r in runners:
+        t = totals[r.name]
+        entry = {
+            "tokens_per_s": round(rate(t), 3),
+            "wall_s": round(t.wall_s, 3),
+            "new_tokens": t.new_tokens,
+            "mean_accepted": round(mean_acc(t), 4),
+            "speedup_vs_hf": round(rate(t) / hf_rate, 4) if hf_rate else 0.0,
+            "identical_to_hf": bool(t.identical),
+            "per_category": {},
+        }
+        for cat, methods_totals in per_cat.items():
+            c = methods_totals[r.name]
+            hf_c = rate(methods_totals["hf"])
+            entry["per_category"][cat] = {
+                "tokens_per_s": round(rate(c), 3),
+                "speedup_vs_hf": round(rate(c) / hf_c, 4) if hf_c else 0.0,
+                "mean_accepted": round(mean_acc(c), 4),
+                "identical_to_hf": bool(c.identical),
+            }
+        if r.engine is not None:
+            entry["mean_tree_size"] = round(t.tree_nodes / t.passes, 3) if t.passes else 0.0
+            entry["draft_ms_per_step"] = round(t.draft_ms / t.passes, 4) if t.passes else 0.0
+            entry["per_source"] = {s: {"accepted": a, "proposed": p, "acceptance": round(a / p, 4) if p else 0.0}
+                                   for s, (a, p) in t.per_source.items()}
+            if r.engine.adaptive:
+                entry["cost_curve_rel"] = {str(k): v for k, v in r.engine.cost_curve.relative().items()}
+                report.setdefault("cost_curve_ms", dict(zip(map(str, r.engine.cost_curve.sizes),
+                                                            [round(x, 3) for x in r.engine.cost_curve.ms])))
+        report["methods"][r.name] = entry
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    """One row per method: overall figures, then speedup vs hf per category."""
+    methods = report["methods"]
+    cats = sorted({c for m in methods.values() for c in m["per_category"]})
+    head = ["method", "tok/s", "speedup", "mean acc.", "identical"] + cats
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in methods.items():
+        row = [f"`{name}`", f"{m['tokens_per_s']:.1f}", f"{m['speedup_vs_hf']:.2f}x", f"{m['mean_accepted']:.2f}",
+               "yes" if m["identical_to_hf"] else "**no**"]
+        row += [f"{m['per_category'][c]['speedup_vs_hf']:.2f}x" for c in cats]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedups(report: dict, path: str | Path) -> None:
+    """Grouped bars: speedup over ``hf`` per category, one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = [m for m in report["methods"] if m != "hf"]
+    cats = sorted({c for m in report["methods"].values() for c in m["per_category"]}) + ["overall"]
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(8, len(cats) * 0.9), 4.5))
+    x = np.arange(len(cats))
+    for i, name in enumerate(methods):
+        m = report["methods"][name]
+        vals = [m["per_category"].get(c, {}).get("speedup_vs_hf", 0.0) for c in cats[:-1]] + [m["speedup_vs_hf"]]
+        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, cats, rotation=30, ha="right")
+    ax.set_ylabel("speedup vs model.generate")
+    ax.set_title(f"{report['model']} ({report['device']}, {report['dtype']}, {report['max_new_tokens']} new tokens)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict, json_path: str | Path, markdown_path: str | Path | None = None,
+                 plot_path: str | Path | None = None) -> None:
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(report, indent=2))
+    if markdown_path:
+        Path(markdown_path).write_text(markdown_table(report))
+    if plot_path:
+        plot_speedups(report, plot_path)

@@ -1,0 +1,174 @@
+"""``build_store``: corpus files -> target-tokenizer token array -> a datastore directory of one kind.
+
+Store kinds register a ``StoreBuilder`` in ``BUILDERS``. Its ``build`` receives the int32 corpus tokens and writes
+the store with ``draftless.datastore.write_store`` (directly or through a facade's ``save``)::
+
+    build(tokens, out_dir, identity, build_args, extra_meta, vocab_size=..., **opts) -> dict of statistics
+
+and its optional ``warmup()`` runs before the clock starts (loading compiled numba kernels is not build time).
+
+``build_store`` prints the build time, the throughput excluding tokenization, bytes per token on disk and the peak
+resident memory the build added.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .corpus import tokenize_corpus
+from .datastore import tokenizer_identity
+
+
+def build_sam(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
+              vocab_size: int | None = None) -> dict:
+    """Suffix-automaton store: batch construction, count propagation, CSR freeze, write."""
+    from .sam import SuffixAutomaton
+
+    t0 = time.perf_counter()
+    sam = SuffixAutomaton.build(tokens, copy=False).freeze(vocab_size)
+    t1 = time.perf_counter()
+    sam.save(out_dir, identity, build_args, extra_meta)
+    t2 = time.perf_counter()
+    return {"n_states": sam.n_states, "n_edges": sam.n_transitions, "construct_s": t1 - t0, "write_s": t2 - t1}
+
+
+def warm_sam() -> None:
+    """Load (or compile) every kernel a build uses, on a few tokens."""
+    from .sam import SuffixAutomaton
+
+    SuffixAutomaton.build(np.array([1, 2, 1, 2, 3, 40], dtype=np.int32), copy=False).freeze()
+
+
+@dataclass(frozen=True)
+class StoreBuilder:
+    build: Callable[..., dict]
+    warmup: Callable[[], None] | None = None
+
+
+BUILDERS: dict[str, StoreBuilder] = {
+    "sam": StoreBuilder(build_sam, warm_sam),
+}
+
+
+@dataclass
+class BuildReport:
+    kind: str
+    out_dir: Path
+    n_tokens: int
+    n_documents: int
+    tokenize_s: float
+    build_s: float  # everything after tokenization: construction and writing the store
+    disk_bytes: int
+    peak_rss_bytes: int | None  # resident memory the build phase added at its peak (Linux), None if unknown
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.build_s if self.build_s > 0 else float("inf")
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.disk_bytes / max(self.n_tokens, 1)
+
+    def summary(self) -> str:
+        mb = 1 / 1e6
+        lines = [
+            f"[draftless] {self.kind} store: {self.n_tokens:,} tokens ({self.n_documents:,} documents) -> {self.out_dir}",
+            f"  tokenize {self.tokenize_s:.1f} s ({self.n_tokens / max(self.tokenize_s, 1e-9) / 1e6:.2f}M tok/s)"
+            f" | build {self.build_s:.2f} s ({self.tokens_per_s / 1e6:.2f}M tok/s excluding tokenization)",
+            f"  disk {self.disk_bytes * mb:.1f} MB = {self.bytes_per_token:.1f} bytes/token",
+        ]
+        if self.peak_rss_bytes is not None:
+            lines[-1] += (f" | peak memory added by the build {self.peak_rss_bytes * mb:.0f} MB"
+                          f" = {self.peak_rss_bytes / max(self.n_tokens, 1):.0f} bytes/token")
+        details = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v:,}" for k, v in self.stats.items())
+        if details:
+            lines.append(f"  {details}")
+        return "\n".join(lines)
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0) so the next reading covers the build phase only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
+                fields: Sequence[str] | None = None, glob: str | None = None, exclude: Sequence[str] = (),
+                progress: bool = True, verbose: bool = True, **opts) -> BuildReport:
+    """Tokenize ``corpus_paths`` with ``tokenizer`` and build a ``kind`` datastore at ``out_dir``.
+
+    ``fields``: jsonl fields joined per record; ``glob``/``exclude``: which files of a directory to read (see
+    ``draftless.corpus``); ``opts`` go to the kind's builder. Returns a ``BuildReport`` (also printed unless
+    ``verbose=False``).
+    """
+    builder = BUILDERS.get(kind)
+    if builder is None:
+        raise ValueError(f"unknown datastore kind {kind!r}; known: {', '.join(sorted(BUILDERS))}")
+    identity = tokenizer_identity(tokenizer)
+    corpus = tokenize_corpus(corpus_paths, tokenizer, fields=fields, glob=glob, exclude=exclude, progress=progress)
+    if len(corpus.tokens) == 0:
+        raise ValueError(f"the corpus {list(map(str, corpus_paths))} holds no tokens (check --glob / --field)")
+    build_args = {
+        "kind": kind,
+        "corpus": [str(p) for p in corpus_paths],
+        "fields": list(fields) if fields else None,
+        "glob": glob,
+        "exclude": list(exclude),
+        **{k: _jsonable(v) for k, v in opts.items()},
+    }
+    extra_meta = {"separator_id": corpus.separator_id, "n_documents": corpus.n_documents,
+                  "corpus_bytes": corpus.n_bytes}
+    if builder.warmup is not None:
+        builder.warmup()
+    rss_before = _rss_bytes()
+    peak_tracked = _reset_peak_rss()
+    t0 = time.perf_counter()
+    stats = builder.build(corpus.tokens, Path(out_dir), identity, build_args, extra_meta,
+                    vocab_size=identity["vocab_size"], **opts)
+    build_s = time.perf_counter() - t0
+    peak = _peak_rss_bytes() if peak_tracked else None
+    out = Path(out_dir)
+    disk = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    report = BuildReport(kind, out, len(corpus.tokens), corpus.n_documents, corpus.seconds, build_s, disk,
+                         peak - rss_before if peak is not None and rss_before is not None else None, stats)
+    if verbose:
+        print(report.summary(), flush=True)
+    return report

@@ -1,0 +1,160 @@
+"""The ``draftless`` command: ``generate``, ``bench``, ``build``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DEFAULT_PROMPT = (
+    "Here is a shopping list: apples, bananas, carrots, dates, eggs, flour, grapes, honey. "
+    "Rewrite the list as a numbered list, one item per line, keeping the original order."
+)
+
+
+def _load(args):
+    from .models import load_model
+
+    return load_model(args.model, attn_implementation=args.attn)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="local HF folder, .gguf file, or shipped model name (smollm2-135m [default], gemma3-270m)")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    import draftless
+
+    from .prompts import encode_prompt
+
+    model, tokenizer = _load(args)
+    chat = args.chat if args.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    ids = encode_prompt(tokenizer, args.prompt, chat).to(next(model.parameters()).device)
+    fast = draftless.accelerate(model, drafter=args.drafter, tokenizer=tokenizer, datastore=args.datastore,
+                                max_nodes=args.max_nodes, verbose=args.verbose)
+    if args.verbose:
+        print(f"[draftless] cost curve t(n)/t(1): {fast.cost_curve.relative()}", flush=True)
+    sample = args.temperature is not None and args.temperature > 0
+    gen_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=sample)
+    if sample:
+        gen_kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.compare:  # warm up both paths so the timing compares steady states
+        fast.generate(ids, max_new_tokens=8)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    out = fast.generate(ids, **gen_kwargs)
+    print(tokenizer.decode(out.new_tokens, skip_special_tokens=True))
+    print(f"[draftless] drafter={fast.drafter.name} {out.stats.summary()}")
+    if args.compare:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+        hf_s = time.perf_counter() - t0
+        hf_tokens = ref.shape[1] - ids.shape[1]
+        hf_rate = hf_tokens / hf_s
+        same = ref[0, ids.shape[1]:].tolist() == out.new_tokens
+        print(f"[draftless] plain model.generate: {hf_rate:.1f} tok/s; draftless: {out.stats.tokens_per_s:.1f} tok/s; "
+              f"speedup {out.stats.tokens_per_s / hf_rate:.2f}x; "
+              + (f"output identical: {same}" if not sample else "sampled (outputs differ by design)"))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import markdown_table, run_bench, write_report
+    from .prompts import load_prompt_file
+
+    model, tokenizer = _load(args)
+    prompts = load_prompt_file(args.prompts, per_category=args.per_category, limit=args.limit)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.categories:
+        wanted = set(args.categories.split(","))
+        prompts = [p for p in prompts if p.category in wanted]
+    print(f"[draftless] bench: {len(prompts)} prompts x {len(methods)} methods, {args.max_new_tokens} new tokens",
+          flush=True)
+    report = run_bench(model, tokenizer, prompts, methods, max_new_tokens=args.max_new_tokens, chat=args.chat,
+                       datastore=args.datastore, max_nodes=args.max_nodes, model_name=args.model or "smollm2-135m")
+    write_report(report, args.json, args.markdown, args.plot)
+    print(markdown_table(report))
+    if args.verbose and "cost_curve_ms" in report:
+        print(f"[draftless] cost curve (ms): {report['cost_curve_ms']}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .build import build_store
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    build_store(args.kind, args.corpus, tokenizer, args.out, fields=args.field or None, glob=args.glob,
+                exclude=args.exclude or ())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="draftless", description="Lossless, training-free speculative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text and print it with a stats line")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text (default: a built-in list-rewriting task)")
+    g.add_argument("--chat", dest="chat", action="store_true", default=None,
+                   help="wrap the prompt in the chat template (default: on when the tokenizer has one)")
+    g.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt text as is")
+    g.add_argument("--drafter", default="auto", help="drafter spec: ngram, sam, recycle, sam+recycle, auto, ...")
+    g.add_argument("--datastore", default=None, help="a datastore directory that auto adds as a source")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--max-nodes", type=int, default=32, help="largest tree one pass may verify")
+    g.add_argument("--compare", action="store_true", help="also run plain model.generate and print the speedup")
+    g.add_argument("--verbose", action="store_true")
+    _add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="benchmark methods against model.generate on a prompt file")
+    b.add_argument("--prompts", required=True, help="Spec-Bench style jsonl (question_id, category, turns)")
+    b.add_argument("--methods", default="hf,hf-pld,ngram", help="comma-separated: hf, hf-pld, drafter specs")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--per-category", type=int, default=None, help="first K prompts of each category")
+    b.add_argument("--limit", type=int, default=None, help="at most K prompts in all (categories round-robin)")
+    b.add_argument("--categories", default=None, help="comma-separated categories to keep")
+    b.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    b.add_argument("--datastore", default=None)
+    b.add_argument("--max-nodes", type=int, default=32)
+    b.add_argument("--json", required=True, help="write the report here")
+    b.add_argument("--markdown", default=None, help="also write a markdown table here")
+    b.add_argument("--plot", default=None, help="also write a PNG of speedups per category here")
+    b.add_argument("--verbose", action="store_true")
+    _add_model_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("build", help="build a datastore from a corpus")
+    s.add_argument("--kind", required=True, help="store kind, e.g. sam")
+    s.add_argument("--corpus", required=True, nargs="+", help="jsonl / text files or directories")
+    s.add_argument("--field", action="append", help="jsonl field to read (repeatable; joined per record)")
+    s.add_argument("--glob", default=None, help="file pattern inside directories, e.g. '*.py'")
+    s.add_argument("--exclude", action="append", help="path fragment to skip inside directories (repeatable)")
+    s.add_argument("--out", required=True, help="output directory (written atomically)")
+    s.add_argument("--model", default=None, help="model whose tokenizer the store uses")
+    s.set_defaults(func=cmd_build)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        from .models import ModelNotAvailable
+
+        if isinstance(exc, (ModelNotAvailable, ValueError, FileNotFoundError)):
+            print(f"draftless: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""``sam``: SAM-Decoding style drafting from suffix automata (training-free, lossless once verified).
+
+Two automata answer "what followed the longest suffix of the context before?":
+
+- a *dynamic* one over this request's prompt + generated text, built in ``begin`` and extended with every step's
+  committed tokens. Its longest repeated suffix is free: the suffix link of the last state (O(1) per step);
+- optionally a *static* one loaded (memory-mapped) from a ``"sam"`` datastore (``draftless build --kind sam``);
+  its match ``(state, length)`` is advanced by ``sam_step`` over the newly committed tokens only.
+
+Each match of at least ``min_match`` tokens becomes a best-first tree over the automaton's transitions (the
+continuation of the longest match plus branches to other frequent continuations), scored from occurrence counts,
+with a depth limit that grows with the match length. Both trees are merged by longest prefix and pruned to budget.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..datastore import tokenizer_identity as _tokenizer_identity
+from ..drafter import BaseDrafter, StepFeedback
+from ..sam import SuffixAutomaton
+from ..tree import DraftTree, merge
+
+
+def tree_from_kernel(root: int, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, source: str) -> DraftTree:
+    """``DraftTree`` from a kernel's parent-array tree (``tokens[0]`` is ignored: ``root`` is the root token)."""
+    n = len(tokens)
+    if n <= 1:
+        return DraftTree.root_only(root)
+    is_leaf = np.ones(n, dtype=bool)
+    is_leaf[parents[1:]] = False
+    tok = tokens.tolist()
+    par = parents.tolist()
+    sc = scores.tolist()
+    paths, path_scores = [], []
+    for leaf in np.flatnonzero(is_leaf).tolist():
+        path, path_sc = [], []
+        node = leaf
+        while node > 0:
+            path.append(tok[node])
+            path_sc.append(sc[node])
+            node = par[node]
+        paths.append(path[::-1])
+        path_scores.append(path_sc[::-1])
+    return DraftTree.from_paths(root, paths, path_scores, source=source)
+
+
+class SamDrafter(BaseDrafter):
+    """Suffix-automaton drafter (see the module docstring).
+
+    - ``store_path``: a ``"sam"`` datastore for the static automaton (None: dynamic only);
+    - ``tokenizer``: the target's tokenizer; when given, a store built with another tokenizer is refused;
+    - ``use_dynamic``: also draft from the request's own text;
+    - ``min_match``: shortest match (tokens) that drafts anything; ``static_min_match`` for the datastore;
+    - depth limit ``clip(depth_per_match * match_length, min_depth, max_depth)``: longer matches earn longer drafts;
+    - ``top_k``: continuations considered per node; ``smoothing``: prior pseudo-count (scaled by 2/match length)
+      against over-trusting few occurrences; ``min_score``: nodes below this estimated acceptance are not drafted.
+    """
+
+    name = "sam"
+
+    def __init__(self, store_path: str | os.PathLike | None = None, tokenizer=None, *, use_dynamic: bool = True,
+                 min_match: int = 2, static_min_match: int = 2, min_depth: int = 4, max_depth: int = 16,
+                 depth_per_match: float = 2.0, top_k: int = 3, smoothing: float = 1.0, min_score: float = 0.02,
+                 verify: str = "size"):
+        self.use_dynamic = use_dynamic
+        self.min_match = max(1, int(min_match))
+        self.static_min_match = max(1, int(static_min_match))
+        self.min_depth, self.max_depth = int(min_depth), int(max_depth)
+        self.depth_per_match = float(depth_per_match)
+        self.top_k = int(top_k)
+        self.smoothing = float(smoothing)
+        self.min_score = float(min_score)
+        self.static: SuffixAutomaton | None = None
+        self._separator = -1
+        if store_path is not None:
+            identity = _tokenizer_identity(tokenizer) if tokenizer is not None else None
+            self.static = SuffixAutomaton.load(store_path, mmap=True, tokenizer_identity=identity, verify=verify)
+            sep = (self.static.store_meta or {}).get("separator_id")
+            self._separator = -1 if sep is None else int(sep)
+        self.dynamic: SuffixAutomaton | None = None
+        self._n_seen = 0
+        self._last_token = -1
+        self._static_match = (0, 0)
+
+    # ------------------------------------------------------------------------------------------ state
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        # Room for a typical generation so extending rarely reallocates.
+        self.dynamic = SuffixAutomaton.build(prompt, reserve=max(256, len(prompt))) if self.use_dynamic else None
+        self._static_match = self.static.match(prompt) if self.static is not None else (0, 0)
+        self._n_seen = len(prompt)
+        self._last_token = int(prompt[-1]) if len(prompt) else -1
+
+    def _sync(self, context: np.ndarray) -> None:
+        """Absorb the tokens of ``context`` not seen yet; a context that is not a continuation restarts."""
+        have = self._n_seen
+        if have > len(context) or (have and int(context[have - 1]) != self._last_token) or (
+                self.dynamic is None and self.use_dynamic):
+            self.begin(context)
+            return
+        if have < len(context):
+            new = np.asarray(context[have:])
+            if self.dynamic is not None:
+                self.dynamic.extend(new)
+            if self.static is not None:
+                self._static_match = self.static.match(new, *self._static_match)
+            self._n_seen = len(context)
+            self._last_token = int(context[-1])
+
+    def feedback(self, step: StepFeedback) -> None:
+        self._sync(step.context)
+
+    # ------------------------------------------------------------------------------------------ drafting
+    def _depth(self, match_len: int) -> int:
+        return int(min(self.max_depth, max(self.min_depth, round(self.depth_per_match * match_len))))
+
+    def _tree(self, sam: SuffixAutomaton, root: int, state: int, length: int, budget: int, skip: int) -> DraftTree:
+        tokens, parents, scores = sam.draft_tree(state, length, budget, self._depth(length), self.top_k,
+                                                 self.smoothing, self.min_score, skip)
+        return tree_from_kernel(root, tokens, parents, scores, self.name)
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        self._sync(context)
+        root = int(context[-1])
+        trees = []
+        if self.dynamic is not None:
+            state, length = self.dynamic.longest_repeated_suffix()
+            if length >= self.min_match:
+                trees.append(self._tree(self.dynamic, root, state, length, budget, -1))
+        if self.static is not None:
+            state, length = self._static_match
+            # The longest match may have no usable continuation (corpus end, document separator): back off to
+            # shorter suffixes (suffix links) a few times.
+            for _ in range(3):
+                if length < self.static_min_match:
+                    break
+                tree = self._tree(self.static, root, state, length, budget, self._separator)
+                if len(tree) > 1:
+                    trees.append(tree)
+                    break
+                state = self.static.link(state)
+                length = self.static.length(state)
+        trees = [t for t in trees if len(t) > 1]
+        if not trees:
+            return DraftTree.root_only(root)
+        if len(trees) == 1:
+            return trees[0]
+        return merge(*trees).prune(budget)

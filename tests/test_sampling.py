@@ -1,0 +1,142 @@
+"""Sampling is lossless: the distribution of generated tokens equals plain sampling with the same warpers.
+
+The exact target distribution of the first two tokens is computed from the tiny model's logits; the engine's
+samples (with trees that hold likely and unlikely branches) are compared against it with chi-square tests at
+fixed seeds. A deliberately biased walk is run through the same test to show the test has the power to fail.
+"""
+import numpy as np
+import pytest
+import torch
+from scipy import stats as st
+
+import draftless
+from draftless.accept import Acceptance, SamplingWarper
+from draftless.tree import DraftTree
+
+from conftest import VOCAB
+
+PROMPT = [5, 9, 5, 9, 5]
+
+
+class LikelyBranchesDrafter:
+    """Proposes the two most likely first tokens, each followed by its two most likely successors, plus one random
+    branch: acceptance then happens often, at varying depths and siblings."""
+
+    name = "likely"
+    wants_hidden_states = False
+
+    def __init__(self, model, seed=0):
+        self.model = model
+        self.rng = np.random.default_rng(seed)
+        self.memo = {}  # contexts repeat across samples; the model part of a draft is deterministic
+
+    def begin(self, prompt_ids):
+        pass
+
+    def feedback(self, step):
+        pass
+
+    def draft(self, context, budget):
+        key = tuple(context.tolist())
+        if key not in self.memo:
+            with torch.no_grad():
+                first = self.model(torch.tensor([list(key)])).logits[0, -1].topk(2).indices.tolist()
+                paths = []
+                for t in first:
+                    nxt = self.model(torch.tensor([list(key) + [t]])).logits[0, -1].topk(2).indices.tolist()
+                    paths += [[t, n] for n in nxt]
+            self.memo[key] = paths
+        paths = list(self.memo[key])
+        paths.append(self.rng.integers(0, VOCAB, 2).tolist())
+        return DraftTree.from_paths(int(context[-1]), paths, source=self.name)
+
+
+def exact_two_token_distribution(model, warper):
+    """float64[V, V]: P(y1, y2) under the warped target."""
+    with torch.no_grad():
+        p1 = warper.probs(model(torch.tensor([PROMPT])).logits[0, -1]).double()
+        seqs = torch.tensor([PROMPT + [y] for y in range(VOCAB)])
+        p2 = warper.probs(model(seqs).logits[:, -1]).double()
+    return (p1[:, None] * p2).numpy()
+
+
+def chi_square_pvalue(counts, probs, min_expected=5.0):
+    """Goodness of fit of ``counts`` to ``probs`` (flattened), pooling cells with small expectation."""
+    counts = counts.ravel().astype(np.float64)
+    probs = probs.ravel()
+    n = counts.sum()
+    expected = probs * n
+    big = expected >= min_expected
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    keep = exp > 0
+    return st.chisquare(obs[keep], exp[keep] * obs[keep].sum() / exp[keep].sum()).pvalue
+
+
+def sample_pairs(fast, n, seed, **kw):
+    gen = torch.Generator().manual_seed(seed)
+    counts = np.zeros((VOCAB, VOCAB))
+    for _ in range(n):
+        out = fast.generate(torch.tensor([PROMPT]), max_new_tokens=3, do_sample=True, generator=gen, **kw)
+        counts[out.new_tokens[0], out.new_tokens[1]] += 1
+    return counts
+
+
+SETTINGS = [dict(temperature=1.0), dict(temperature=0.7, top_k=6), dict(temperature=1.3, top_p=0.8)]
+
+
+@pytest.mark.parametrize("kw", SETTINGS, ids=["plain", "temp-topk", "temp-topp"])
+def test_engine_samples_follow_the_exact_target_distribution(tiny_models, kw):
+    model = tiny_models("llama")
+    exact = exact_two_token_distribution(model, SamplingWarper(**kw))
+    fast = draftless.accelerate(model, drafter=LikelyBranchesDrafter(model), adaptive=False, calibrate=False)
+    counts = sample_pairs(fast, 1500, seed=1, **kw)
+    assert fast_accepts_drafts(fast, kw)
+    assert chi_square_pvalue(counts.sum(1), exact.sum(1)) > 1e-3
+    assert chi_square_pvalue(counts, exact) > 1e-3
+
+
+def fast_accepts_drafts(fast, kw):
+    out = fast.generate(torch.tensor([PROMPT]), max_new_tokens=20, do_sample=True, **kw)
+    return out.stats.mean_accepted > 1.0
+
+
+def test_the_test_detects_a_biased_walk(tiny_models, monkeypatch):
+    """Negative control: accepting a drafted child whenever it is the draw OR a coin flip says so is lossy."""
+    import draftless.accept as accept_mod
+    import draftless.engine as engine_mod
+
+    model = tiny_models("llama")
+    kw = dict(temperature=1.0)
+    exact = exact_two_token_distribution(model, SamplingWarper(**kw))
+    real = accept_mod.accept_sampling
+
+    def biased(tree, logits, warper, generator=None):
+        acc = real(tree, logits, warper, generator)
+        kids = [i for i in range(1, len(tree)) if tree.parents[i] == acc.accepted[-1]]
+        if kids and torch.rand(1, generator=generator).item() < 0.3:
+            return Acceptance(np.append(acc.accepted, kids[0]), acc.bonus)
+        return acc
+
+    monkeypatch.setattr(engine_mod, "accept_sampling", biased)
+    fast = draftless.accelerate(model, drafter=LikelyBranchesDrafter(model), adaptive=False, calibrate=False)
+    counts = sample_pairs(fast, 1500, seed=1, **kw)
+    assert chi_square_pvalue(counts, exact) < 1e-3
+
+
+def test_warpers_match_model_generate(tiny_models):
+    """Our warper chain gives the distribution of model.generate(do_sample=True) with the same settings."""
+    model = tiny_models("qwen2")
+    kw = dict(temperature=0.8, top_k=5, top_p=0.9)
+    with torch.no_grad():
+        probs = SamplingWarper(**kw).probs(model(torch.tensor([PROMPT])).logits[0, -1]).double().numpy()
+    torch.manual_seed(0)
+    ids = torch.tensor([PROMPT] * 500)
+    counts = np.zeros(VOCAB)
+    for _ in range(4):
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=1,
+                                 pad_token_id=0, **kw)
+        np.add.at(counts, out[:, -1].numpy(), 1)
+    assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(probs))
+    assert chi_square_pvalue(counts, probs) > 1e-3
