@@ -109,8 +109,6 @@ def iter_pieces(paths: Iterable[str | Path], fields: Sequence[str] | None = None
             raise FileNotFoundError(f"corpus path not found: {path}")
         for file in files:
             yield from (_read_jsonl(file, fields) if file.suffix == ".jsonl" else _read_text(file, piece_chars))
-        else:
-            raise FileNotFoundError(f"corpus path not found: {path}")
 
 
 def corpus_bytes(paths: Iterable[str | Path], glob: str | None = None, exclude: Sequence[str] = ()) -> int:

@@ -1,0 +1,82 @@
+"""CLI smoke tests on a tiny model saved as a local HF folder with a word-level tokenizer."""
+import json
+
+import pytest
+
+from draftless.cli import main
+
+from conftest import VOCAB, make_tiny_model
+
+WORDS = [f"w{i}" for i in range(VOCAB - 3)]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Measured cost curves of the throwaway models go to a temporary cache."""
+    monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    model = make_tiny_model("llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_generate_prints_text_stats_and_speedup(tiny_folder, capsys):
+    prompt = " ".join(WORDS[:6] * 3)
+    code = main(["generate", "--model", str(tiny_folder), "--prompt", prompt, "--raw", "--drafter", "ngram",
+                 "--max-new-tokens", "12", "--compare"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[draftless] drafter=ngram" in out and "tokens/step" in out
+    assert "output identical: True" in out
+
+
+def test_generate_with_chat_template_and_sampling(tiny_folder, capsys):
+    code = main(["generate", "--model", str(tiny_folder), "--prompt", "w1 w2 w3", "--chat", "--drafter",
+                 "ngram+recycle", "--max-new-tokens", "6", "--temperature", "0.8", "--top-k", "10"])
+    assert code == 0
+    assert "6 tokens in" in capsys.readouterr().out
+
+
+def test_bench_writes_report_with_contract_keys(tiny_folder, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"question_id": i, "category": cat, "turns": [" ".join(WORDS[i:i + 5] * 3)]}
+            for i, cat in enumerate(["qa", "qa", "code", "code", "math"])]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows))
+    out_json = tmp_path / "r.json"
+    code = main(["bench", "--model", str(tiny_folder), "--prompts", str(prompts), "--methods", "hf,hf-pld,ngram",
+                 "--max-new-tokens", "10", "--per-category", "1", "--json", str(out_json),
+                 "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    assert {"model", "device", "dtype", "max_new_tokens", "n_prompts", "methods"} <= set(report)
+    assert report["n_prompts"] == 3 and set(report["methods"]) == {"hf", "hf-pld", "ngram"}
+    for name, m in report["methods"].items():
+        assert {"tokens_per_s", "wall_s", "new_tokens", "mean_accepted", "speedup_vs_hf", "identical_to_hf",
+                "per_category"} <= set(m)
+        assert set(m["per_category"]) == {"qa", "code", "math"}
+        assert m["identical_to_hf"] is True
+    assert report["methods"]["hf"]["mean_accepted"] == pytest.approx(1.0)
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert "| `ngram` |" in (tmp_path / "r.md").read_text()
+
+
+def test_errors_are_clear(tiny_folder, tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_folder), "--prompt", "  ", "--raw"]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_folder), "--prompt", "w1", "--drafter", "bogus"]) == 2
+    assert "unknown drafter kind" in capsys.readouterr().err
