@@ -81,6 +81,8 @@ def _read_jsonl(path: Path, fields: Sequence[str] | None) -> Iterator[Piece]:
             if not raw.strip():
                 continue
             record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object per line, got {type(record).__name__}")
             yield Piece(_jsonl_text(record, fields, f"{path}:{line_no}"), True, len(raw))
 
 
@@ -91,7 +93,8 @@ def _read_text(path: Path, piece_chars: int) -> Iterator[Piece]:
             text = f.read(piece_chars)
             if not text:
                 break
-            # Finish the current line so a piece boundary never splits a word (tokenization stays as if whole).
+            # Cut after a line end, never inside a word: tokens match whole-file tokenization except possibly the
+            # whitespace at the cut.
             if len(text) == piece_chars:
                 text += f.readline()
             yield Piece(text, first, len(text.encode("utf-8", errors="replace")))
@@ -146,7 +149,7 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
     sep = separator_token(tokenizer) if separator_id is None else int(separator_id)
     vocab_limit = np.iinfo(np.int32).max
     chunks: list[np.ndarray] = []
-    sep_arr = np.array([sep], dtype=np.int32)
+    sep_arr = np.array([sep], dtype=np.int64)
     n_docs = 0
     n_bytes = 0
     n_tokens = 0
@@ -157,20 +160,24 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
     def flush(batch: list[Piece]) -> None:
         nonlocal n_docs, n_bytes, n_tokens
         encoded = tokenizer([p.text for p in batch], add_special_tokens=False, return_attention_mask=False)
+        parts: list[np.ndarray] = []
         for piece, ids in zip(batch, encoded["input_ids"]):
             if piece.starts_document:
                 if n_docs:
-                    chunks.append(sep_arr)
-                    n_tokens += 1
+                    parts.append(sep_arr)
                 n_docs += 1
             if ids:
-                arr = np.asarray(ids, dtype=np.int64)
-                if arr.max() > vocab_limit:
-                    raise ValueError("token id does not fit in int32")
-                chunks.append(arr.astype(np.int32))
-                n_tokens += len(arr)
+                parts.append(np.asarray(ids, dtype=np.int64))
             n_bytes += piece.n_bytes
-            bar.update(piece.n_bytes)
+        if parts:
+            # One array per batch, not per document: millions of short records would otherwise cost ~100 bytes of
+            # array overhead each.
+            joined = np.concatenate(parts)
+            if joined.size and (joined.max() > vocab_limit or joined.min() < 0):
+                raise ValueError("a token id does not fit in int32")
+            chunks.append(joined.astype(np.int32))
+            n_tokens += len(joined)
+        bar.update(sum(p.n_bytes for p in batch))
         bar.set_postfix(tokens=n_tokens, docs=n_docs, refresh=False)
 
     batch: list[Piece] = []

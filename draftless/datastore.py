@@ -41,14 +41,20 @@ class DatastoreError(ValueError):
 def tokenizer_identity(tokenizer) -> dict:
     """``{"name", "vocab_hash", "vocab_size"}`` identifying a tokenizer's vocabulary.
 
-    ``vocab_hash`` is the sha256 of the vocabulary's ``(token, id)`` items sorted by token (added tokens included),
-    so two tokenizers that map text to the same ids hash alike whatever their folder is called. Hashing a 262k
-    vocabulary takes tens of milliseconds: compute it once per tokenizer and pass the dict around.
+    ``vocab_hash`` is the sha256 of the vocabulary items ``(token, id)`` (added tokens included) sorted by id: the
+    ids, the tokens' lengths and the tokens themselves, so two tokenizers that map text to the same ids hash alike
+    whatever their folder is called. It costs about 0.3 s for a 262k vocabulary (mostly ``get_vocab``): compute it
+    once per tokenizer and pass the dict around.
     """
     vocab = tokenizer.get_vocab()
-    # One JSON text of the sorted items, hashed at once (the C JSON encoder is ~10x faster than a Python loop).
-    items = sorted((str(token), int(idx)) for token, idx in vocab.items())
-    digest = hashlib.sha256(json.dumps(items, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
+    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    order = np.argsort(ids, kind="stable")  # sorting ints, not 262k strings: ~20x faster
+    keys = list(vocab)
+    tokens = [str(keys[i]) for i in order.tolist()]
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))  # makes the joined text unambiguous
+    digest = hashlib.sha256(ids[order].tobytes())
+    digest.update(lengths.tobytes())
+    digest.update("".join(tokens).encode("utf-8", errors="surrogatepass"))
     name = os.path.basename(os.path.normpath(str(getattr(tokenizer, "name_or_path", "") or ""))) or "unknown"
     return {"name": name, "vocab_hash": digest.hexdigest(), "vocab_size": len(vocab)}
 

@@ -28,9 +28,11 @@ from .kernels import sam_kernels as K
 
 KIND = "sam"
 FORMAT_ARRAYS = ("tokens", "states", "edge_off", "edge_tok", "edge_to", "root_next")
-# A batch build pre-allocates the worst case for states (2n) and a generous pool (6 slots/token; ~2.4 are used
-# on text): np.empty pages that are never touched cost no memory, and pre-allocation avoids copies while growing.
-POOL_SLOTS_PER_TOKEN = 6
+# A batch build pre-allocates the worst case for states (2n) and a pool of 3 slots/token (2.4-2.6 are used on code
+# and prose; the kernel grows it if a corpus needs more): np.empty pages that are never touched cost no memory, and
+# pre-allocation avoids copies while growing.
+POOL_SLOTS_PER_TOKEN = 3
+MAX_TOKENS = 1 << 29  # int32 state ids and pool offsets
 
 
 def _as_tokens(tokens) -> np.ndarray:
@@ -76,8 +78,8 @@ class SuffixAutomaton:
             arr = buf
         elif copy and arr is tokens:
             arr = arr.copy()
-        if n + reserve >= (1 << 30):
-            raise ValueError("at most 2**30 tokens per automaton (int32 state ids)")
+        if n + reserve > MAX_TOKENS:
+            raise ValueError(f"at most {MAX_TOKENS} tokens per automaton (int32 state ids and offsets)")
         room = n + max(int(reserve), 0)
         self = cls.__new__(cls)
         self._frozen = False
@@ -100,6 +102,8 @@ class SuffixAutomaton:
             raise ValueError("this suffix automaton is frozen (loaded or frozen): it cannot be extended")
         arr = _as_tokens(np.atleast_1d(tokens))
         k = len(arr)
+        if self._n + k > MAX_TOKENS:
+            raise ValueError(f"at most {MAX_TOKENS} tokens per automaton (int32 state ids and offsets)")
         if self._n + k > len(self._tokens):
             grown = np.empty(max(2 * len(self._tokens), self._n + k), dtype=np.int32)
             grown[: self._n] = self._tokens[: self._n]

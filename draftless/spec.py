@@ -36,8 +36,7 @@ def _sam(arg, ctx):
 def _recycle(arg, ctx):
     from .drafters.recycle import RecycleDrafter
 
-    vocab = ctx.model.config.get_text_config(decoder=True).vocab_size
-    return RecycleDrafter(vocab_size=vocab)
+    return RecycleDrafter.for_model(ctx.model)
 
 
 def _none(arg, ctx):

@@ -13,9 +13,11 @@ Two layouts share the state table's first four columns (``LEN, LINK, POS, CNT``)
     completely; larger ones stay at most 3/4 full. A table that must grow moves to a table twice its size and
     its old slots go to a free list per size, so the pool holds little garbage.
     Why per-state tables instead of one global (state, token) table: cloning a state copies its table with one
-    memcpy (a global table cannot enumerate one state's transitions), and most states have one or two
-    transitions, so tables are nearly full: about 9 bytes per transition instead of ~20 for a global table.
-    The root's table simply grows to the vocabulary (2**19 slots for 262k tokens).
+    memcpy (a global table cannot enumerate one state's transitions, so it would need child lists besides), and
+    most states have one or two transitions, so tables are nearly full: measured 1.18 slots = 9.4 bytes per
+    transition on Python code, where a global table (12-byte slots, at most 3/4 full) plus child lists would take
+    ~25-30. The root's table simply grows to the vocabulary (2**19 slots for 262k tokens).
+    Offsets and ids are int32: at most 2**31 - 1 pool slots (about 2**29 tokens of text).
   - ``hdr`` int64[HDR_SIZE]: counters (see ``H_*``) and free-list heads.
 
 *Frozen* (a saved datastore, read-only, memory-mappable), CSR transitions:
@@ -108,6 +110,26 @@ def _find(st, pool, s, c):
 
 
 @njit(cache=True)
+def _probe(st, pool, s, c):
+    """Like ``_find`` but, when ``c`` is absent, returns ``-2 - slot`` of the empty slot where it would go
+    (-1 when ``s`` has no table or a full one): inserting then needs no second probe."""
+    lg = (st[s, META] >> 24) - 1
+    if lg < 0:
+        return -1
+    mask = (1 << lg) - 1
+    off = st[s, OFF]
+    j = _home(c, lg)
+    for _ in range(mask + 1):
+        t = pool[off + j, 0]
+        if t == c:
+            return off + j
+        if t == EMPTY:
+            return -2 - (off + j)
+        j = (j + 1) & mask
+    return -1
+
+
+@njit(cache=True)
 def dyn_next(st, pool, s, c):
     """Target of the transition ``(s, c)`` in the growable layout, -1 when absent."""
     j = _find(st, pool, s, c)
@@ -135,6 +157,8 @@ def _alloc(pool, hdr, lg):
         hdr[H_FREE_SLOTS] -= size
     else:
         off = hdr[H_POOL]
+        if off + size > 2147483647:
+            raise ValueError("suffix automaton too large: pool offsets exceed int32")
         hdr[H_POOL] += size
     pool[off:off + size, 0] = EMPTY
     return off
@@ -189,7 +213,9 @@ def _grow_rows(st, n_used, need):
 
 @njit(cache=True)
 def _grow_pool(pool, n_used, need):
-    new = np.empty((max(need, 2 * pool.shape[0]), 2), dtype=pool.dtype)
+    # x2 while small, x1.5 when large: a copy holds old and new at once
+    cap = pool.shape[0]
+    new = np.empty((max(need, 2 * cap if cap < (1 << 24) else cap + (cap >> 1)), 2), dtype=pool.dtype)
     new[:n_used] = pool[:n_used]
     return new
 
@@ -220,14 +246,22 @@ def sam_extend(tokens, start, stop, st, pool, hdr, online_counts):
         p = last
         q = -1
         while p != -1:
-            j = _find(st, pool, p, c)
+            j = _probe(st, pool, p, c)
             if j >= 0:
                 q = pool[j, 1]
                 break
-            need = _insert_need(st, p)
-            if hdr[H_POOL] + need > pool.shape[0]:
-                pool = _grow_pool(pool, hdr[H_POOL], hdr[H_POOL] + need)
-            _insert(st, pool, hdr, p, c, cur)
+            meta = st[p, META]
+            if j <= -2 and (meta & DEG_MASK) + 1 <= _max_fill((meta >> 24) - 1):
+                # the common case: room in p's table, write into the empty slot the probe ended on
+                pool[-2 - j, 0] = c
+                pool[-2 - j, 1] = cur
+                st[p, META] = meta + 1
+                hdr[H_EDGES] += 1
+            else:
+                need = _insert_need(st, p)
+                if hdr[H_POOL] + need > pool.shape[0]:
+                    pool = _grow_pool(pool, hdr[H_POOL], hdr[H_POOL] + need)
+                _insert(st, pool, hdr, p, c, cur)
             p = st[p, LINK]
         if p == -1:
             st[cur, LINK] = 0
