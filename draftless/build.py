@@ -132,12 +132,14 @@ def _jsonable(value):
 
 def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
                 fields: Sequence[str] | None = None, glob: str | None = None, exclude: Sequence[str] = (),
-                progress: bool = True, verbose: bool = True, **opts) -> BuildReport:
+                progress: bool = True, verbose: bool = True, provenance: Mapping | None = None,
+                **opts) -> BuildReport:
     """Tokenize ``corpus_paths`` with ``tokenizer`` and build a ``kind`` datastore at ``out_dir``.
 
     ``fields``: jsonl fields joined per record; ``glob``/``exclude``: which files of a directory to read (see
     ``draftless.corpus``); ``opts`` go to the kind's builder. Returns a ``BuildReport`` (also printed unless
-    ``verbose=False``).
+    ``verbose=False``). ``provenance``: extra facts recorded in the store's build arguments (e.g. how a
+    self-distilled corpus was generated).
     """
     builder = BUILDERS.get(kind)
     if builder is None:
@@ -153,6 +155,7 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
         "glob": glob,
         "exclude": list(exclude),
         **{k: _jsonable(v) for k, v in opts.items()},
+        **{k: _jsonable(v) for k, v in (provenance or {}).items()},
     }
     extra_meta = {"separator_id": corpus.separator_id, "n_documents": corpus.n_documents,
                   "corpus_bytes": corpus.n_bytes}

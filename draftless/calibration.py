@@ -2,13 +2,16 @@
 
 Each drafter scores its nodes in its own currency (match counts, recorded probabilities). The budget chooser needs
 probabilities, so that "0.6" means the same from every source. The calibrator works on *conditional* scores,
-``c_i = s_i / s_parent`` (the proposer's estimate that node i is accepted once its parent is), binned by the set of
-sources that proposed the node, the node's depth and the raw value. Each bin keeps decayed counts of
-(accepted, tried), where "tried" means the node's parent was accepted so the node had its chance. The calibrated
-conditional is a Beta-smoothed rate with the raw score as prior, and the calibrated node score is the product of
-calibrated conditionals along its path (so scores stay non-increasing from parent to child).
+``c_i = s_i / s_parent`` (the proposer's estimate that node i is accepted once its parent is), and learns one
+multiplier per group of nodes, a group being the set of sources that proposed the node and its depth (1, 2, 3, 4+):
 
-Counts decay a little every step, so a bin that was written off drifts back to its prior and gets probed again.
+    rate(group) = (accepted + prior_weight * prior_ratio) / (sum of raw c over tried nodes + prior_weight)
+    calibrated c_i = min(c_i * rate(group), 0.98),  calibrated s_i = product of calibrated c along the path
+
+A node was *tried* when its parent lay on the committed path, so it had its chance. Few groups means the multipliers
+are learned within a few steps, and the prior ratio below 1 keeps a cold start cautious (a speculative step that
+fails costs more than the plain step it replaces). Counts decay a little every step, so a group that was written
+off drifts back to its prior and gets probed again.
 """
 from __future__ import annotations
 
@@ -16,51 +19,57 @@ import numpy as np
 
 from .tree import DraftTree
 
-N_BINS = 10
-MAX_DEPTH_BUCKET = 8
+MAX_DEPTH_GROUP = 4
+MAX_CONDITIONAL = 0.98
 
 
 class Calibrator:
-    """``prior_weight``: pseudo-observations given to the raw score; ``decay``: per-step count multiplier."""
+    """``prior_ratio``/``prior_weight``: the multiplier assumed before any observation, and how many (raw-score
+    weighted) observations it is worth; ``decay``: per-step multiplier of all counts."""
 
-    def __init__(self, prior_weight: float = 4.0, decay: float = 0.995):
+    def __init__(self, prior_ratio: float = 0.5, prior_weight: float = 2.0, decay: float = 0.995):
+        self.prior_ratio = prior_ratio
         self.prior_weight = prior_weight
         self.decay = decay
         self._accepted: dict[tuple, float] = {}
-        self._tried: dict[tuple, float] = {}
-        self._keys_of_last: list[tuple] | None = None
+        self._raw: dict[tuple, float] = {}
 
-    def _keys(self, tree: DraftTree) -> tuple[list[tuple], np.ndarray]:
+    @staticmethod
+    def _conditionals(tree: DraftTree) -> np.ndarray:
         raw = tree.scores.astype(np.float64)
         parent_scores = np.where(tree.parents >= 0, raw[np.maximum(tree.parents, 0)], 1.0)
-        cond = np.clip(raw / np.maximum(parent_scores, 1e-12), 0.0, 1.0)
-        depths = np.minimum(tree.depths, MAX_DEPTH_BUCKET)
-        bins = np.minimum((cond * N_BINS).astype(np.int64), N_BINS - 1)
-        keys = [(int(tree.source_mask[i]), tree.source_names, int(depths[i]), int(bins[i])) for i in range(len(tree))]
-        return keys, cond
+        return np.clip(raw / np.maximum(parent_scores, 1e-12), 0.0, 1.0)
+
+    def rate(self, key: tuple) -> float:
+        """The learned multiplier of a group."""
+        w = self.prior_weight
+        return (self._accepted.get(key, 0.0) + w * self.prior_ratio) / (self._raw.get(key, 0.0) + w)
 
     def calibrate(self, tree: DraftTree) -> tuple[DraftTree, list[tuple]]:
-        """The same tree with calibrated cumulative scores, and each node's bin key (pass them to ``observe``)."""
-        keys, cond = self._keys(tree)
-        w = self.prior_weight
+        """The same tree with calibrated cumulative scores, and per node ``(group key, raw conditional)`` to hand
+        back to ``observe`` (subset alongside any pruning)."""
+        cond = self._conditionals(tree)
+        depths = np.minimum(tree.depths, MAX_DEPTH_GROUP)
+        keys = [((int(tree.source_mask[i]), tree.source_names, int(depths[i])), float(cond[i])) for i in range(len(tree))]
         calibrated = np.ones(len(tree), dtype=np.float64)
+        rates: dict[tuple, float] = {}
         for i in range(1, len(tree)):
-            key = keys[i]
-            tried = self._tried.get(key, 0.0)
-            rate = (self._accepted.get(key, 0.0) + w * cond[i]) / (tried + w)
-            calibrated[i] = calibrated[tree.parents[i]] * rate
+            key = keys[i][0]
+            r = rates.get(key)
+            if r is None:
+                r = rates[key] = self.rate(key)
+            calibrated[i] = calibrated[tree.parents[i]] * min(cond[i] * r, MAX_CONDITIONAL)
         return tree.with_scores(calibrated.astype(np.float32)), keys
 
     def observe(self, tree: DraftTree, keys: list[tuple], committed: np.ndarray | list[int]) -> None:
         """Record which nodes of a drafted tree the target agreed with.
 
-        ``keys``: each node's bin key as ``calibrate`` returned them (subset alongside any pruning);
-        ``committed``: the tokens the step committed after the root (accepted drafts + bonus). A node at depth d
-        was *tried* when its parent lies on the committed path and the path is at least d tokens long, and
-        *accepted* when its token is the path's d-th token. This counts nodes pruned before verification too:
-        the bonus token says what the target wanted there.
+        ``keys``: what ``calibrate`` returned for this tree's nodes; ``committed``: the tokens the step committed
+        after the root (accepted drafts + bonus). A node at depth d was *tried* when its parent lies on the
+        committed path and the path is at least d tokens long, and *accepted* when its token is the path's d-th
+        token. This counts nodes pruned before verification too: the bonus token says what the target wanted.
         """
-        for table in (self._accepted, self._tried):
+        for table in (self._accepted, self._raw):
             for key in table:
                 table[key] *= self.decay
         n = len(tree)
@@ -71,11 +80,10 @@ class Calibrator:
         on_path[0] = True
         depths = tree.depths
         for i in range(1, n):
-            parent = tree.parents[i]
             d = depths[i]
-            if on_path[parent] and d <= len(committed):
-                key = keys[i]
-                self._tried[key] = self._tried.get(key, 0.0) + 1.0
+            if on_path[tree.parents[i]] and d <= len(committed):
+                key, raw_conditional = keys[i]
+                self._raw[key] = self._raw.get(key, 0.0) + raw_conditional
                 if int(tree.tokens[i]) == committed[d - 1]:
                     on_path[i] = True
                     self._accepted[key] = self._accepted.get(key, 0.0) + 1.0

@@ -70,7 +70,9 @@ class SpeculativeGenerator:
         self.adaptive = adaptive
         self.verbose = verbose
         self._cost_curve = cost_curve
-        self.calibrator = Calibrator() if calibrate else None
+        # A drafter that calibrates its own sources (a fusion) only needs a neutral residual correction here.
+        self_calibrated = bool(getattr(drafter, "calibrates_scores", False))
+        self.calibrator = (Calibrator(prior_ratio=1.0) if self_calibrated else Calibrator()) if calibrate else None
         self._draft_ms = 0.0  # running estimate of one draft call, charged to every non-empty tree
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -216,6 +218,7 @@ class SpeculativeGenerator:
             if streamer is not None:
                 streamer.put(torch.tensor(committed, dtype=torch.long))
             if not finished:
+                t4 = time.perf_counter()
                 self.drafter.feedback(
                     StepFeedback(
                         tree=tree,
@@ -226,6 +229,7 @@ class SpeculativeGenerator:
                         hidden=hidden,
                     )
                 )
+                stats.feedback_ms += (time.perf_counter() - t4) * 1000
         if streamer is not None:
             streamer.end()
         stats.new_tokens = len(produced)

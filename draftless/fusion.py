@@ -15,6 +15,8 @@ from .tree import DraftTree, merge
 
 
 class FusedDrafter(BaseDrafter):
+    calibrates_scores = True  # the engine adds only a neutral residual calibration on top
+
     def __init__(self, drafters: list[Drafter]):
         if not drafters:
             raise ValueError("a fused drafter needs at least one source")

@@ -78,9 +78,9 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None) 
     expanded: list[tuple[str, str | None]] = []
     for kind, arg in parts:
         if kind == "auto":
-            expanded.extend(parse_spec(AUTO_SPEC))
-            if datastore:
-                expanded.append(("sam", datastore))
+            for auto_kind, auto_arg in parse_spec(AUTO_SPEC):
+                # a datastore joins through the sam source, which then matches both the context and the corpus
+                expanded.append((auto_kind, datastore if auto_kind == "sam" and datastore else auto_arg))
         else:
             expanded.append((kind, arg))
     drafters = []

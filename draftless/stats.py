@@ -32,6 +32,7 @@ class GenerationStats:
     draft_ms: float = 0.0
     verify_ms: float = 0.0
     accept_ms: float = 0.0
+    feedback_ms: float = 0.0
     total_ms: float = 0.0
     tree_nodes: int = 0
     per_source: dict[str, SourceStats] = field(default_factory=dict)
@@ -75,5 +76,6 @@ class GenerationStats:
         return (
             f"{self.new_tokens} tokens in {self.steps} steps, {self.mean_accepted:.2f} tokens/step, "
             f"{self.tokens_per_s:.1f} tok/s (draft {self.draft_ms:.0f} ms, verify {self.verify_ms:.0f} ms, "
+            f"accept {self.accept_ms:.0f} ms, feedback {self.feedback_ms:.0f} ms, "
             f"mean tree {self.mean_tree_size:.1f} nodes)" + (f"; accepted/proposed per source: {sources}" if sources else "")
         )

@@ -5,7 +5,8 @@ its occurrences; each step indexes only the tokens committed since the last step
 suffix of the context that occurred before, takes the continuations of its most recent occurrences, and merges them
 into a trie: distinct continuations become branches, and a node's score is the fraction of occurrences whose
 continuation passes through it, discounted by how short the match was. Compared with HF prompt lookup (one chain
-from the leftmost match of a 1-2-gram) this prefers recent, longer matches and hedges between continuations.
+from the leftmost match of a 1-2-gram) this prefers recent, longer matches, backs off to shorter orders to
+fill its candidates (ANPD-style multi-level lookup), and hedges between continuations.
 """
 from __future__ import annotations
 
@@ -64,29 +65,53 @@ class NGramDrafter(BaseDrafter):
         tokens = self._tokens
         end = len(tokens)
         root = tokens[-1]
+        # Longest order first; lower orders back off to fill up to max_occurrences (ANPD-style multi-level), each
+        # occurrence remembering the order it matched at, which sets its reliability.
+        seen: set[int] = set()
+        occurrences: list[tuple[int, int]] = []  # (continuation start, matched order)
         for n in range(min(self.max_order, end - 1), self.min_order - 1, -1):
             positions = self._index[n].get(tuple(tokens[end - n : end]))
             if not positions or len(positions) < 2:  # the suffix itself is always the last occurrence
                 continue
-            starts = positions[-1 - self.max_occurrences : -1][::-1]  # most recent first, the suffix excluded
-            continuations = [tokens[p : min(p + self.depth, end)] for p in starts]
-            continuations = [c for c in continuations if c]
-            if continuations:
-                return self._tree(root, continuations, n, budget)
-        return DraftTree.root_only(root)
+            for p in reversed(positions[-1 - self.max_occurrences : -1]):  # most recent first, suffix excluded
+                if p not in seen:
+                    seen.add(p)
+                    occurrences.append((p, n))
+            if len(occurrences) >= self.max_occurrences:
+                break
+        if not occurrences:
+            return DraftTree.root_only(root)
+        return self._tree(root, occurrences[: self.max_occurrences], budget)
 
-    def _tree(self, root: int, continuations: list[list[int]], order: int, budget: int) -> DraftTree:
-        """Trie of continuations; score = share of occurrences through the node x match reliability^depth."""
-        reliability = order / (order + 1.0)
-        total = float(len(continuations))
+    @staticmethod
+    def reliability(order: np.ndarray) -> np.ndarray:
+        """Prior probability that a continuation read after an ``order``-token match is right, per token.
+
+        Short matches are weak evidence (a 1-token match is right perhaps one time in six); each further matched
+        token, including drafted tokens once the target agrees with them, makes the next one likelier. The
+        engine's calibrator corrects this prior with observed acceptance.
+        """
+        return 1.0 - 0.85 * 0.72 ** (np.asarray(order, dtype=np.float64) - 1.0)
+
+    def _tree(self, root: int, occurrences: list[tuple[int, int]], budget: int) -> DraftTree:
+        """Trie of continuations. A node's score is the weighted share of occurrences through it times the
+        reliability of each step on its path, where depth d after an order-n match counts as an (n + d - 1)-match;
+        the longest matches dominate the weights."""
+        tokens_list = self._tokens
+        end = len(tokens_list)
+        best_order = max(n for _, n in occurrences)
         tokens = [root]
         parents = [-1]
-        counts = [total]
+        weight = [0.0]
+        order_of = [float(best_order)]
         depth_of = [0]
         child: dict[tuple[int, int], int] = {}
-        for cont in continuations:
+        total = 0.0
+        for p, n in occurrences:
+            w = 2.0 ** (n - best_order)  # a shorter backoff match counts half per missing token
+            total += w
             node = 0
-            for tok in cont:
+            for tok in tokens_list[p : min(p + self.depth, end)]:
                 key = (node, tok)
                 nxt = child.get(key)
                 if nxt is None:
@@ -94,18 +119,26 @@ class NGramDrafter(BaseDrafter):
                     child[key] = nxt
                     tokens.append(tok)
                     parents.append(node)
-                    counts.append(0.0)
+                    weight.append(0.0)
+                    order_of.append(float(n))
                     depth_of.append(depth_of[node] + 1)
-                counts[nxt] += 1.0
+                weight[nxt] += w
+                order_of[nxt] = max(order_of[nxt], float(n))
                 node = nxt
-        counts_arr = np.asarray(counts)
-        scores = counts_arr / total * reliability ** np.asarray(depth_of, dtype=np.float64)
-        scores[0] = 1.0
+        depth = np.asarray(depth_of, dtype=np.float64)
+        step_reliability = self.reliability(np.asarray(order_of) + depth - 1.0)
+        parents_arr = np.asarray(parents, dtype=np.int32)
+        scores = np.ones(len(tokens), dtype=np.float64)
+        share = np.asarray(weight) / total
+        for i in range(1, len(tokens)):  # parents precede children
+            par = parents_arr[i]
+            parent_share = share[par] if par > 0 else 1.0
+            scores[i] = scores[par] * (share[i] / parent_share) * step_reliability[i]
         mask = np.ones(len(tokens), dtype=np.uint32)
         mask[0] = 0
         tree = DraftTree(
             tokens=np.asarray(tokens, dtype=np.int64),
-            parents=np.asarray(parents, dtype=np.int32),
+            parents=parents_arr,
             scores=scores.astype(np.float32),
             source_mask=mask,
             source_names=(self.name,),

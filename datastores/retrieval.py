@@ -1,0 +1,70 @@
+"""Recipe: retrieval datastores over GSM8K train (``rest`` suffix array or ``dense`` hidden-state index).
+
+    python datastores/retrieval.py --kind rest  [--model smollm2-135m]            ->  datastores/math-rest-<model>/
+    python datastores/retrieval.py --kind dense [--model smollm2-135m] [--max-tokens N] [--dim 96] [--index hnsw]
+                                                                                   ->  datastores/math-dense-<model>/
+
+Corpus: ``gsm8k_train.jsonl`` (fields ``question`` + ``answer``, one document per problem), optionally without the
+documents that share a word 13-gram with an evaluation prompt file (``--exclude-overlap FILE.jsonl``).
+
+``dense`` runs the target model over the corpus (about 300 tokens/s on one CPU core for the 135M model, so the
+default indexes the first 300k tokens; ``--max-tokens 0`` indexes everything: plan ~1.4M tokens / throughput).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_GSM8K = HERE.parent.parent / "shared" / "bench" / "gsm8k_train.jsonl"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=["rest", "dense"], default="rest")
+    parser.add_argument("--model", default="smollm2-135m", help="target model (its tokenizer; dense: its states)")
+    parser.add_argument("--gsm8k", default=str(DEFAULT_GSM8K), help="GSM8K train jsonl")
+    parser.add_argument("--out", default=None, help="output directory (default: datastores/math-<kind>-<model>)")
+    parser.add_argument("--exclude-overlap", default=None, metavar="FILE.jsonl",
+                        help="drop documents sharing a word 13-gram with these Spec-Bench prompts")
+    parser.add_argument("--max-tokens", type=int, default=300_000, help="dense: index at most this many tokens (0: all)")
+    parser.add_argument("--dim", type=int, default=96, help="dense: PCA dimension")
+    parser.add_argument("--index", default="hnsw", choices=["hnsw", "ivf", "flat"], help="dense: FAISS index type")
+    parser.add_argument("--window", type=int, default=256, help="dense: tokens per model window")
+    parser.add_argument("--batch-size", type=int, default=4, help="dense: windows per forward pass")
+    args = parser.parse_args(argv)
+    if not Path(args.gsm8k).is_file():
+        parser.error(f"GSM8K file not found: {args.gsm8k} (pass --gsm8k PATH)")
+
+    from draftless import build as B
+    from draftless.models import load_tokenizer
+
+    # Until draftless.build registers these kinds itself.
+    if "rest" not in B.BUILDERS:
+        from draftless.suffix_array import build_rest, warm_rest
+        B.BUILDERS["rest"] = B.StoreBuilder(build_rest, warm_rest)
+    if "dense" not in B.BUILDERS:
+        from draftless.dense_store import build_dense, warm_dense
+        B.BUILDERS["dense"] = B.StoreBuilder(build_dense, warm_dense)
+
+    corpus = [args.gsm8k]
+    if args.exclude_overlap:
+        from draftless.decontaminate import write_filtered_jsonl
+
+        clean = HERE / f".gsm8k-clean-{Path(args.exclude_overlap).stem}.jsonl"
+        report = write_filtered_jsonl(args.gsm8k, clean, args.exclude_overlap, fields=["question", "answer"])
+        print(report.summary())
+        corpus = [str(clean)]
+
+    name = Path(args.model).stem
+    out = args.out or HERE / f"math-{args.kind}-{name}"
+    tokenizer = load_tokenizer(args.model)
+    opts = {}
+    if args.kind == "dense":  # the builder loads the model by name (so build_args records the name)
+        opts = dict(model=args.model, dim=args.dim, index=args.index, window=args.window,
+                    batch_size=args.batch_size, max_tokens=args.max_tokens or None)
+    B.build_store(args.kind, corpus, tokenizer, out, fields=["question", "answer"], **opts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""Dense retrieval stores (DReSD): the target's own hidden states as keys, the corpus tokens after them as values.
+
+Build (``build_dense``, kind ``"dense"``):
+
+1. run the target model over the corpus token stream in fixed-length windows (``window`` tokens, consecutive windows
+   overlap by ``overlap`` tokens so every kept position has at least ``overlap`` tokens of context) and take the
+   last-layer hidden state at every position, exactly as the engine's verification pass returns it
+   (``output_hidden_states=True``, ``hidden_states[-1]``);
+2. fit a PCA on the first ``pca_sample`` hidden states (numpy SVD), project every state to ``dim`` dimensions and
+   L2-normalise it (inner product = cosine similarity);
+3. index the keys with FAISS (``index``: ``"hnsw"`` default, ``"ivf"`` or exact ``"flat"``).
+
+Key ``j`` is the hidden state after reading corpus token ``i = positions[j]``: it predicts token ``i + 1`` (its
+*value*), and the tokens from ``i + 2`` on are the draft continuation once ``i + 1`` has been committed. Positions
+whose next token is the document separator (or the end) are not indexed.
+
+Store layout: ``tokens.npy`` int32[n], ``positions.npy`` int32[m], ``pca_components.npy`` float32[dim, hidden],
+``pca_mean.npy`` float32[hidden], ``index.npy`` uint8[bytes] (the FAISS index serialised with
+``faiss.serialize_index``: saved as an array so it goes through ``write_store``'s atomic write and ``open_store``'s
+size/header/sha256 checks like every other file). ``meta.json`` records the model (name, hidden size, layers), the
+index type and its search parameters.
+
+``OnlineDenseIndex`` is the in-session counterpart: a capped ring buffer of keys from the verification pass's hidden
+states of committed tokens, searched exactly (a matrix-vector product).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from .datastore import DatastoreError, open_store, write_store
+
+KIND = "dense"
+FORMAT_ARRAYS = ("tokens", "positions", "pca_components", "pca_mean", "index")
+INDEX_TYPES = ("hnsw", "ivf", "flat")
+
+
+# ---------------------------------------------------------------------------------------------- hidden states
+def _model_info(model) -> dict:
+    config = model.config
+    text = getattr(config, "get_text_config", lambda: config)()
+    return {
+        "name": os.path.basename(os.path.normpath(str(getattr(config, "_name_or_path", "") or ""))) or "unknown",
+        "model_type": getattr(text, "model_type", None),
+        "hidden_size": int(text.hidden_size),
+        "num_hidden_layers": int(getattr(text, "num_hidden_layers", 0) or 0),
+        "vocab_size": int(text.vocab_size),
+    }
+
+
+def hidden_states(model, input_ids) -> np.ndarray:
+    """float32[B, T, H]: last-layer hidden states as the engine reads them (``hidden_states[-1]``)."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(input_ids=torch.as_tensor(input_ids, dtype=torch.long, device=device),
+                    output_hidden_states=True, use_cache=False, logits_to_keep=1)
+    return out.hidden_states[-1].float().cpu().numpy()
+
+
+def iter_hidden_states(model, tokens: np.ndarray, window: int = 256, overlap: int = 32, batch_size: int = 4,
+                       progress: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, states)`` covering positions ``0..n-1`` in order: ``states[k]`` is the hidden state after
+    reading ``tokens[start + k]``, computed in a window that gives it ``overlap`` or more tokens of context (except
+    at the start of the corpus)."""
+    from tqdm.auto import tqdm
+
+    n = len(tokens)
+    if window <= overlap:
+        raise ValueError("window must be larger than overlap")
+    stride = window - overlap
+    starts = list(range(0, max(n - overlap, 1), stride))
+    bar = tqdm(total=n, desc="hidden states", unit="tok", unit_scale=True, disable=not progress)
+    i = 0
+    while i < len(starts):
+        # full windows batch together; a short last window runs alone
+        group = []
+        while i < len(starts) and len(group) < batch_size and starts[i] + window <= n:
+            group.append(starts[i])
+            i += 1
+        if not group:
+            group = [starts[i]]
+            i += 1
+        length = min(window, n - group[0])
+        ids = np.stack([tokens[s: s + length] for s in group]).astype(np.int64)
+        states = hidden_states(model, ids)
+        for s, h in zip(group, states):
+            skip = 0 if s == 0 else overlap
+            yield s + skip, h[skip:]
+            bar.update(len(h) - skip)
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- PCA + index
+def fit_pca(sample: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(components float32[dim, H], mean float32[H])`` of ``sample`` float[N, H] by SVD."""
+    x = np.asarray(sample, dtype=np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    dim = min(int(dim), vt.shape[0])
+    return vt[:dim].astype(np.float32), mean.astype(np.float32)
+
+
+def project(states: np.ndarray, components: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """PCA-project and L2-normalise: float32[N, dim] keys (cosine similarity = inner product)."""
+    x = (np.asarray(states, dtype=np.float32) - mean) @ components.T
+    x /= np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def make_index(dim: int, kind: str = "hnsw", n_keys: int = 0, hnsw_m: int = 32, ef_construction: int = 80,
+               nlist: int | None = None):
+    """An empty FAISS inner-product index of ``kind`` (IVF needs ``train`` before ``add``)."""
+    import faiss
+
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        return index
+    if kind == "ivf":
+        nlist = nlist or max(16, int(4 * np.sqrt(max(n_keys, 1))))
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    raise ValueError(f"unknown index type {kind!r}; choose from {INDEX_TYPES}")
+
+
+def set_search_params(index, ef_search: int = 64, nprobe: int = 16) -> None:
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = int(ef_search)
+    elif isinstance(index, faiss.IndexIVF):
+        index.nprobe = int(nprobe)
+
+
+def index_keys(keys: np.ndarray, kind: str = "hnsw", **kw):
+    index = make_index(keys.shape[1], kind, len(keys), **kw)
+    if not index.is_trained:
+        rng = np.random.default_rng(0)
+        sample = keys if len(keys) <= 100_000 else keys[rng.choice(len(keys), 100_000, replace=False)]
+        index.train(sample)
+    index.add(keys)
+    return index
+
+
+# ---------------------------------------------------------------------------------------------- the store
+class DenseStore:
+    """An opened (or freshly built) dense store. ``search(queries, k)`` returns ``(similarities, key ids)``;
+    ``positions[id]`` is the corpus position whose hidden state the key is."""
+
+    def __init__(self, tokens: np.ndarray, positions: np.ndarray, components: np.ndarray, mean: np.ndarray,
+                 index, store_meta: dict | None = None, ef_search: int = 64, nprobe: int = 16):
+        self.tokens = tokens
+        self.positions = positions
+        self.components = np.ascontiguousarray(components, dtype=np.float32)
+        self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+        self.index = index
+        self.store_meta = store_meta or {}
+        set_search_params(index, ef_search, nprobe)
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.components.shape[1])
+
+    @property
+    def separator_id(self) -> int | None:
+        sep = self.store_meta.get("separator_id")
+        return None if sep is None else int(sep)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def project(self, states: np.ndarray) -> np.ndarray:
+        return project(np.atleast_2d(states), self.components, self.mean)
+
+    def search(self, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search projected ``keys`` float32[q, dim]; ids are -1 where fewer than ``k`` were found."""
+        return self.index.search(np.ascontiguousarray(keys, dtype=np.float32), int(k))
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
+             build_args: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:
+        import faiss
+
+        blob = faiss.serialize_index(self.index)
+        meta = dict(self.store_meta)
+        meta.update(extra_meta or {})
+        meta.update({"n_keys": int(self.index.ntotal), "dim": self.dim, "hidden_size": self.hidden_size,
+                     "faiss_index": type(self.index).__name__})
+        arrays = {"tokens": self.tokens, "positions": self.positions, "pca_components": self.components,
+                  "pca_mean": self.mean, "index": np.asarray(blob, dtype=np.uint8)}
+        for key in ("format", "format_version", "kind", "tokenizer", "build_args", "n_tokens", "files", "created"):
+            meta.pop(key, None)
+        return write_store(path, KIND, arrays, tokenizer_identity, build_args, meta, n_tokens=len(self.tokens))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, tokenizer_identity: Mapping | None = None, verify: str = "size",
+             mmap: bool = True, ef_search: int = 64, nprobe: int = 16) -> "DenseStore":
+        """Open a ``"dense"`` store; ``DatastoreError`` when it is missing, corrupt, foreign or inconsistent.
+
+        The corpus tokens and positions stay memory-mapped; the FAISS index is deserialised into memory.
+        """
+        import faiss
+
+        store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
+        missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]
+        if missing:
+            raise DatastoreError(f"{path}: dense store lacks arrays {missing}")
+        a = store.arrays
+        n = int(store.meta["n_tokens"])
+        comps, mean = a["pca_components"], a["pca_mean"]
+        ok = (a["tokens"].shape == (n,) and a["tokens"].dtype == np.int32 and a["positions"].ndim == 1
+              and a["positions"].dtype == np.int32 and comps.ndim == 2 and comps.dtype == np.float32
+              and mean.shape == (comps.shape[1],) and mean.dtype == np.float32 and a["index"].dtype == np.uint8
+              and a["index"].ndim == 1)
+        if not ok:
+            raise DatastoreError(f"{path}: dense store arrays have inconsistent shapes or dtypes")
+        try:
+            index = faiss.deserialize_index(np.ascontiguousarray(a["index"]))
+        except Exception as exc:  # faiss raises RuntimeError with its own message
+            raise DatastoreError(f"{path}: the FAISS index does not deserialise ({exc}); the store is corrupt") from exc
+        if index.d != comps.shape[0] or index.ntotal != len(a["positions"]):
+            raise DatastoreError(f"{path}: FAISS index ({index.ntotal} keys of dim {index.d}) does not match "
+                                 f"positions ({len(a['positions'])}) / PCA dim ({comps.shape[0]})")
+        if len(a["positions"]) and (int(a["positions"].min()) < 0 or int(a["positions"].max()) >= n):
+            raise DatastoreError(f"{path}: key positions fall outside the corpus")
+        return cls(a["tokens"], a["positions"], comps, mean, index, store.meta, ef_search, nprobe)
+
+    def __repr__(self) -> str:
+        return (f"DenseStore(n_tokens={len(self.tokens):,}, keys={len(self):,}, dim={self.dim}, "
+                f"index={type(self.index).__name__})")
+
+
+def build_dense_store(model, tokens, dim: int = 64, index: str = "hnsw", window: int = 256, overlap: int = 32,
+                      batch_size: int = 4, pca_sample: int = 32768, separator_id: int | None = None,
+                      progress: bool = True, index_kw: Mapping | None = None, timings: dict | None = None) -> DenseStore:
+    """Run ``model`` over ``tokens`` and build a ``DenseStore`` in memory (see the module docstring)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    n = len(tokens)
+    if n < 2:
+        raise ValueError("a dense store needs at least two tokens")
+    hidden = int(_model_info(model)["hidden_size"])
+    dim = min(int(dim), hidden)
+    t0 = time.perf_counter()
+    keys = np.empty((n, dim), dtype=np.float32)
+    pending: list[tuple[int, np.ndarray]] = []
+    n_pending = 0
+    components = mean = None
+    for start, states in iter_hidden_states(model, tokens, window, overlap, batch_size, progress):
+        if components is None:
+            pending.append((start, states))
+            n_pending += len(states)
+            if n_pending < pca_sample and start + len(states) < n:
+                continue
+            components, mean = fit_pca(np.concatenate([s for _, s in pending])[:pca_sample], dim)
+            for s0, st in pending:
+                keys[s0: s0 + len(st)] = project(st, components, mean)
+            pending = []
+            continue
+        keys[start: start + len(states)] = project(states, components, mean)
+    t1 = time.perf_counter()
+    nxt = np.empty(n, dtype=np.int64)
+    nxt[:-1] = tokens[1:]
+    nxt[-1] = -1
+    useful = nxt >= 0
+    if separator_id is not None:
+        useful &= nxt != separator_id
+    positions = np.flatnonzero(useful).astype(np.int32)
+    kept = np.ascontiguousarray(keys[positions])
+    del keys
+    idx = index_keys(kept, index, **dict(index_kw or {}))
+    t2 = time.perf_counter()
+    if timings is not None:
+        timings.update({"encode_s": t1 - t0, "index_s": t2 - t1})
+    meta = {"model": _model_info(model), "index_type": index, "window": window, "overlap": overlap,
+            "separator_id": separator_id}
+    return DenseStore(tokens, positions, components, mean, idx, meta)
+
+
+# ---------------------------------------------------------------------------------------------- build_store hook
+def build_dense(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
+                vocab_size: int | None = None, model=None, dim: int = 96, index: str = "hnsw", window: int = 256,
+                overlap: int = 32, batch_size: int = 4, pca_sample: int = 32768, max_tokens: int | None = None,
+                progress: bool = True) -> dict:
+    """``draftless.build`` builder for kind ``"dense"``. ``model``: a loaded HF model or a name for
+    ``draftless.models.load_model`` (required). ``max_tokens``: index only the first that many corpus tokens (the
+    model pass costs ~3 ms per token on one CPU core for a 135M model)."""
+    if model is None:
+        raise ValueError("a dense store needs the target model (pass model=NAME_OR_PATH)")
+    if isinstance(model, (str, os.PathLike)):
+        from .models import load_model
+
+        model, _ = load_model(str(model))
+    tokens = np.asarray(tokens, dtype=np.int32)
+    sep = extra_meta.get("separator_id")
+    if max_tokens is not None and len(tokens) > int(max_tokens):
+        cut = int(max_tokens)
+        if sep is not None:  # end at a document boundary when there is one
+            seps = np.flatnonzero(tokens[:cut] == sep)
+            cut = int(seps[-1]) if len(seps) else cut
+        tokens = tokens[:cut]
+    timings: dict = {}
+    store = build_dense_store(model, tokens, dim=dim, index=index, window=window, overlap=overlap,
+                              batch_size=batch_size, pca_sample=pca_sample, separator_id=sep, progress=progress,
+                              timings=timings)
+    t0 = time.perf_counter()
+    store.save(out_dir, identity, build_args, extra_meta)
+    timings["write_s"] = time.perf_counter() - t0
+    timings["n_keys"] = len(store)
+    timings["indexed_tokens"] = len(tokens)
+    timings["encode_tok_per_s"] = len(tokens) / max(timings["encode_s"], 1e-9)
+    return timings
+
+
+def warm_dense() -> None:
+    """Load the lookup kernels the drafter uses."""
+    from .kernels import suffix_array_kernels as K
+
+    K.continuation_trie(np.arange(4, dtype=np.int32), np.zeros(1, dtype=np.int64), np.ones(1), 2, -1, 8)
+
+
+# ---------------------------------------------------------------------------------------------- online store
+class OnlineDenseIndex:
+    """Keys added during a session (ring buffer of ``capacity``; exact inner-product search).
+
+    ``add(keys, positions)``: normalised float32[m, d] keys of session positions; ``search(q, k)`` returns
+    ``(similarities, positions)``, best first.
+    """
+
+    def __init__(self, dim: int, capacity: int = 4096):
+        self.dim = int(dim)
+        self.capacity = int(capacity)
+        self.keys = np.zeros((self.capacity, self.dim), dtype=np.float32)
+        self.pos = np.full(self.capacity, -1, dtype=np.int64)
+        self.size = 0
+        self.head = 0
+
+    def reset(self) -> None:
+        self.size = 0
+        self.head = 0
+        self.pos[:] = -1
+
+    def add(self, keys: np.ndarray, positions: np.ndarray) -> None:
+        keys = np.atleast_2d(np.asarray(keys, dtype=np.float32))
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        for key, p in zip(keys[-self.capacity:], positions[-self.capacity:]):
+            self.keys[self.head] = key
+            self.pos[self.head] = p
+            self.head = (self.head + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.size == 0:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        sims = self.keys[: self.size] @ np.asarray(query, dtype=np.float32).reshape(-1)
+        k = min(int(k), self.size)
+        top = np.argpartition(-sims, k - 1)[:k] if k < self.size else np.arange(self.size)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return sims[top], self.pos[top]

@@ -1,0 +1,118 @@
+"""``rest``: REST-style retrieval drafting from a suffix array over a corpus (training-free, lossless once verified).
+
+Each step: find the longest suffix of the context (at most ``max_suffix`` tokens, at least ``min_suffix``) that occurs
+in the corpus (binary search over the match length; each probe is a suffix-array binary search), take up to
+``max_occurrences`` of its occurrences (evenly spaced over the suffix-array range when there are more), and count the
+tokens that follow them into a trie. A node's score estimates that it is reached and accepted::
+
+    score(node) = count(node) / (n_occurrences + smoothing) * m / (m + match_prior) * depth_decay ** (depth - 1)
+
+the fraction of occurrences that continue through the node, discounted for few occurrences (``smoothing``), short
+matches (``m`` = match length; ``match_prior`` tokens of match give 1/2) and depth. Scores never increase along a
+path, so the best ``budget`` nodes form a connected tree. If the longest match has no usable continuation (corpus
+end, document separator) the drafter backs off to shorter suffixes. The store's document separator is never drafted.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..datastore import tokenizer_identity as _tokenizer_identity
+from ..drafter import BaseDrafter
+from ..kernels import suffix_array_kernels as K
+from ..suffix_array import SuffixArray
+from ..tree import DraftTree
+
+
+def trie_to_tree(root: int, node_tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, budget: int,
+                 min_score: float, source: str) -> DraftTree:
+    """``DraftTree`` of the best ``budget`` nodes (root included) of a kernel trie with non-increasing scores.
+
+    Nodes are ranked by score, ties to the lower index (the parent's index is lower than its children's), so every
+    prefix of the ranking is closed under parents. Nodes scoring below ``min_score`` are dropped.
+    """
+    n = len(node_tokens)
+    if n <= 1 or budget <= 1:
+        return DraftTree.root_only(root)
+    cand = np.flatnonzero(scores[1:] >= min_score) + 1
+    if len(cand) == 0:
+        return DraftTree.root_only(root)
+    order = cand[np.lexsort((cand, -scores[cand]))][: budget - 1]
+    keep = np.concatenate(([0], np.sort(order)))
+    remap = np.full(n, -1, dtype=np.int32)
+    remap[keep] = np.arange(len(keep), dtype=np.int32)
+    new_parents = remap[parents[keep]]
+    new_parents[0] = -1
+    tokens = node_tokens[keep].astype(np.int64)
+    tokens[0] = root
+    sc = scores[keep].astype(np.float32)
+    sc[0] = 1.0
+    mask = np.ones(len(keep), dtype=np.uint32)
+    mask[0] = 0
+    return DraftTree(tokens=tokens, parents=new_parents.astype(np.int32), scores=sc, source_mask=mask,
+                     source_names=(source,))
+
+
+class RestDrafter(BaseDrafter):
+    """Suffix-array retrieval drafter (see the module docstring).
+
+    - ``store_path``: a ``"rest"`` datastore (``draftless build --kind rest``), or a built ``SuffixArray``;
+    - ``tokenizer``: the target's tokenizer; when given, a store built with another tokenizer is refused;
+    - ``max_suffix`` / ``min_suffix``: longest / shortest context suffix looked up;
+    - ``max_occurrences``: occurrences counted per step (sampled evenly across the range when more);
+    - ``max_depth``: longest drafted continuation; ``backoff``: shorter suffixes tried when a match yields nothing;
+    - ``smoothing``, ``match_prior``, ``depth_decay``, ``min_score``: the scoring above.
+    """
+
+    name = "rest"
+
+    def __init__(self, store_path: str | os.PathLike | SuffixArray, tokenizer=None, max_suffix: int = 16,
+                 min_suffix: int = 2, max_occurrences: int = 64, *, max_depth: int = 8, backoff: int = 2,
+                 smoothing: float = 1.0, match_prior: float = 2.0, depth_decay: float = 0.95,
+                 min_score: float = 0.02, max_nodes: int = 1024, verify: str = "size"):
+        if isinstance(store_path, SuffixArray):
+            self.sa = store_path
+        else:
+            identity = _tokenizer_identity(tokenizer) if tokenizer is not None else None
+            self.sa = SuffixArray.load(store_path, mmap=True, tokenizer_identity=identity, verify=verify)
+        sep = self.sa.separator_id
+        self._separator = -1 if sep is None else sep
+        self.max_suffix = int(max_suffix)
+        self.min_suffix = max(1, int(min_suffix))
+        self.max_occurrences = int(max_occurrences)
+        self.max_depth = int(max_depth)
+        self.backoff = int(backoff)
+        self.smoothing = float(smoothing)
+        self.match_prior = float(match_prior)
+        self.depth_decay = float(depth_decay)
+        self.min_score = float(min_score)
+        self.max_nodes = int(max_nodes)
+        self.last_match = 0  # match length of the last draft (0: none), for diagnostics
+
+    def _tree_for(self, root: int, m: int, lo: int, hi: int, budget: int) -> DraftTree:
+        slots = SuffixArray.sample_slots(lo, hi, self.max_occurrences)
+        starts = self.sa.sa[slots].astype(np.int64) + m
+        tok, par, counts, depth = K.continuation_trie(self.sa.tokens, starts, np.ones(len(starts)), self.max_depth,
+                                                      self._separator, self.max_nodes)
+        if len(tok) <= 1:
+            return DraftTree.root_only(root)
+        reliability = m / (m + self.match_prior)
+        scores = counts / (len(starts) + self.smoothing) * reliability * self.depth_decay ** np.maximum(depth - 1, 0)
+        return trie_to_tree(root, tok, par, scores, budget, self.min_score, self.name)
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        root = int(context[-1])
+        tail = np.ascontiguousarray(context[-self.max_suffix:], dtype=np.int64)
+        max_len = len(tail)
+        self.last_match = 0
+        for _ in range(self.backoff + 1):
+            m, lo, hi = K.longest_suffix_match(self.sa.tokens, self.sa.sa, tail, self.min_suffix, max_len)
+            if m == 0:
+                break
+            tree = self._tree_for(root, m, lo, hi, budget)
+            if len(tree) > 1:
+                self.last_match = m
+                return tree
+            max_len = m - 1
+        return DraftTree.root_only(root)

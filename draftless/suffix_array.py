@@ -1,0 +1,260 @@
+"""Suffix arrays over int32 token corpora (any vocabulary): construction, lookup, the ``"rest"`` datastore.
+
+Construction is prefix doubling on numpy sorts (Manber-Myers with the "sort only unresolved groups" refinement of
+Larsson-Sadakane):
+
+1. the first ``c`` tokens of every suffix are packed into one int64 key (``c = 63 // bits(vocab + 1)``: 3 tokens for
+   a 50k-260k vocabulary, 10 for a 48-token test vocabulary; the end of the text packs as 0, below every token) and
+   the positions are argsorted by it. A suffix's *rank* is the slot of the first member of its group of equal keys,
+   so ranks order suffixes by their first ``h = c`` tokens;
+2. while some groups hold more than one suffix, only the members of those groups are re-sorted, by the packed pair
+   ``(rank[i], rank[i + h])`` (``rank[i + h] = -1`` past the end) which orders them by their first ``2h`` tokens;
+   ranks of the re-sorted slots are updated all at once and ``h`` doubles.
+
+Natural text resolves most suffixes in the first rounds, so later rounds sort small subsets; the rounds needed grow
+with the longest repeated substring (log2 of it). Memory peaks at about 30 bytes per token (tokens, int64 ranks and
+keys, the argsort permutation; int32 ranks), time is dominated by the first int64 argsort (about 0.1 s per million tokens).
+
+Lookup (``find``): two binary searches for the slots whose suffixes start with a query (O(m log n)); continuation
+counting walks the tokens after each occurrence into a trie (``kernels.suffix_array_kernels``).
+
+Store kind ``"rest"``: ``tokens.npy`` int32[n] + ``sa.npy`` (int32 below 2**31 tokens, else int64), memory-mapped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .datastore import DatastoreError, open_store, write_store
+from .kernels import suffix_array_kernels as K
+
+KIND = "rest"
+FORMAT_ARRAYS = ("tokens", "sa")
+
+
+def _as_tokens(tokens) -> np.ndarray:
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+        raise ValueError("token ids must be non-negative int32")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _initial_keys(tokens: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pack the first ``c`` tokens of every suffix (as ``token + 1``; 0 past the end) into int64 keys."""
+    n = len(tokens)
+    top = int(tokens.max()) + 2 if n else 2
+    bits = max(1, int(top - 1).bit_length())
+    c = max(1, 63 // bits)
+    keys = np.zeros(n, dtype=np.int64)
+    shifted = tokens.astype(np.int64) + 1
+    for j in range(c):
+        keys <<= bits
+        if j < n:
+            keys[: n - j] |= shifted[j:]
+    return keys, c
+
+
+def _group_heads(sorted_keys: np.ndarray) -> np.ndarray:
+    """For each slot of a sorted key array, the slot where its run of equal keys starts."""
+    n = len(sorted_keys)
+    starts = np.empty(n, dtype=bool)
+    if n:
+        starts[0] = True
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
+    return np.maximum.accumulate(np.where(starts, np.arange(n, dtype=np.int64), 0))
+
+
+def build_suffix_array(tokens, progress: bool = False) -> np.ndarray:
+    """The suffix array of ``tokens`` (int32 when ``n < 2**31``, else int64). See the module docstring."""
+    from tqdm.auto import tqdm
+
+    tokens = _as_tokens(tokens)
+    n = len(tokens)
+    index_dtype = np.int32 if n < 2**31 - 1 else np.int64
+    if n == 0:
+        return np.zeros(0, dtype=index_dtype)
+    keys, h = _initial_keys(tokens)
+    sa = np.argsort(keys, kind="stable")
+    sorted_keys = keys[sa]
+    del keys
+    heads = _group_heads(sorted_keys)
+    del sorted_keys
+    rank = np.empty(n, dtype=index_dtype)
+    rank[sa] = heads
+    # slots that still share their group with another suffix
+    sizes_ok = np.ones(n, dtype=bool)
+    if n > 1:
+        same_next = heads[1:] == heads[:-1]
+        sizes_ok[1:] &= ~same_next
+        sizes_ok[:-1] &= ~same_next
+    unresolved = np.flatnonzero(~sizes_ok)
+    del heads, sizes_ok
+    bar = tqdm(total=n, desc="suffix array", unit="tok", unit_scale=True, disable=not progress)
+    bar.update(n - len(unresolved))
+    while len(unresolved):
+        pos = sa[unresolved]
+        nxt = pos + h
+        second = np.full(len(pos), -1, dtype=np.int64)
+        inside = nxt < n
+        second[inside] = rank[nxt[inside]]
+        # (rank, second) packed: rank < n, second + 1 <= n
+        packed = rank[pos].astype(np.int64) * (n + 1) + (second + 1)
+        del second, nxt, inside
+        order = np.argsort(packed, kind="stable")
+        packed = packed[order]
+        pos = pos[order]
+        sa[unresolved] = pos
+        # new rank = slot of the first member of the group of equal (rank, second) pairs, within its old group
+        starts = np.empty(len(packed), dtype=bool)
+        starts[0] = True
+        np.not_equal(packed[1:], packed[:-1], out=starts[1:])
+        # unresolved slots are not contiguous across old groups, but a new group never spans two old groups
+        # (their ranks differ), so the head of each new group is the slot of its first element.
+        head_idx = np.maximum.accumulate(np.where(starts, np.arange(len(packed)), 0))
+        rank[pos] = unresolved[head_idx]
+        single = np.ones(len(packed), dtype=bool)
+        if len(packed) > 1:
+            same = packed[1:] == packed[:-1]
+            single[1:] &= ~same
+            single[:-1] &= ~same
+        bar.update(int(single.sum()))
+        unresolved = unresolved[~single]
+        h *= 2
+    bar.close()
+    return sa.astype(index_dtype, copy=False)
+
+
+def brute_force_suffix_array(tokens) -> np.ndarray:
+    """Reference oracle: sort the suffixes as Python lists (tests only; quadratic)."""
+    t = [int(x) for x in np.asarray(tokens).tolist()]
+    return np.array(sorted(range(len(t)), key=lambda i: t[i:]), dtype=np.int64)
+
+
+class SuffixArray:
+    """A corpus with its suffix array: ``find`` occurrence ranges, ``continuations`` after a pattern.
+
+    Build with ``SuffixArray.build(tokens)``; ``save``/``load`` a ``"rest"`` datastore (memory-mapped).
+    """
+
+    def __init__(self, tokens: np.ndarray, sa: np.ndarray, store_meta: dict | None = None):
+        self.tokens = tokens
+        self.sa = sa
+        self.store_meta = store_meta
+
+    @classmethod
+    def build(cls, tokens, progress: bool = False) -> "SuffixArray":
+        tokens = _as_tokens(tokens)
+        return cls(tokens, build_suffix_array(tokens, progress=progress))
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def separator_id(self) -> int | None:
+        sep = (self.store_meta or {}).get("separator_id")
+        return None if sep is None else int(sep)
+
+    def nbytes(self) -> int:
+        return int(self.tokens.nbytes + self.sa.nbytes)
+
+    # ------------------------------------------------------------------------------------------ queries
+    def find(self, pattern) -> tuple[int, int]:
+        """``(lo, hi)``: the slots of ``sa`` whose suffixes start with ``pattern`` (``hi - lo`` occurrences)."""
+        q = np.ascontiguousarray(pattern, dtype=np.int64)
+        if q.ndim != 1:
+            raise ValueError("pattern must be 1-D")
+        if len(q) == 0:
+            return 0, len(self)
+        lo, hi = K.sa_range(self.tokens, self.sa, q, 0, len(q))
+        return int(lo), int(hi)
+
+    def count(self, pattern) -> int:
+        lo, hi = self.find(pattern)
+        return hi - lo
+
+    def positions(self, pattern, limit: int | None = None) -> np.ndarray:
+        """Start positions of ``pattern`` (in suffix order); at most ``limit``, sampled evenly over the range."""
+        lo, hi = self.find(pattern)
+        return self.sa[self.sample_slots(lo, hi, limit)].astype(np.int64)
+
+    @staticmethod
+    def sample_slots(lo: int, hi: int, limit: int | None) -> np.ndarray:
+        n = hi - lo
+        if limit is None or n <= limit:
+            return np.arange(lo, hi, dtype=np.int64)
+        return lo + (np.arange(limit, dtype=np.int64) * n) // limit
+
+    def longest_suffix_match(self, context, min_len: int = 2, max_len: int = 16) -> tuple[int, int, int]:
+        """``(m, lo, hi)`` for the longest ``context[-m:]`` (``min_len <= m <= max_len``) found; ``m = 0``: none."""
+        ctx = np.ascontiguousarray(context, dtype=np.int64)
+        m, lo, hi = K.longest_suffix_match(self.tokens, self.sa, ctx, int(min_len), int(max_len))
+        return int(m), int(lo), int(hi)
+
+    def continuation_counts(self, pattern, max_depth: int, limit: int | None = None,
+                            stop_token: int | None = None, max_nodes: int = 4096):
+        """Trie of what follows the occurrences of ``pattern``: ``(tokens, parents, counts, depths)``.
+
+        Node 0 is the root (all sampled occurrences); ``counts[i]`` is how many occurrences continue with the path to
+        node ``i``. Paths stop at ``stop_token`` (not included), at the end of the corpus and after ``max_depth``.
+        """
+        q = np.ascontiguousarray(pattern, dtype=np.int64)
+        lo, hi = self.find(q)
+        starts = self.sa[self.sample_slots(lo, hi, limit)].astype(np.int64) + len(q)
+        tok, par, w, depth = K.continuation_trie(self.tokens, starts, np.ones(len(starts)), int(max_depth),
+                                                 -1 if stop_token is None else int(stop_token), int(max_nodes))
+        return tok, par, np.rint(w).astype(np.int64), depth
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
+             build_args: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:
+        """Write a ``"rest"`` datastore (``tokens.npy`` + ``sa.npy`` + ``meta.json``)."""
+        meta = {"sa_dtype": self.sa.dtype.str}
+        meta.update(extra_meta or {})
+        return write_store(path, KIND, {"tokens": self.tokens, "sa": self.sa}, tokenizer_identity, build_args, meta,
+                           n_tokens=len(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, tokenizer_identity: Mapping | None = None,
+             verify: str = "size") -> "SuffixArray":
+        """Open a ``"rest"`` datastore; ``DatastoreError`` when it is missing, corrupt, foreign or inconsistent."""
+        store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
+        missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]
+        if missing:
+            raise DatastoreError(f"{path}: suffix-array store lacks arrays {missing}")
+        tokens, sa = store.arrays["tokens"], store.arrays["sa"]
+        n = int(store.meta["n_tokens"])
+        if not (tokens.shape == (n,) and sa.shape == (n,) and tokens.dtype == np.int32
+                and sa.dtype in (np.dtype(np.int32), np.dtype(np.int64))):
+            raise DatastoreError(f"{path}: suffix-array arrays have inconsistent shapes or dtypes")
+        if n and not (0 <= int(sa[0]) < n and 0 <= int(sa[-1]) < n):
+            raise DatastoreError(f"{path}: suffix array holds positions outside the corpus")
+        return cls(tokens, sa, store.meta)
+
+    def __repr__(self) -> str:
+        return f"SuffixArray(n_tokens={len(self):,}, sa={self.sa.dtype})"
+
+
+# ---------------------------------------------------------------------------------------------- build_store hook
+def build_rest(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
+               vocab_size: int | None = None, progress: bool = True) -> dict:
+    """``draftless.build`` builder for kind ``"rest"``: suffix array construction, then write."""
+    t0 = time.perf_counter()
+    sa = SuffixArray.build(tokens, progress=progress)
+    t1 = time.perf_counter()
+    sa.save(out_dir, identity, build_args, extra_meta)
+    t2 = time.perf_counter()
+    return {"construct_s": t1 - t0, "write_s": t2 - t1}
+
+
+def warm_rest() -> None:
+    """Compile/load the lookup kernels on a few tokens (kept out of build timings)."""
+    sa = SuffixArray.build(np.array([1, 2, 1, 2, 3, 40], dtype=np.int32))
+    sa.find([1, 2])
+    sa.longest_suffix_match(np.array([5, 1, 2], dtype=np.int64))
+    sa.continuation_counts([1], 3)

@@ -1,0 +1,233 @@
+"""Dense retrieval stores (DReSD): exact / high-recall search, store round trip and refusals, DenseDrafter trees."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from draftless.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.dense_store import (DenseStore, OnlineDenseIndex, build_dense_store, hidden_states, index_keys,
+                                   iter_hidden_states, set_search_params)
+from draftless.drafter import StepFeedback
+from draftless.drafters.dense import DenseDrafter
+from draftless.tree import DraftTree
+
+from conftest import VOCAB
+
+
+class IdTokenizer:
+    """A stand-in tokenizer whose vocabulary is the tiny models' ids 0..VOCAB-1."""
+
+    def __init__(self, name: str = "tiny", shift: int = 0):
+        self.name_or_path = f"/models/{name}"
+        self.eos_token_id = 0
+        self._vocab = {f"t{i + shift}": i for i in range(VOCAB)}
+
+    def get_vocab(self):
+        return dict(self._vocab)
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def check_tree(tree: DraftTree, context, budget: int) -> None:
+    tree.validate()
+    assert tree.root_token == int(context[-1])
+    assert len(tree) <= budget
+    assert ((tree.scores > 0) & (tree.scores <= 1)).all()
+    assert (tree.scores[1:] <= tree.scores[tree.parents[1:]] + 1e-6).all()
+
+
+def best_path(tree: DraftTree) -> list[int]:
+    kids = tree.children()
+    node, out = 0, []
+    while kids[node]:
+        node = max(kids[node], key=lambda k: tree.scores[k])
+        out.append(int(tree.tokens[node]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    from conftest import make_tiny_model
+
+    return make_tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def sequence(model):
+    """A prompt and the model's greedy continuation: the corpus the drafter should retrieve from."""
+    prompt = torch.tensor([[5, 9, 17, 3, 22, 41, 8, 30]])
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=120, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)
+    return out[0].numpy().astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def store(model, sequence, tmp_path_factory):
+    built = build_dense_store(model, sequence, dim=32, index="flat", window=256, overlap=16, progress=False)
+    path = tmp_path_factory.mktemp("dense") / "store"
+    built.save(path, tokenizer_identity(IdTokenizer()), {"test": True})
+    return path
+
+
+# ------------------------------------------------------------------------------------------ search quality
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_index_finds_the_exact_neighbours(kind):
+    import faiss
+
+    rng = np.random.default_rng(0)
+    keys = unit(rng.normal(size=(2000, 16)))
+    queries = unit(keys[:50] + 0.3 * rng.normal(size=(50, 16)))
+    exact = faiss.IndexFlatIP(16)
+    exact.add(keys)
+    _, truth = exact.search(queries, 10)
+    kw = {"nlist": 16} if kind == "ivf" else {}
+    index = index_keys(keys, kind, **kw)
+    set_search_params(index, ef_search=256, nprobe=16)  # exhaustive IVF, generous HNSW
+    _, got = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)])
+    assert recall == 1.0 if kind in ("flat", "ivf") else recall >= 0.98
+
+
+def test_hidden_state_windows_cover_every_position_once(model):
+    tokens = np.random.default_rng(1).integers(0, VOCAB, 150)
+    chunks = list(iter_hidden_states(model, tokens, window=40, overlap=8, batch_size=2, progress=False))
+    starts = [s for s, _ in chunks]
+    lengths = [len(h) for _, h in chunks]
+    assert starts[0] == 0 and sum(lengths) == len(tokens)
+    assert all(a + n == b for a, n, b in zip(starts, lengths, starts[1:]))
+    # the first window's states are exactly those of one forward pass over its tokens
+    np.testing.assert_allclose(chunks[0][1], hidden_states(model, tokens[None, :40])[0], atol=1e-4)
+
+
+def test_online_index_is_exact_and_capped():
+    rng = np.random.default_rng(2)
+    online = OnlineDenseIndex(8, capacity=5)
+    keys = unit(rng.normal(size=(7, 8)))
+    online.add(keys, np.arange(7))
+    assert online.size == 5
+    sims, pos = online.search(keys[6], 3)
+    assert pos[0] == 6 and np.isclose(sims[0], 1.0) and set(pos) <= set(range(2, 7))
+    sims, pos = online.search(keys[0], 5)  # evicted
+    assert 0 not in pos.tolist()
+
+
+# ------------------------------------------------------------------------------------------ store
+def test_round_trip(store, sequence):
+    loaded = DenseStore.load(store, tokenizer_identity=tokenizer_identity(IdTokenizer()), verify="full")
+    assert np.array_equal(loaded.tokens, sequence.astype(np.int32))
+    assert len(loaded) == len(sequence) - 1 and loaded.dim == 32 and loaded.hidden_size == 64
+    q = loaded.project(np.random.default_rng(3).normal(size=(2, 64)))
+    again = DenseStore.load(store)
+    np.testing.assert_array_equal(loaded.search(q, 5)[1], again.search(q, 5)[1])
+    assert loaded.store_meta["model"]["hidden_size"] == 64 and loaded.store_meta["build_args"] == {"test": True}
+
+
+def test_refusals(store, tmp_path, model):
+    with pytest.raises(DatastoreError, match="other"):
+        DenseDrafter(store, IdTokenizer("other", shift=1))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(store, truncated)
+    (truncated / "index.npy").write_bytes((truncated / "index.npy").read_bytes()[:-10])
+    with pytest.raises(DatastoreError, match="truncated"):
+        DenseDrafter(truncated)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(store, corrupt)
+    raw = bytearray((corrupt / "index.npy").read_bytes())
+    raw[-5] ^= 0x40
+    (corrupt / "index.npy").write_bytes(bytes(raw))
+    with pytest.raises(DatastoreError, match="sha256"):
+        DenseDrafter(corrupt, verify="full")
+    garbage = tmp_path / "garbage"
+    loaded = DenseStore.load(store)
+    write_store(garbage, "dense", {"tokens": loaded.tokens, "positions": loaded.positions,
+                                   "pca_components": loaded.components, "pca_mean": loaded.mean,
+                                   "index": np.frombuffer(b"not a faiss index" * 4, dtype=np.uint8)}, None)
+    with pytest.raises(DatastoreError, match="FAISS"):
+        DenseDrafter(garbage)
+    wrong_dim = tmp_path / "wrong_dim"
+    write_store(wrong_dim, "dense", {"tokens": loaded.tokens, "positions": loaded.positions,
+                                     "pca_components": loaded.components[:16], "pca_mean": loaded.mean,
+                                     "index": np.load(store / "index.npy")}, None)
+    with pytest.raises(DatastoreError, match="does not match"):
+        DenseDrafter(wrong_dim)
+    with pytest.raises(DatastoreError, match="expected 'dense'"):
+        DenseDrafter(write_store(tmp_path / "rest", "rest", {"tokens": np.zeros(3, np.int32)}, None))
+    with pytest.raises(DatastoreError, match="hidden states of size 64"):
+        DenseDrafter(store, hidden_size=96)
+    DenseDrafter(store, model=model)  # the right model is accepted
+
+
+# ------------------------------------------------------------------------------------------ drafter
+def step_at(model, sequence, t: int, tree_len: int = 1) -> StepFeedback:
+    """Feedback as the engine gives it after committing ``sequence[:t + 2]``: the last accepted node is token ``t``
+    and its hidden state predicts the bonus ``sequence[t + 1]``."""
+    states = torch.from_numpy(hidden_states(model, sequence[None, : t + 1])[0])
+    accepted = np.arange(tree_len, dtype=np.int64)
+    hidden = states[t + 1 - tree_len: t + 1]
+    tree = DraftTree.from_chain(int(sequence[t + 1 - tree_len]), sequence[t + 2 - tree_len: t + 1].tolist())
+    return StepFeedback(tree=tree, accepted=accepted, new_tokens=sequence[t + 2 - tree_len: t + 2],
+                        context=sequence[: t + 2], logits=None, hidden=hidden)
+
+
+def test_first_step_is_root_only(store, sequence):
+    drafter = DenseDrafter(store)
+    drafter.begin(sequence[:8])
+    assert len(drafter.draft(sequence[:8], 16)) == 1
+
+
+def test_drafts_the_true_continuation(store, model, sequence):
+    drafter = DenseDrafter(store, IdTokenizer(), model=model, k=8, max_depth=6)
+    drafter.begin(sequence[:8])
+    hits = 0
+    checked = 0
+    for t in range(10, len(sequence) - 10, 7):
+        drafter.feedback(step_at(model, sequence, t, tree_len=3))
+        ctx = sequence[: t + 2]
+        tree = drafter.draft(ctx, 16)
+        check_tree(tree, ctx, 16)
+        checked += 1
+        hits += best_path(tree)[:6] == sequence[t + 2: t + 8].tolist()
+    assert hits == checked
+    # a stale query (context moved on without feedback) drafts nothing
+    assert len(drafter.draft(sequence[: len(sequence) - 1], 16)) == 1
+
+
+def test_online_store_retrieves_from_the_session():
+    """Synthetic states that are a function of the last two tokens: a repeat of earlier text queries exactly the
+    keys of its first occurrence, so the session's own continuation is drafted."""
+    rng = np.random.default_rng(4)
+    emb_a, emb_b = rng.normal(size=(VOCAB, 16)), rng.normal(size=(VOCAB, 16))
+    motif = rng.integers(1, VOCAB, 30)
+    session = np.concatenate([motif, motif[:20]])
+
+    def state(p):
+        return emb_a[session[p]] + emb_b[session[p - 1]]
+
+    drafter = DenseDrafter(None, hidden_size=16, online=True, k=4, max_depth=6)
+    drafter.begin(session[:5])
+    for t in range(4, len(session) - 1):  # one accepted node per step (the node at t), bonus t + 1
+        ctx = session[: t + 2]
+        hidden = torch.tensor(state(t), dtype=torch.float32)[None]
+        drafter.feedback(StepFeedback(tree=DraftTree.root_only(int(session[t])), accepted=np.zeros(1, np.int64),
+                                      new_tokens=session[t + 1: t + 2], context=ctx, logits=None, hidden=hidden))
+        tree = drafter.draft(ctx, 16)
+        check_tree(tree, ctx, 16)
+        if t >= 34:  # inside the repeat: its first occurrence (30 tokens back, keys from t = 4 on) has the same states
+            assert best_path(tree) == session[t - 28: t - 22].tolist()
+    assert drafter.online.size == len(session) - 5
+
+
+def test_engine_output_is_unchanged(store, model, sequence):
+    import draftless
+
+    drafter = DenseDrafter(store, model=model, k=8, online=True)
+    ids = torch.from_numpy(sequence[:8])[None]
+    out = draftless.generate(model, ids, drafter=drafter, max_new_tokens=100)
+    assert out.sequences[0].tolist() == sequence[:108].tolist()
+    assert out.stats.mean_accepted > 2.0

@@ -1,0 +1,220 @@
+"""Suffix arrays (construction and lookups against brute force), the ``rest`` store and RestDrafter."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from draftless.build import BUILDERS, StoreBuilder, build_store
+from draftless.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.drafters.rest import RestDrafter
+from draftless.suffix_array import SuffixArray, brute_force_suffix_array, build_rest, build_suffix_array, warm_rest
+from draftless.tree import DraftTree
+
+BUILDERS.setdefault("rest", StoreBuilder(build_rest, warm_rest))  # until draftless.build registers it
+
+
+class CharTokenizer:
+    """A stand-in for a fast HF tokenizer: one token per character, EOS = 0."""
+
+    def __init__(self, name: str = "chars", shift: int = 0):
+        self.name_or_path = f"/models/{name}"
+        self.eos_token_id = 0
+        self._vocab = {"</s>": 0, "<unk>": 1}
+        self._vocab.update({chr(c): c - 30 + shift for c in range(32, 127)})
+
+    def get_vocab(self):
+        return dict(self._vocab)
+
+    def __call__(self, texts, add_special_tokens=False, return_attention_mask=False):
+        return {"input_ids": [[self._vocab.get(ch, 1) for ch in text] for text in texts]}
+
+    def ids(self, text: str) -> list[int]:
+        return self([text])["input_ids"][0]
+
+
+DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps",
+        "the quick brown cat sleeps"]
+
+token_lists = st.one_of(
+    st.lists(st.integers(0, 3), max_size=80),  # tiny alphabet: long repeats, many rounds
+    st.lists(st.integers(0, 300_000), max_size=40),  # large vocab: 3 tokens per packed key
+    st.lists(st.integers(0, 5), min_size=1, max_size=12).map(lambda t: t * 7),  # periodic text
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rest")
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    return build_store("rest", [root / "docs.jsonl"], CharTokenizer(), root / "store", progress=False,
+                       verbose=False).out_dir
+
+
+def brute_positions(tokens: list[int], pattern: list[int]) -> list[int]:
+    m = len(pattern)
+    return [i for i in range(len(tokens) - m + 1) if tokens[i: i + m] == pattern]
+
+
+# ------------------------------------------------------------------------------------------ construction + lookup
+@settings(max_examples=150, deadline=None)
+@given(token_lists)
+def test_suffix_array_equals_brute_force(tokens):
+    arr = np.asarray(tokens, dtype=np.int32)
+    sa = build_suffix_array(arr)
+    assert sa.dtype == np.int32
+    assert np.array_equal(sa, brute_force_suffix_array(arr))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.lists(st.integers(0, 3), min_size=1, max_size=5))
+def test_find_range_matches_brute_force(tokens, pattern):
+    sa = SuffixArray.build(tokens)
+    lo, hi = sa.find(pattern)
+    assert sorted(sa.sa[lo:hi].tolist()) == brute_positions(tokens, pattern)
+    assert sorted(sa.positions(pattern).tolist()) == brute_positions(tokens, pattern)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.lists(st.integers(0, 3), min_size=1, max_size=20),
+       st.integers(1, 6), st.integers(1, 8))
+def test_longest_suffix_match_matches_brute_force(tokens, context, min_len, max_len):
+    sa = SuffixArray.build(tokens)
+    m, lo, hi = sa.longest_suffix_match(np.asarray(context), min_len, max_len)
+    expected = 0
+    for length in range(min(max_len, len(context)), min_len - 1, -1):
+        if brute_positions(tokens, context[-length:]):
+            expected = length
+            break
+    assert m == expected
+    if m:
+        assert sorted(sa.sa[lo:hi].tolist()) == brute_positions(tokens, context[-m:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=80), st.lists(st.integers(0, 4), min_size=1, max_size=3),
+       st.integers(1, 5))
+def test_continuation_counts_are_exact(tokens, pattern, depth):
+    sa = SuffixArray.build(tokens)
+    tok, par, counts, depths = sa.continuation_counts(pattern, depth, stop_token=0)
+    expected: Counter = Counter()
+    occurrences = brute_positions(tokens, pattern)
+    for p in occurrences:
+        cont = []
+        for t in tokens[p + len(pattern): p + len(pattern) + depth]:
+            if t == 0:
+                break
+            cont.append(t)
+            expected[tuple(cont)] += 1
+    got = {}
+    for i in range(1, len(tok)):
+        path, node = [], i
+        while node > 0:
+            path.append(int(tok[node]))
+            node = int(par[node])
+        got[tuple(path[::-1])] = int(counts[i])
+        assert depths[i] == len(path) and par[i] < i
+    assert got == dict(expected)
+    assert counts[0] == len(occurrences)
+
+
+def test_occurrence_cap_samples_evenly():
+    sa = SuffixArray.build([1, 2] * 100)
+    lo, hi = sa.find([1])
+    slots = SuffixArray.sample_slots(lo, hi, 10)
+    assert len(slots) == 10 and slots[0] == lo and slots[-1] < hi and len(set(slots.tolist())) == 10
+    assert len(sa.positions([1], limit=7)) == 7
+
+
+# ------------------------------------------------------------------------------------------ store
+def test_save_load_round_trip(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 50, 500).astype(np.int32)
+    built = SuffixArray.build(tokens)
+    ident = tokenizer_identity(CharTokenizer())
+    built.save(tmp_path / "s", ident, {"a": 1}, {"separator_id": 0})
+    loaded = SuffixArray.load(tmp_path / "s", tokenizer_identity=ident, verify="full")
+    assert np.array_equal(loaded.tokens, tokens) and np.array_equal(loaded.sa, built.sa)
+    assert loaded.separator_id == 0 and loaded.store_meta["build_args"] == {"a": 1}
+    assert loaded.find([int(tokens[3]), int(tokens[4])]) == built.find([int(tokens[3]), int(tokens[4])])
+
+
+def test_store_refusals(store, tmp_path):
+    with pytest.raises(DatastoreError, match="other-model"):
+        RestDrafter(store, CharTokenizer("other-model", shift=3))
+    broken = tmp_path / "truncated"
+    shutil.copytree(store, broken)
+    (broken / "sa.npy").write_bytes((broken / "sa.npy").read_bytes()[:-4])
+    with pytest.raises(DatastoreError, match="truncated"):
+        RestDrafter(broken, CharTokenizer())
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(store, corrupt)
+    raw = bytearray((corrupt / "sa.npy").read_bytes())
+    raw[-2] ^= 0x21
+    (corrupt / "sa.npy").write_bytes(bytes(raw))
+    with pytest.raises(DatastoreError, match="sha256"):
+        RestDrafter(corrupt, CharTokenizer(), verify="full")
+    other_kind = write_store(tmp_path / "sam", "sam", {"tokens": np.zeros(3, np.int32)}, None)
+    with pytest.raises(DatastoreError, match="expected 'rest'"):
+        RestDrafter(other_kind)
+    inconsistent = write_store(tmp_path / "bad", "rest", {"tokens": np.zeros(3, np.int32),
+                                                          "sa": np.zeros(2, np.int32)}, None)
+    with pytest.raises(DatastoreError, match="inconsistent"):
+        RestDrafter(inconsistent)
+    with pytest.raises(DatastoreError, match="not found"):
+        RestDrafter(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------------------ drafter
+def check_tree(tree: DraftTree, context, budget: int) -> None:
+    tree.validate()
+    assert tree.root_token == int(context[-1])
+    assert len(tree) <= budget
+    assert ((tree.scores > 0) & (tree.scores <= 1)).all()
+    assert (tree.scores[1:] <= tree.scores[tree.parents[1:]] + 1e-6).all()
+
+
+def best_path(tree: DraftTree) -> list[int]:
+    kids = tree.children()
+    node, out = 0, []
+    while kids[node]:
+        node = max(kids[node], key=lambda k: tree.scores[k])
+        out.append(int(tree.tokens[node]))
+    return out
+
+
+def test_drafts_corpus_continuation_and_never_the_separator(store):
+    tok = CharTokenizer()
+    drafter = RestDrafter(store, tok, max_depth=16)
+    ctx = np.asarray(tok.ids("x = 1\ndef add(a, b):\n    ret"), dtype=np.int64)
+    tree = drafter.draft(ctx, 16)
+    check_tree(tree, ctx, 16)
+    assert best_path(tree)[:6] == tok.ids("urn a ")
+    assert drafter.last_match == 16
+    ctx = np.asarray(tok.ids("a quick brown fox jum"), dtype=np.int64)
+    tree = drafter.draft(ctx, 32)
+    check_tree(tree, ctx, 32)
+    assert best_path(tree) == tok.ids("ps")  # the document ends there
+    assert 0 not in tree.tokens[1:].tolist()
+    # "the quick brown " continues two ways: a branching tree, the two branches scored alike
+    ctx = np.asarray(tok.ids("see the quick brown "), dtype=np.int64)
+    tree = drafter.draft(ctx, 64)
+    first = [int(tree.tokens[c]) for c in tree.children()[0]]
+    assert sorted(first) == sorted(tok.ids("fc"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=40), st.integers(1, 20))
+def test_trees_are_valid_for_any_context(store, context, budget):
+    drafter = RestDrafter(store)
+    tree = drafter.draft(np.asarray(context, dtype=np.int64), budget)
+    check_tree(tree, context, max(budget, 1))
+
+
+def test_unknown_context_is_root_only(store):
+    drafter = RestDrafter(store)
+    tree = drafter.draft(np.array([5, 200, 201], dtype=np.int64), 16)
+    assert len(tree) == 1 and tree.root_token == 201
