@@ -5,9 +5,11 @@ import argparse
 import sys
 import time
 
-DEFAULT_PROMPT = (
-    "Here is a shopping list: apples, bananas, carrots, dates, eggs, flour, grapes, honey. "
-    "Rewrite the list as a numbered list, one item per line, keeping the original order."
+DEFAULT_PROMPT = (  # an extraction task: the kind of prompt where reusing context pays off most
+    "Extract the sentences that mention a year from the text below.\n\n"
+    "The library was founded in 1901 by a group of teachers. It moved to a larger building on Main Street in 1935. "
+    "Its reading room is open every day. A new wing for children's books was added in 1962. "
+    "Today the library lends more than a million books a year."
 )
 
 
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text and print it with a stats line")
-    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text (default: a built-in list-rewriting task)")
+    g.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text (default: a built-in extraction task)")
     g.add_argument("--chat", dest="chat", action="store_true", default=None,
                    help="wrap the prompt in the chat template (default: on when the tokenizer has one)")
     g.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt text as is")
