@@ -1,7 +1,7 @@
 """Recipe: retrieval datastores over GSM8K train (``rest`` suffix array or ``dense`` hidden-state index).
 
     python datastores/retrieval.py --kind rest  [--model smollm2-135m]            ->  datastores/math-rest-<model>/
-    python datastores/retrieval.py --kind dense [--model smollm2-135m] [--max-tokens N] [--dim 96] [--index hnsw]
+    python datastores/retrieval.py --kind dense [--model smollm2-135m] [--max-tokens N] [--dim 96] [--index ivf]
                                                                                    ->  datastores/math-dense-<model>/
 
 Corpus: ``gsm8k_train.jsonl`` (fields ``question`` + ``answer``, one document per problem), optionally without the
@@ -29,7 +29,7 @@ def main(argv=None) -> None:
                         help="drop documents sharing a word 13-gram with these Spec-Bench prompts")
     parser.add_argument("--max-tokens", type=int, default=300_000, help="dense: index at most this many tokens (0: all)")
     parser.add_argument("--dim", type=int, default=96, help="dense: PCA dimension")
-    parser.add_argument("--index", default="hnsw", choices=["hnsw", "ivf", "flat"], help="dense: FAISS index type")
+    parser.add_argument("--index", default="ivf", choices=["hnsw", "ivf", "flat"], help="dense: FAISS index type")
     parser.add_argument("--window", type=int, default=256, help="dense: tokens per model window")
     parser.add_argument("--batch-size", type=int, default=4, help="dense: windows per forward pass")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
     ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was
     built with the same tokenizer. ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
-    ``verbose`` (see ``SpeculativeGenerator``).
+    ``min_gain``, ``verbose`` (see ``SpeculativeGenerator``).
     """
     from .spec import DrafterContext, build_drafter
 
@@ -36,7 +36,7 @@ def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> Gene
 
     Engine options (``max_nodes``, ``adaptive``, ...) may be mixed into ``kwargs``.
     """
-    engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "verbose", "datastore"}
+    engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "min_gain", "verbose", "datastore"}
     config = {k: kwargs.pop(k) for k in list(kwargs) if k in engine_keys}
     return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, **kwargs)
 

@@ -47,8 +47,12 @@ class CostCurve:
         return {s: round(m / self.ms[0], 3) for s, m in zip(self.sizes, self.ms)}
 
 
-def best_tree_size(tree: DraftTree, curve: CostCurve, draft_ms: float = 0.0, max_nodes: int | None = None) -> int:
+def best_tree_size(tree: DraftTree, curve: CostCurve, draft_ms: float = 0.0, max_nodes: int | None = None,
+                   min_gain: float = 1.0) -> int:
     """Node count (root included) that maximises expected tokens per millisecond for this tree.
+
+    ``min_gain``: a tree is verified only when its expected rate beats plain decoding by this factor, a margin for
+    estimation error (a speculative step that disappoints costs more than the plain step it replaced).
 
     Assumes scores never increase from parent to child, so the best n-node subtree is the n best-scored nodes
     (ties to the lower index, i.e. ancestors first), as ``DraftTree.prune`` picks them.
@@ -62,7 +66,10 @@ def best_tree_size(tree: DraftTree, curve: CostCurve, draft_ms: float = 0.0, max
     # size whose kernels are slow.
     sizes = np.asarray(sorted({s for s in curve.sizes if s <= limit} | {limit}), dtype=np.int64)
     rate = expected[sizes - 1] / (np.asarray(curve.cost(sizes)) + draft_ms)
-    return int(sizes[int(np.argmax(rate))])
+    best = int(np.argmax(rate))
+    if sizes[best] > 1 and rate[best] < min_gain * rate[0]:
+        return 1
+    return int(sizes[best])
 
 
 def _curve_path(key: str) -> Path:

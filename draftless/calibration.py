@@ -3,10 +3,11 @@
 Each drafter scores its nodes in its own currency (match counts, recorded probabilities). The budget chooser needs
 probabilities, so that "0.6" means the same from every source. The calibrator works on *conditional* scores,
 ``c_i = s_i / s_parent`` (the proposer's estimate that node i is accepted once its parent is), and learns one
-multiplier per group of nodes, a group being the set of sources that proposed the node and its depth (1, 2, 3, 4+):
+multiplier per group of nodes, a group being the set of sources that proposed the node, its depth (1 to 7, 8+) and
+whether its raw conditional is low, middling or confident (acceptance is not linear in any source's raw score):
 
     rate(group) = (accepted + prior_weight * prior_ratio) / (sum of raw c over tried nodes + prior_weight)
-    calibrated c_i = min(c_i * rate(group), 0.98),  calibrated s_i = product of calibrated c along the path
+    calibrated c_i = min(c_i * rate(group), 0.99),  calibrated s_i = product of calibrated c along the path
 
 A node was *tried* when its parent lay on the committed path, so it had its chance. Few groups means the multipliers
 are learned within a few steps, and the prior ratio below 1 keeps a cold start cautious (a speculative step that
@@ -19,15 +20,16 @@ import numpy as np
 
 from .tree import DraftTree
 
-MAX_DEPTH_GROUP = 4
-MAX_CONDITIONAL = 0.98
+MAX_DEPTH_GROUP = 8
+RAW_BIN_EDGES = np.array([0.4, 0.75])  # low / middling / confident raw conditionals learn separate multipliers
+MAX_CONDITIONAL = 0.99
 
 
 class Calibrator:
     """``prior_ratio``/``prior_weight``: the multiplier assumed before any observation, and how many (raw-score
     weighted) observations it is worth; ``decay``: per-step multiplier of all counts."""
 
-    def __init__(self, prior_ratio: float = 0.5, prior_weight: float = 2.0, decay: float = 0.995):
+    def __init__(self, prior_ratio: float = 0.5, prior_weight: float = 2.0, decay: float = 0.98):
         self.prior_ratio = prior_ratio
         self.prior_weight = prior_weight
         self.decay = decay
@@ -41,16 +43,27 @@ class Calibrator:
         return np.clip(raw / np.maximum(parent_scores, 1e-12), 0.0, 1.0)
 
     def rate(self, key: tuple) -> float:
-        """The learned multiplier of a group."""
+        """The learned multiplier of a group: shrunk towards the same sources' rate over all depths, which is in
+        turn shrunk towards ``prior_ratio``; so a depth seen for the first time starts from what its shallower
+        siblings taught, not from the cold prior."""
         w = self.prior_weight
-        return (self._accepted.get(key, 0.0) + w * self.prior_ratio) / (self._raw.get(key, 0.0) + w)
+        coarse = self._coarse(key)
+        pooled = (self._accepted.get(coarse, 0.0) + w * self.prior_ratio) / (self._raw.get(coarse, 0.0) + w)
+        return (self._accepted.get(key, 0.0) + w * pooled) / (self._raw.get(key, 0.0) + w)
+
+    @staticmethod
+    def _coarse(key: tuple) -> tuple:
+        mask, names, _depth, raw_bin = key
+        return (mask, names, -1, raw_bin)
 
     def calibrate(self, tree: DraftTree) -> tuple[DraftTree, list[tuple]]:
         """The same tree with calibrated cumulative scores, and per node ``(group key, raw conditional)`` to hand
         back to ``observe`` (subset alongside any pruning)."""
         cond = self._conditionals(tree)
         depths = np.minimum(tree.depths, MAX_DEPTH_GROUP)
-        keys = [((int(tree.source_mask[i]), tree.source_names, int(depths[i])), float(cond[i])) for i in range(len(tree))]
+        bins = np.searchsorted(RAW_BIN_EDGES, cond)
+        keys = [((int(tree.source_mask[i]), tree.source_names, int(depths[i]), int(bins[i])), float(cond[i]))
+                for i in range(len(tree))]
         calibrated = np.ones(len(tree), dtype=np.float64)
         rates: dict[tuple, float] = {}
         for i in range(1, len(tree)):
@@ -83,7 +96,9 @@ class Calibrator:
             d = depths[i]
             if on_path[tree.parents[i]] and d <= len(committed):
                 key, raw_conditional = keys[i]
-                self._raw[key] = self._raw.get(key, 0.0) + raw_conditional
-                if int(tree.tokens[i]) == committed[d - 1]:
-                    on_path[i] = True
-                    self._accepted[key] = self._accepted.get(key, 0.0) + 1.0
+                hit = int(tree.tokens[i]) == committed[d - 1]
+                on_path[i] = hit
+                for k in (key, self._coarse(key)):
+                    self._raw[k] = self._raw.get(k, 0.0) + raw_conditional
+                    if hit:
+                        self._accepted[k] = self._accepted.get(k, 0.0) + 1.0

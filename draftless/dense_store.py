@@ -8,7 +8,9 @@ Build (``build_dense``, kind ``"dense"``):
    (``output_hidden_states=True``, ``hidden_states[-1]``);
 2. fit a PCA on the first ``pca_sample`` hidden states (numpy SVD), project every state to ``dim`` dimensions and
    L2-normalise it (inner product = cosine similarity);
-3. index the keys with FAISS (``index``: ``"hnsw"`` default, ``"ivf"`` or exact ``"flat"``).
+3. index the keys with FAISS (``index``: ``"ivf"`` default (IVF-Flat, ``4 sqrt(m)`` lists, ``nprobe`` 32),
+   ``"hnsw"`` (M 32, efSearch 64) or exact ``"flat"``). On 298k GSM8K keys of dim 96, recall@32 against exact search
+   is 0.985 (IVF, 0.15 ms/query) and 0.983 (HNSW, 0.17 ms/query), but IVF is 40% smaller and builds 3x faster.
 
 Key ``j`` is the hidden state after reading corpus token ``i = positions[j]``: it predicts token ``i + 1`` (its
 *value*), and the tokens from ``i + 2`` on are the draft continuation once ``i + 1`` has been committed. Positions
@@ -113,7 +115,7 @@ def project(states: np.ndarray, components: np.ndarray, mean: np.ndarray) -> np.
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def make_index(dim: int, kind: str = "hnsw", n_keys: int = 0, hnsw_m: int = 32, ef_construction: int = 80,
+def make_index(dim: int, kind: str = "ivf", n_keys: int = 0, hnsw_m: int = 32, ef_construction: int = 80,
                nlist: int | None = None):
     """An empty FAISS inner-product index of ``kind`` (IVF needs ``train`` before ``add``)."""
     import faiss
@@ -130,7 +132,7 @@ def make_index(dim: int, kind: str = "hnsw", n_keys: int = 0, hnsw_m: int = 32, 
     raise ValueError(f"unknown index type {kind!r}; choose from {INDEX_TYPES}")
 
 
-def set_search_params(index, ef_search: int = 64, nprobe: int = 16) -> None:
+def set_search_params(index, ef_search: int = 64, nprobe: int = 32) -> None:
     import faiss
 
     if isinstance(index, faiss.IndexHNSW):
@@ -139,7 +141,7 @@ def set_search_params(index, ef_search: int = 64, nprobe: int = 16) -> None:
         index.nprobe = int(nprobe)
 
 
-def index_keys(keys: np.ndarray, kind: str = "hnsw", **kw):
+def index_keys(keys: np.ndarray, kind: str = "ivf", **kw):
     index = make_index(keys.shape[1], kind, len(keys), **kw)
     if not index.is_trained:
         rng = np.random.default_rng(0)
@@ -155,7 +157,7 @@ class DenseStore:
     ``positions[id]`` is the corpus position whose hidden state the key is."""
 
     def __init__(self, tokens: np.ndarray, positions: np.ndarray, components: np.ndarray, mean: np.ndarray,
-                 index, store_meta: dict | None = None, ef_search: int = 64, nprobe: int = 16):
+                 index, store_meta: dict | None = None, ef_search: int = 64, nprobe: int = 32):
         self.tokens = tokens
         self.positions = positions
         self.components = np.ascontiguousarray(components, dtype=np.float32)
@@ -187,6 +189,20 @@ class DenseStore:
         """Search projected ``keys`` float32[q, dim]; ids are -1 where fewer than ``k`` were found."""
         return self.index.search(np.ascontiguousarray(keys, dtype=np.float32), int(k))
 
+    def keys(self) -> np.ndarray:
+        """float32[m, dim]: every key, read back from the index."""
+        import faiss
+
+        if isinstance(self.index, faiss.IndexIVF):
+            self.index.make_direct_map()
+        return self.index.reconstruct_n(0, self.index.ntotal)
+
+    def reindex(self, kind: str = "ivf", ef_search: int = 64, nprobe: int = 32, **index_kw) -> "DenseStore":
+        """The same keys in a new FAISS index of ``kind`` (no model pass needed)."""
+        meta = dict(self.store_meta, index_type=kind)
+        return DenseStore(self.tokens, self.positions, self.components, self.mean,
+                          index_keys(self.keys(), kind, **index_kw), meta, ef_search, nprobe)
+
     # ------------------------------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
              build_args: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:
@@ -205,7 +221,7 @@ class DenseStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike, tokenizer_identity: Mapping | None = None, verify: str = "size",
-             mmap: bool = True, ef_search: int = 64, nprobe: int = 16) -> "DenseStore":
+             mmap: bool = True, ef_search: int = 64, nprobe: int = 32) -> "DenseStore":
         """Open a ``"dense"`` store; ``DatastoreError`` when it is missing, corrupt, foreign or inconsistent.
 
         The corpus tokens and positions stay memory-mapped; the FAISS index is deserialised into memory.
@@ -241,7 +257,7 @@ class DenseStore:
                 f"index={type(self.index).__name__})")
 
 
-def build_dense_store(model, tokens, dim: int = 64, index: str = "hnsw", window: int = 256, overlap: int = 32,
+def build_dense_store(model, tokens, dim: int = 96, index: str = "ivf", window: int = 256, overlap: int = 32,
                       batch_size: int = 4, pca_sample: int = 32768, separator_id: int | None = None,
                       progress: bool = True, index_kw: Mapping | None = None, timings: dict | None = None) -> DenseStore:
     """Run ``model`` over ``tokens`` and build a ``DenseStore`` in memory (see the module docstring)."""
@@ -289,7 +305,7 @@ def build_dense_store(model, tokens, dim: int = 64, index: str = "hnsw", window:
 
 # ---------------------------------------------------------------------------------------------- build_store hook
 def build_dense(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
-                vocab_size: int | None = None, model=None, dim: int = 96, index: str = "hnsw", window: int = 256,
+                vocab_size: int | None = None, model=None, dim: int = 96, index: str = "ivf", window: int = 256,
                 overlap: int = 32, batch_size: int = 4, pca_sample: int = 32768, max_tokens: int | None = None,
                 progress: bool = True) -> dict:
     """``draftless.build`` builder for kind ``"dense"``. ``model``: a loaded HF model or a name for

@@ -48,7 +48,8 @@ class SpeculativeGenerator:
 
     ``max_nodes``: the most tree nodes (root included) one pass may verify. ``adaptive``: choose each step's tree
     size from the measured cost curve and calibrated scores (see ``budget.py``); when False every step verifies up
-    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring.
+    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring. ``min_gain``: verify a tree only when its
+    expected speed beats plain decoding by this factor (a margin for misestimated scores).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class SpeculativeGenerator:
         adaptive: bool = True,
         cost_curve: CostCurve | None = None,
         calibrate: bool = True,
+        min_gain: float = 1.03,
         verbose: bool = False,
     ):
         self.model = model
@@ -68,6 +70,7 @@ class SpeculativeGenerator:
         if self.max_nodes < 1:
             raise ValueError("max_nodes must be at least 1")
         self.adaptive = adaptive
+        self.min_gain = float(min_gain)
         self.verbose = verbose
         self._cost_curve = cost_curve
         # A drafter that calibrates its own sources (a fusion) only needs a neutral residual correction here.
@@ -113,7 +116,8 @@ class SpeculativeGenerator:
         # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
         keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1)
         if self.adaptive and len(keep) > 1:
-            size = best_tree_size(tree.subset(keep), self.cost_curve, draft_ms=self._draft_ms, max_nodes=self.max_nodes)
+            size = best_tree_size(tree.subset(keep), self.cost_curve, draft_ms=self._draft_ms,
+                                  max_nodes=self.max_nodes, min_gain=self.min_gain)
             keep = tree.prune_indices(size, max_depth=remaining - 1)
         if len(keep) < len(tree):
             tree = tree.subset(keep)

@@ -60,14 +60,19 @@ def _initial_keys(tokens: np.ndarray) -> tuple[np.ndarray, int]:
     return keys, c
 
 
-def _group_heads(sorted_keys: np.ndarray) -> np.ndarray:
-    """For each slot of a sorted key array, the slot where its run of equal keys starts."""
-    n = len(sorted_keys)
-    starts = np.empty(n, dtype=bool)
-    if n:
-        starts[0] = True
-        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
-    return np.maximum.accumulate(np.where(starts, np.arange(n, dtype=np.int64), 0))
+def _runs(sorted_vals: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """For a sorted array: ``heads`` (the index where each element's run of equal values starts) and ``single``
+    (the element is alone in its run)."""
+    m = len(sorted_vals)
+    starts = np.empty(m, dtype=bool)
+    starts[0] = True
+    np.not_equal(sorted_vals[1:], sorted_vals[:-1], out=starts[1:])
+    heads = np.arange(m, dtype=dtype)
+    heads[~starts] = 0
+    np.maximum.accumulate(heads, out=heads)
+    single = starts  # a run of one starts here and the next element starts another run
+    single[:-1] &= starts[1:].copy()
+    return heads, single
 
 
 def build_suffix_array(tokens, progress: bool = False) -> np.ndarray:
@@ -80,54 +85,42 @@ def build_suffix_array(tokens, progress: bool = False) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=index_dtype)
     keys, h = _initial_keys(tokens)
-    sa = np.argsort(keys, kind="stable")
-    sorted_keys = keys[sa]
+    sa = np.argsort(keys).astype(index_dtype)  # equal keys in any order: they share a rank
+    keys = keys[sa]
+    heads, single = _runs(keys, index_dtype)
     del keys
-    heads = _group_heads(sorted_keys)
-    del sorted_keys
     rank = np.empty(n, dtype=index_dtype)
     rank[sa] = heads
-    # slots that still share their group with another suffix
-    sizes_ok = np.ones(n, dtype=bool)
-    if n > 1:
-        same_next = heads[1:] == heads[:-1]
-        sizes_ok[1:] &= ~same_next
-        sizes_ok[:-1] &= ~same_next
-    unresolved = np.flatnonzero(~sizes_ok)
-    del heads, sizes_ok
+    del heads
+    unresolved = np.flatnonzero(~single).astype(index_dtype)  # slots of suffixes sharing their group
+    del single
     bar = tqdm(total=n, desc="suffix array", unit="tok", unit_scale=True, disable=not progress)
     bar.update(n - len(unresolved))
     while len(unresolved):
         pos = sa[unresolved]
-        nxt = pos + h
-        second = np.full(len(pos), -1, dtype=np.int64)
+        # sort key (rank[i], rank[i + h]) packed into one int64: rank < n, rank[i + h] + 1 <= n (0 past the end)
+        packed = rank[pos].astype(np.int64) * (n + 1)
+        nxt = pos.astype(np.int64) + h
         inside = nxt < n
-        second[inside] = rank[nxt[inside]]
-        # (rank, second) packed: rank < n, second + 1 <= n
-        packed = rank[pos].astype(np.int64) * (n + 1) + (second + 1)
-        del second, nxt, inside
-        order = np.argsort(packed, kind="stable")
+        packed[inside] += rank[nxt[inside]].astype(np.int64) + 1
+        del nxt, inside
+        order = np.argsort(packed)
         packed = packed[order]
         pos = pos[order]
+        del order
+        # Old groups occupy contiguous slots and their ranks differ, so sorting the unresolved subset keeps every
+        # suffix inside its old group's slots, and a new group never spans two old groups: its rank is the slot of
+        # its first member. All ranks change at once (they were all read above).
         sa[unresolved] = pos
-        # new rank = slot of the first member of the group of equal (rank, second) pairs, within its old group
-        starts = np.empty(len(packed), dtype=bool)
-        starts[0] = True
-        np.not_equal(packed[1:], packed[:-1], out=starts[1:])
-        # unresolved slots are not contiguous across old groups, but a new group never spans two old groups
-        # (their ranks differ), so the head of each new group is the slot of its first element.
-        head_idx = np.maximum.accumulate(np.where(starts, np.arange(len(packed)), 0))
-        rank[pos] = unresolved[head_idx]
-        single = np.ones(len(packed), dtype=bool)
-        if len(packed) > 1:
-            same = packed[1:] == packed[:-1]
-            single[1:] &= ~same
-            single[:-1] &= ~same
+        heads, single = _runs(packed, index_dtype)
+        del packed
+        rank[pos] = unresolved[heads]
+        del heads, pos
         bar.update(int(single.sum()))
         unresolved = unresolved[~single]
         h *= 2
     bar.close()
-    return sa.astype(index_dtype, copy=False)
+    return sa
 
 
 def brute_force_suffix_array(tokens) -> np.ndarray:

@@ -119,3 +119,10 @@ def test_fused_drafter_is_the_merge_of_calibrated_sources_pruned_by_score():
     small = fused.draft(context, budget=4)
     assert len(small) == 4
     assert {tuple(p) for p in small.token_paths()} <= {tuple(p[:k]) for p in want.token_paths() for k in range(1, 4)}
+
+
+def test_min_gain_margin_keeps_marginal_trees_out():
+    curve = CostCurve((1, 2), (10.0, 13.0))
+    tree = chain([0.32])  # expected 1.32 tokens in 13 ms: 1.5% better than plain decoding
+    assert best_tree_size(tree, curve) == 2
+    assert best_tree_size(tree, curve, min_gain=1.03) == 1

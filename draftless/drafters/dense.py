@@ -49,10 +49,10 @@ class DenseDrafter(BaseDrafter):
     wants_hidden_states = True
 
     def __init__(self, store_path: str | os.PathLike | DenseStore | None = None, tokenizer=None, model=None,
-                 k: int = 32, *, max_depth: int = 8, temperature: float = 0.05, smoothing: float = 1.0,
+                 k: int = 32, *, max_depth: int = 8, temperature: float = 0.1, smoothing: float = 1.0,
                  depth_decay: float = 0.95, min_score: float = 0.02, min_similarity: float = 0.0,
                  online: bool = False, online_capacity: int = 4096, hidden_size: int | None = None,
-                 ef_search: int = 64, nprobe: int = 16, max_nodes: int = 1024, verify: str = "size"):
+                 ef_search: int = 64, nprobe: int = 32, max_nodes: int = 1024, verify: str = "size"):
         self.store: DenseStore | None
         if isinstance(store_path, DenseStore):
             self.store = store_path

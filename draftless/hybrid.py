@@ -1,0 +1,135 @@
+"""Hybrid drafting: cheap retrieval sources plus a draft model, combined so the model's cost is paid only where it
+helps.
+
+- ``SelectiveDrafter(cheap, expensive)``: draft with the cheap source; only when its tree is weak (the best path's
+  expected number of accepted tokens, after calibration, is below ``min_expected``) also ask the expensive one
+  (a ``ModelDrafter``) and merge the two trees. Retrieval is strong on repetitive text (code edits, quoting the
+  prompt, lists) and weak on free prose, where a draft model still guesses well.
+- ``HybridFusion(retrieval, model)``: every step the draft model scores the retrieval tree in the same forward pass
+  that computes its own first level (the retrieval nodes ride along the root with a tree mask), prunes retrieval
+  branches it finds unlikely, and grows its own tree from the root *and* from the surviving retrieval nodes, so a
+  retrieval continuation can be extended past its end. Every node is scored by its cumulative draft probability.
+
+Both are drafters: they nest in ``FusedDrafter`` and in each other.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import Calibrator
+from .drafter import BaseDrafter, Drafter, StepFeedback
+from .drafters.model_drafter import ModelDrafter
+from .tree import DraftTree, merge
+
+
+def best_path_expected(tree: DraftTree) -> float:
+    """max over nodes of the sum of scores along the root-to-node path (root excluded): the expected number of
+    accepted tokens if only that path were verified, when scores are calibrated probabilities."""
+    if len(tree) == 1:
+        return 0.0
+    acc = np.zeros(len(tree), dtype=np.float64)
+    for i in range(1, len(tree)):
+        acc[i] = acc[tree.parents[i]] + float(tree.scores[i])
+    return float(acc.max())
+
+
+class SelectiveDrafter(BaseDrafter):
+    """Ask ``expensive`` only when ``cheap``'s calibrated tree is weak.
+
+    ``min_expected``: the cheap tree is strong when its best path is expected to yield at least this many accepted
+    tokens (``best_path_expected`` of the calibrated tree). Both sources see every step's feedback, so a model
+    drafter skipped for a while catches up on the committed tokens in its next call.
+    """
+
+    calibrates_scores = True
+
+    def __init__(self, cheap: Drafter, expensive: Drafter, min_expected: float = 1.0):
+        if cheap.name == expensive.name:
+            raise ValueError("the two sources need distinct names")
+        self.cheap = cheap
+        self.expensive = expensive
+        self.min_expected = float(min_expected)
+        self.name = f"{cheap.name}|{expensive.name}"
+        self.wants_hidden_states = any(getattr(d, "wants_hidden_states", False) for d in (cheap, expensive))
+        self._calibrators = (Calibrator(), Calibrator())
+        self._last: list = [None, None]
+        self.expensive_calls = 0
+        self.steps = 0
+
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        self.cheap.begin(prompt_ids)
+        self.expensive.begin(prompt_ids)
+
+    def _calibrated(self, i: int, drafter: Drafter, context: np.ndarray, budget: int) -> DraftTree | None:
+        tree = drafter.draft(context, budget)
+        if len(tree) == 1:
+            self._last[i] = None
+            return None
+        tree = tree if tree.source_names else tree.with_source(drafter.name)
+        tree, keys = self._calibrators[i].calibrate(tree)
+        self._last[i] = (tree, keys)
+        return tree
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        self.steps += 1
+        trees = []
+        cheap = self._calibrated(0, self.cheap, context, budget)
+        if cheap is not None:
+            trees.append(cheap)
+        self._last[1] = None
+        if cheap is None or best_path_expected(cheap) < self.min_expected:
+            self.expensive_calls += 1
+            expensive = self._calibrated(1, self.expensive, context, budget)
+            if expensive is not None:
+                trees.append(expensive)
+        if not trees:
+            return DraftTree.root_only(int(context[-1]))
+        return merge(*trees).prune(budget)
+
+    def feedback(self, step: StepFeedback) -> None:
+        for i, drafter in enumerate((self.cheap, self.expensive)):
+            if self._last[i] is not None:
+                tree, keys = self._last[i]
+                self._calibrators[i].observe(tree, keys, step.new_tokens)
+            drafter.feedback(step)
+
+
+class HybridFusion(BaseDrafter):
+    """A retrieval tree re-scored, pruned and extended by a draft model (see module docstring).
+
+    ``prune_below``: a retrieval node whose draft probability given its parent is below this is dropped with its
+    subtree; ``max_seed``: the most retrieval nodes (best by the retriever's own score) fed to the draft model.
+    """
+
+    def __init__(self, retrieval: Drafter, model: ModelDrafter, prune_below: float = 0.02, max_seed: int = 24):
+        if retrieval.name == model.name:
+            raise ValueError("the two sources need distinct names")
+        self.retrieval = retrieval
+        self.model = model
+        self.prune_below = float(prune_below)
+        self.max_seed = int(max_seed)
+        self.name = f"{retrieval.name}~{model.name}"
+        self.wants_hidden_states = bool(getattr(retrieval, "wants_hidden_states", False))
+        self.seed_nodes = 0  # retrieval nodes offered to the draft model
+        self.seed_pruned = 0  # ... and dropped by it
+
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        self.retrieval.begin(prompt_ids)
+        self.model.begin(prompt_ids)
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        seed = self.retrieval.draft(context, budget)
+        if len(seed) > 1:
+            seed = seed if seed.source_names else seed.with_source(self.retrieval.name)
+            seed = seed.prune(self.max_seed)
+        else:
+            seed = None
+        tree, seed_scores = self.model.grow(context, budget, seed=seed, prune_below=self.prune_below)
+        if seed_scores is not None:
+            self.seed_nodes += len(seed_scores) - 1
+            self.seed_pruned += int((seed_scores[1:] == 0).sum())
+        return tree
+
+    def feedback(self, step: StepFeedback) -> None:
+        self.retrieval.feedback(step)
+        self.model.feedback(step)
