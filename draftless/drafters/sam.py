@@ -24,26 +24,19 @@ from ..tree import DraftTree, merge
 
 
 def tree_from_kernel(root: int, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, source: str) -> DraftTree:
-    """``DraftTree`` from a kernel's parent-array tree (``tokens[0]`` is ignored: ``root`` is the root token)."""
+    """``DraftTree`` from a kernel's tree arrays. The kernel expands best-first, appending each child after its
+    parent, with one child per automaton transition: the arrays already are in topological order with distinct
+    sibling tokens. ``tokens[0]`` is ignored: ``root`` is the root token."""
     n = len(tokens)
     if n <= 1:
         return DraftTree.root_only(root)
-    is_leaf = np.ones(n, dtype=bool)
-    is_leaf[parents[1:]] = False
-    tok = tokens.tolist()
-    par = parents.tolist()
-    sc = scores.tolist()
-    paths, path_scores = [], []
-    for leaf in np.flatnonzero(is_leaf).tolist():
-        path, path_sc = [], []
-        node = leaf
-        while node > 0:
-            path.append(tok[node])
-            path_sc.append(sc[node])
-            node = par[node]
-        paths.append(path[::-1])
-        path_scores.append(path_sc[::-1])
-    return DraftTree.from_paths(root, paths, path_scores, source=source)
+    node_tokens = np.asarray(tokens, dtype=np.int64).copy()
+    node_tokens[0] = root
+    node_scores = np.asarray(scores, dtype=np.float32).copy()
+    node_scores[0] = 1.0
+    mask = np.ones(n, dtype=np.uint32)
+    mask[0] = 0
+    return DraftTree(node_tokens, np.asarray(parents, dtype=np.int32), node_scores, mask, (source,))
 
 
 class SamDrafter(BaseDrafter):
