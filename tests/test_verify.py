@@ -95,3 +95,11 @@ def test_gemma3_sliding_layers_get_their_own_mask():
     assert (full[0, 0, 2, :10] == 0).all()
     # node 2 sits at position 12: it may see keys at positions > 6 only
     assert (sliding[0, 0, 2, :7] < 0).all() and (sliding[0, 0, 2, 7:] == 0).all()
+
+
+def test_stateful_models_are_refused():
+    import transformers as tf
+
+    mamba = tf.MambaForCausalLM(tf.MambaConfig(vocab_size=32, hidden_size=16, state_size=4, num_hidden_layers=1))
+    with pytest.raises(UnsupportedModel, match="recurrent state"):
+        inspect_model(mamba)
