@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: datastores/math-<kind>-<model>)")
     parser.add_argument("--exclude-overlap", default=None, metavar="FILE.jsonl",
                         help="drop documents sharing a word 13-gram with these Spec-Bench prompts")
-    parser.add_argument("--max-tokens", type=int, default=300_000, help="dense: index at most this many tokens (0: all)")
+    parser.add_argument("--max-tokens", type=int, default=300_000,
+                        help="dense: index at most this many tokens (0: all)")
     parser.add_argument("--dim", type=int, default=96, help="dense: PCA dimension")
     parser.add_argument("--index", default="ivf", choices=["hnsw", "ivf", "flat"], help="dense: FAISS index type")
     parser.add_argument("--window", type=int, default=256, help="dense: tokens per model window")
@@ -36,25 +37,8 @@ def main(argv=None) -> None:
     if not Path(args.gsm8k).is_file():
         parser.error(f"GSM8K file not found: {args.gsm8k} (pass --gsm8k PATH)")
 
-    from draftless import build as B
+    from draftless.build import build_store
     from draftless.models import load_tokenizer
-
-    # Until draftless.build registers these kinds itself.
-    if "rest" not in B.BUILDERS:
-        from draftless.suffix_array import build_rest, warm_rest
-        B.BUILDERS["rest"] = B.StoreBuilder(build_rest, warm_rest)
-    if "dense" not in B.BUILDERS:
-        from draftless.dense_store import build_dense, warm_dense
-        B.BUILDERS["dense"] = B.StoreBuilder(build_dense, warm_dense)
-
-    corpus = [args.gsm8k]
-    if args.exclude_overlap:
-        from draftless.decontaminate import write_filtered_jsonl
-
-        clean = HERE / f".gsm8k-clean-{Path(args.exclude_overlap).stem}.jsonl"
-        report = write_filtered_jsonl(args.gsm8k, clean, args.exclude_overlap, fields=["question", "answer"])
-        print(report.summary())
-        corpus = [str(clean)]
 
     name = Path(args.model).stem
     out = args.out or HERE / f"math-{args.kind}-{name}"
@@ -63,7 +47,8 @@ def main(argv=None) -> None:
     if args.kind == "dense":  # the builder loads the model by name (so build_args records the name)
         opts = dict(model=args.model, dim=args.dim, index=args.index, window=args.window,
                     batch_size=args.batch_size, max_tokens=args.max_tokens or None)
-    B.build_store(args.kind, corpus, tokenizer, out, fields=["question", "answer"], **opts)
+    build_store(args.kind, [args.gsm8k], tokenizer, out, fields=["question", "answer"],
+                exclude_overlap=args.exclude_overlap, **opts)
 
 
 if __name__ == "__main__":

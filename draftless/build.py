@@ -51,8 +51,22 @@ class StoreBuilder:
     warmup: Callable[[], None] | None = None
 
 
+def _rest_builder() -> StoreBuilder:
+    from .suffix_array import build_rest, warm_rest
+
+    return StoreBuilder(build_rest, warm_rest)
+
+
+def _dense_builder() -> StoreBuilder:
+    from .dense_store import build_dense, warm_dense
+
+    return StoreBuilder(build_dense, warm_dense)
+
+
 BUILDERS: dict[str, StoreBuilder] = {
     "sam": StoreBuilder(build_sam, warm_sam),
+    "rest": _rest_builder(),
+    "dense": _dense_builder(),
 }
 
 
@@ -69,19 +83,25 @@ class BuildReport:
     stats: dict = field(default_factory=dict)
 
     @property
+    def indexed_tokens(self) -> int:
+        """Tokens the store covers (a dense build may index only a prefix of the corpus)."""
+        return int(self.stats.get("indexed_tokens", self.n_tokens))
+
+    @property
     def tokens_per_s(self) -> float:
-        return self.n_tokens / self.build_s if self.build_s > 0 else float("inf")
+        return self.indexed_tokens / self.build_s if self.build_s > 0 else float("inf")
 
     @property
     def bytes_per_token(self) -> float:
-        return self.disk_bytes / max(self.n_tokens, 1)
+        return self.disk_bytes / max(self.indexed_tokens, 1)
 
     def summary(self) -> str:
         mb = 1 / 1e6
         lines = [
             f"[draftless] {self.kind} store: {self.n_tokens:,} tokens ({self.n_documents:,} documents) -> {self.out_dir}",
             f"  tokenize {self.tokenize_s:.1f} s ({self.n_tokens / max(self.tokenize_s, 1e-9) / 1e6:.2f}M tok/s)"
-            f" | build {self.build_s:.2f} s ({self.tokens_per_s / 1e6:.2f}M tok/s excluding tokenization)",
+            f" | build {self.build_s:.2f} s ({self.tokens_per_s:,.0f} tok/s excluding tokenization"
+            + (f", {self.indexed_tokens:,} tokens indexed" if self.indexed_tokens != self.n_tokens else "") + ")",
             f"  disk {self.disk_bytes * mb:.1f} MB = {self.bytes_per_token:.1f} bytes/token",
         ]
         if self.peak_rss_bytes is not None:
@@ -133,19 +153,22 @@ def _jsonable(value):
 def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
                 fields: Sequence[str] | None = None, glob: str | None = None, exclude: Sequence[str] = (),
                 progress: bool = True, verbose: bool = True, provenance: Mapping | None = None,
-                **opts) -> BuildReport:
+                exclude_overlap: str | os.PathLike | None = None, overlap_n: int = 13, **opts) -> BuildReport:
     """Tokenize ``corpus_paths`` with ``tokenizer`` and build a ``kind`` datastore at ``out_dir``.
 
     ``fields``: jsonl fields joined per record; ``glob``/``exclude``: which files of a directory to read (see
     ``draftless.corpus``); ``opts`` go to the kind's builder. Returns a ``BuildReport`` (also printed unless
     ``verbose=False``). ``provenance``: extra facts recorded in the store's build arguments (e.g. how a
-    self-distilled corpus was generated).
+    self-distilled corpus was generated). ``exclude_overlap``: an evaluation prompt file (Spec-Bench jsonl); corpus
+    documents sharing a word ``overlap_n``-gram with any of its prompts are left out, and what was left out is
+    printed and recorded in the store's meta.
     """
     builder = BUILDERS.get(kind)
     if builder is None:
         raise ValueError(f"unknown datastore kind {kind!r}; known: {', '.join(sorted(BUILDERS))}")
     identity = tokenizer_identity(tokenizer)
-    corpus = tokenize_corpus(corpus_paths, tokenizer, fields=fields, glob=glob, exclude=exclude, progress=progress)
+    corpus = tokenize_corpus(corpus_paths, tokenizer, fields=fields, glob=glob, exclude=exclude, progress=progress,
+                             exclude_overlap=exclude_overlap, overlap_n=overlap_n)
     if len(corpus.tokens) == 0:
         raise ValueError(f"the corpus {list(map(str, corpus_paths))} holds no tokens (check --glob / --field)")
     build_args = {
@@ -154,11 +177,16 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
         "fields": list(fields) if fields else None,
         "glob": glob,
         "exclude": list(exclude),
+        "exclude_overlap": str(exclude_overlap) if exclude_overlap else None,
         **{k: _jsonable(v) for k, v in opts.items()},
         **{k: _jsonable(v) for k, v in (provenance or {}).items()},
     }
     extra_meta = {"separator_id": corpus.separator_id, "n_documents": corpus.n_documents,
                   "corpus_bytes": corpus.n_bytes}
+    if corpus.decontamination is not None:
+        extra_meta["decontamination"] = corpus.decontamination.to_json()
+        if verbose:
+            print(corpus.decontamination.summary(), flush=True)
     if builder.warmup is not None:
         builder.warmup()
     rss_before = _rss_bytes()

@@ -90,8 +90,13 @@ def cmd_build(args) -> int:
     from .models import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
+    opts = {}
+    if args.kind == "dense":
+        from .models import DEFAULT_MODEL
+
+        opts = dict(model=args.model or DEFAULT_MODEL, dim=args.dim, index=args.index, max_tokens=args.max_tokens)
     build_store(args.kind, args.corpus, tokenizer, args.out, fields=args.field or None, glob=args.glob,
-                exclude=args.exclude or ())
+                exclude=args.exclude or (), exclude_overlap=args.exclude_overlap, **opts)
     return 0
 
 
@@ -134,11 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("build", help="build a datastore from a corpus")
-    s.add_argument("--kind", required=True, help="store kind, e.g. sam")
+    s.add_argument("--kind", required=True, choices=["sam", "rest", "dense"], help="store kind")
     s.add_argument("--corpus", required=True, nargs="+", help="jsonl / text files or directories")
     s.add_argument("--field", action="append", help="jsonl field to read (repeatable; joined per record)")
     s.add_argument("--glob", default=None, help="file pattern inside directories, e.g. '*.py'")
     s.add_argument("--exclude", action="append", help="path fragment to skip inside directories (repeatable)")
+    s.add_argument("--exclude-overlap", default=None, metavar="PROMPTS.jsonl",
+                   help="leave out documents sharing a word 13-gram with any prompt of this evaluation file")
+    s.add_argument("--dim", type=int, default=96, help="dense: PCA dimension of the keys")
+    s.add_argument("--index", default="ivf", choices=["ivf", "hnsw", "flat"], help="dense: FAISS index type")
+    s.add_argument("--max-tokens", type=int, default=None, help="dense: index only the first N corpus tokens")
     s.add_argument("--out", required=True, help="output directory (written atomically)")
     s.add_argument("--model", default=None, help="model whose tokenizer the store uses")
     s.set_defaults(func=cmd_build)

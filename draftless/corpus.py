@@ -44,6 +44,7 @@ class TokenizedCorpus:
     n_bytes: int
     separator_id: int
     seconds: float
+    decontamination: object = None  # a decontaminate.DecontaminationReport when documents were filtered
 
 
 def _excluded(path: Path, root: Path, exclude: Sequence[str]) -> bool:
@@ -137,12 +138,14 @@ def separator_token(tokenizer) -> int:
 def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str] | None = None,
                     glob: str | None = None, exclude: Sequence[str] = (), separator_id: int | None = None,
                     batch_chars: int = 1 << 20, piece_chars: int = PIECE_CHARS,
-                    progress: bool = True) -> TokenizedCorpus:
+                    progress: bool = True, exclude_overlap: str | Path | None = None,
+                    overlap_n: int = 13) -> TokenizedCorpus:
     """Tokenize every document and concatenate: ``doc0 SEP doc1 SEP ... docN-1`` as int32.
 
     Documents are sent to the fast tokenizer's batch call in groups of about ``batch_chars`` characters (the Rust
     tokenizer parallelises across a batch). Each batch is converted to int32 at once, so the peak memory is the
-    int32 result plus one batch of Python lists.
+    int32 result plus one batch of Python lists. ``exclude_overlap``: drop documents that share a word
+    ``overlap_n``-gram with a prompt of that evaluation file (see ``draftless.decontaminate``).
     """
     from tqdm.auto import tqdm
 
@@ -180,9 +183,16 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
         bar.update(sum(p.n_bytes for p in batch))
         bar.set_postfix(tokens=n_tokens, docs=n_docs, refresh=False)
 
+    pieces = iter_pieces(paths, fields, glob, exclude, piece_chars)
+    report = None
+    if exclude_overlap:
+        from .decontaminate import filter_pieces, new_report
+
+        report = new_report(exclude_overlap, overlap_n)
+        pieces = filter_pieces(pieces, exclude_overlap, overlap_n, report=report)
     batch: list[Piece] = []
     chars = 0
-    for piece in iter_pieces(paths, fields, glob, exclude, piece_chars):
+    for piece in pieces:
         batch.append(piece)
         chars += len(piece.text)
         if chars >= batch_chars:
@@ -192,4 +202,4 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
         flush(batch)
     bar.close()
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    return TokenizedCorpus(tokens, n_docs, n_bytes, sep, time.perf_counter() - t0)
+    return TokenizedCorpus(tokens, n_docs, n_bytes, sep, time.perf_counter() - t0, report)

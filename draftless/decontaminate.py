@@ -110,7 +110,8 @@ class DecontaminationReport:
 
     def summary(self) -> str:
         head = (f"[draftless] decontamination against {self.eval_file} ({self.n_eval_texts} prompts, "
-                f"{self.n_eval_ngrams:,} word {self.n}-grams; {len(self.short_eval_texts)} shorter than {self.n} words): "
+                f"{self.n_eval_ngrams:,} word {self.n}-grams; {len(self.short_eval_texts)} shorter than {self.n} "
+                f"words): "
                 f"excluded {self.n_excluded} of {self.n_documents:,} documents")
         lines = [head]
         for e in self.excluded[:20]:
@@ -136,8 +137,8 @@ def filter_pieces(pieces: Iterable, eval_file: str | Path, n: int = 13,
     """Lazily yield the corpus ``Piece``s that share no word ``n``-gram with ``eval_file``'s prompts.
 
     Pass a ``report`` (from ``new_report``, which also builds the automaton once) to collect what was excluded;
-    document indices count documents in corpus order (0-based). When the first piece of a multi-piece document is dropped, the next kept piece of that document
-    starts a document instead.
+    document indices count documents in corpus order (0-based). When the first piece of a multi-piece document is
+    dropped, the next kept piece of that document starts a document instead.
     """
     if report is None:
         report = new_report(eval_file, n)

@@ -259,7 +259,8 @@ class DenseStore:
 
 def build_dense_store(model, tokens, dim: int = 96, index: str = "ivf", window: int = 256, overlap: int = 32,
                       batch_size: int = 4, pca_sample: int = 32768, separator_id: int | None = None,
-                      progress: bool = True, index_kw: Mapping | None = None, timings: dict | None = None) -> DenseStore:
+                      progress: bool = True, index_kw: Mapping | None = None,
+                      timings: dict | None = None) -> DenseStore:
     """Run ``model`` over ``tokens`` and build a ``DenseStore`` in memory (see the module docstring)."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     n = len(tokens)

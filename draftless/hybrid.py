@@ -102,6 +102,8 @@ class HybridFusion(BaseDrafter):
     """
 
     def __init__(self, retrieval: Drafter, model: ModelDrafter, prune_below: float = 0.02, max_seed: int = 24):
+        if not hasattr(model, "grow"):
+            raise TypeError(f"HybridFusion needs a ModelDrafter (model:PATH or self), got {type(model).__name__}")
         if retrieval.name == model.name:
             raise ValueError("the two sources need distinct names")
         self.retrieval = retrieval

@@ -33,6 +33,21 @@ def _sam(arg, ctx):
     return SamDrafter(store_path=arg, tokenizer=ctx.tokenizer) if arg else SamDrafter()
 
 
+def _rest(arg, ctx):
+    from .drafters.rest import RestDrafter
+
+    if not arg:
+        raise ValueError("'rest:DIR' needs a datastore directory built with `draftless build --kind rest`")
+    return RestDrafter(arg, tokenizer=ctx.tokenizer)
+
+
+def _dense(arg, ctx):
+    """``dense:DIR`` (a dense store plus the session's own verified states) or ``dense`` (session states only)."""
+    from .drafters.dense import DenseDrafter
+
+    return DenseDrafter(arg or None, tokenizer=ctx.tokenizer, model=ctx.model, online=True)
+
+
 def _recycle(arg, ctx):
     from .drafters.recycle import RecycleDrafter
 
@@ -43,12 +58,53 @@ def _none(arg, ctx):
     return NullDrafter()
 
 
+def _model(arg, ctx):
+    """``model:PATH``: a smaller causal LM with the target's tokenizer (HF folder, .gguf or shipped name)."""
+    from .drafters.model_drafter import ModelDrafter
+    from .models import load_model
+
+    if not arg:
+        raise ValueError("'model:PATH' needs a draft model: a local HF folder, a .gguf file or a shipped model name")
+    draft, draft_tokenizer = load_model(arg)
+    return ModelDrafter(draft, tokenizer=draft_tokenizer, target_tokenizer=ctx.tokenizer, target=ctx.model)
+
+
+def _self(arg, ctx):
+    """``self`` | ``self:17,25`` | ``self:20-``: the target with layers skipped (argument: layers to skip)."""
+    from .drafters.self_spec import SelfSpecDrafter
+
+    return SelfSpecDrafter(ctx.model, skip_layers=arg, tokenizer=ctx.tokenizer)
+
+
+def _select(arg, ctx):
+    """``select:self`` | ``select:model:PATH``: the model drafter only when the retrieval mix is weak."""
+    from .hybrid import SelectiveDrafter
+
+    return SelectiveDrafter(build_drafter(AUTO_SPEC, ctx), build_drafter(arg or "self", ctx))
+
+
+def _hybrid(arg, ctx):
+    """``hybrid:self`` | ``hybrid:model:PATH``: retrieval trees re-scored, pruned and extended by a model drafter."""
+    from .hybrid import HybridFusion
+
+    return HybridFusion(build_drafter("ngram+sam", ctx), build_drafter(arg or "self", ctx))
+
+
 FACTORIES: dict[str, Callable[[str | None, DrafterContext], Drafter]] = {
     "ngram": _ngram,
     "sam": _sam,
     "recycle": _recycle,
+    "rest": _rest,
+    "dense": _dense,
     "none": _none,
+    "model": _model,
+    "self": _self,
+    "select": _select,
+    "hybrid": _hybrid,
 }
+
+# Kinds whose argument is itself a spec: everything after the first ':' belongs to them, '+' included.
+NESTING_KINDS = ("select", "hybrid")
 
 
 def available_kinds() -> list[str]:
@@ -59,6 +115,9 @@ def parse_spec(spec: str) -> list[tuple[str, str | None]]:
     """``"sam:datastores/x+recycle"`` -> ``[("sam", "datastores/x"), ("recycle", None)]``."""
     if not spec or not spec.strip():
         raise ValueError("empty drafter spec")
+    kind0, _, rest = spec.strip().partition(":")
+    if kind0.strip().lower() in NESTING_KINDS:
+        return [(kind0.strip().lower(), rest.strip() or None)]
     parts = []
     for raw in spec.split("+"):
         raw = raw.strip()
@@ -89,7 +148,7 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None) 
         if factory is None:
             raise ValueError(f"unknown drafter kind {kind!r} in {spec!r}; known: {', '.join(available_kinds())}")
         drafter = factory(arg, ctx)
-        if arg and kind in ("sam",):
+        if arg and kind in ("sam", "rest", "dense", "model"):
             drafter.name = f"{kind}:{arg.rstrip('/').split('/')[-1]}"
         drafters.append(drafter)
     return drafters[0] if len(drafters) == 1 else FusedDrafter(drafters)

@@ -80,3 +80,18 @@ def test_errors_are_clear(tiny_folder, tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny_folder), "--prompt", "w1", "--drafter", "bogus"]) == 2
     assert "unknown drafter kind" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["sam", "rest"])
+def test_build_store_with_decontamination(tiny_folder, tmp_path, kind):
+    corpus = tmp_path / "corpus.jsonl"
+    prompts = tmp_path / "prompts.jsonl"
+    leaked = " ".join(WORDS[:14])
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in [leaked, " ".join(WORDS[20:40]), "w1 w2 w3"]))
+    prompts.write_text(json.dumps({"question_id": 1, "category": "qa", "turns": [leaked]}))
+    out = tmp_path / "store"
+    assert main(["build", "--kind", kind, "--corpus", str(corpus), "--field", "text", "--model", str(tiny_folder),
+                 "--out", str(out), "--exclude-overlap", str(prompts)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == kind
+    assert meta["decontamination"]["n_excluded"] == 1 and meta["n_documents"] == 2

@@ -64,7 +64,8 @@ def test_later_piece_is_promoted_when_a_document_start_is_dropped(eval_file):
 
 def test_write_filtered_jsonl(tmp_path, eval_file):
     src = tmp_path / "corpus.jsonl"
-    rows = [{"question": "Q1", "answer": "A1"}, {"question": PROMPT, "answer": "A2"}, {"question": "Q3", "answer": "A3"}]
+    rows = [{"question": "Q1", "answer": "A1"}, {"question": PROMPT, "answer": "A2"},
+            {"question": "Q3", "answer": "A3"}]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
     report = write_filtered_jsonl(src, tmp_path / "clean.jsonl", eval_file, fields=["question", "answer"])
     assert report.excluded_ids == [1]

@@ -249,3 +249,14 @@ def test_helpers():
     assert parse_layers("3, 5,8-10") == [3, 5, 8, 9, 10]
     assert parse_layers("4-", n_layers=6) == [4, 5]
     assert chain_speedup(0.0, 0.5) < 1 < chain_speedup(0.9, 0.1)
+
+
+def test_self_spec_is_not_worthwhile_without_a_measurement(pairs, tmp_path, monkeypatch):
+    from draftless.drafters.self_spec import worthwhile
+
+    monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path))
+    target, _ = pairs("llama")
+    assert not worthwhile(target)
+    assert not worthwhile(pairs("gpt2")[0])  # not Llama-shaped: no layer skipping
+    with pytest.raises(TypeError, match="needs a ModelDrafter"):
+        HybridFusion(NGramDrafter(), NGramDrafter())

@@ -91,6 +91,14 @@ class DenseDrafter(BaseDrafter):
         self._session = np.zeros(0, dtype=np.int64)  # committed tokens of this request (online values)
         self._query: np.ndarray | None = None  # projected key predicting context[_query_len - 1]
         self._query_len = -1
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load the compiled kernels for this store's array types now, not in the first step."""
+        if self.store is not None and len(self.store):
+            K.gather_next(self.store.tokens, self.store.positions, np.zeros(1, dtype=np.int64), 1)
+            K.continuation_trie(self.store.tokens, np.zeros(1, dtype=np.int64), np.ones(1), 2, self._separator, 4)
+        K.continuation_trie(np.zeros(2, dtype=np.int64), np.zeros(1, dtype=np.int64), np.ones(1), 2, -1, 4)
 
     # ------------------------------------------------------------------------------------------ state
     def begin(self, prompt_ids: np.ndarray) -> None:

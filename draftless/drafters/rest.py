@@ -89,6 +89,8 @@ class RestDrafter(BaseDrafter):
         self.min_score = float(min_score)
         self.max_nodes = int(max_nodes)
         self.last_match = 0  # match length of the last draft (0: none), for diagnostics
+        if len(self.sa):  # load the compiled kernels for this store's array types now, not in the first step
+            self.draft(np.asarray(self.sa.tokens[:2], dtype=np.int64), 4)
 
     def _tree_for(self, root: int, m: int, lo: int, hi: int, budget: int) -> DraftTree:
         slots = SuffixArray.sample_slots(lo, hi, self.max_occurrences)
@@ -103,7 +105,7 @@ class RestDrafter(BaseDrafter):
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         root = int(context[-1])
-        tail = np.ascontiguousarray(context[-self.max_suffix:], dtype=np.int64)
+        tail = np.array(context[-self.max_suffix:], dtype=np.int64)  # a writable copy: one kernel signature
         max_len = len(tail)
         self.last_match = 0
         for _ in range(self.backoff + 1):

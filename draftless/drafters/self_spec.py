@@ -187,6 +187,18 @@ def cached_choice(model) -> dict | None:
     return data if data.get("format") == FORMAT_VERSION else None
 
 
+def worthwhile(model, min_speedup: float = 1.1) -> bool:
+    """True when a stored measurement says self-speculation should pay on ``model`` (for ``auto``; never measures:
+    a missing measurement counts as no)."""
+    from ..attention import UnsupportedModel
+
+    try:
+        choice = cached_choice(model)
+    except UnsupportedModel:
+        return False
+    return choice is not None and choice.get("speedup", 0.0) >= min_speedup
+
+
 def choose_skip_layers(model, tokenizer=None, prompt_ids=None, ids=None, refresh: bool = False,
                        verbose: bool = False) -> dict:
     """The cached (or freshly measured) choice for ``model``: ``{"skip": [...], "agreement", "relative_cost",
