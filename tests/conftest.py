@@ -104,3 +104,44 @@ class OracleDrafter:
             paths.insert(int(rng.integers(0, len(paths) + 1)), true_path)
         depth_scores = [[0.9 ** (j + 1) for j in range(len(p))] for p in paths]
         return DraftTree.from_paths(root, paths, depth_scores, source=self.name)
+
+
+class CharTokenizer:
+    """A stand-in for a fast HF tokenizer in datastore tests: one token per character, EOS = 0, newline 97.
+    ``shift`` moves every id, making a "foreign" tokenizer with the same size."""
+
+    def __init__(self, name: str = "chars", shift: int = 0):
+        self.name_or_path = f"/models/{name}"
+        self.eos_token_id = 0
+        self._vocab = {"</s>": 0, "<unk>": 1}
+        self._vocab.update({chr(c): c - 30 + shift for c in range(32, 127)})
+        self._vocab["\n"] = 97 + shift
+
+    def get_vocab(self):
+        return dict(self._vocab)
+
+    def __call__(self, texts, add_special_tokens=False, return_attention_mask=False):
+        return {"input_ids": [[self._vocab.get(ch, 1) for ch in text] for text in texts]}
+
+    def ids(self, text: str) -> list[int]:
+        return self([text])["input_ids"][0]
+
+
+def check_tree(tree, context, budget: int) -> None:
+    """Invariants every drafted tree keeps: valid arrays, rooted at the last token, within budget, scores in
+    (0, 1] and non-increasing from parent to child."""
+    tree.validate()
+    assert tree.root_token == int(context[-1])
+    assert len(tree) <= budget
+    assert ((tree.scores > 0) & (tree.scores <= 1)).all()
+    assert (tree.scores[1:] <= tree.scores[tree.parents[1:]] + 1e-6).all()
+
+
+def best_path(tree) -> list[int]:
+    """Tokens along the highest-scored child at every level."""
+    kids = tree.children()
+    node, out = 0, []
+    while kids[node]:
+        node = max(kids[node], key=lambda k: tree.scores[k])
+        out.append(int(tree.tokens[node]))
+    return out

@@ -13,25 +13,7 @@ from draftless.datastore import (FORMAT, FORMAT_VERSION, DatastoreError, open_st
                                  verify_checksums, write_store)
 from draftless.sam import SuffixAutomaton
 
-
-class CharTokenizer:
-    """A stand-in for a fast HF tokenizer: one token per character, EOS = 0."""
-
-    def __init__(self, name: str = "chars", shift: int = 0):
-        self.name_or_path = f"/models/{name}"
-        self.eos_token_id = 0
-        self._vocab = {"</s>": 0, "<unk>": 1}
-        self._vocab.update({chr(c): c - 30 + shift for c in range(32, 127)})
-        self._vocab["\n"] = 97 + shift
-
-    def get_vocab(self):
-        return dict(self._vocab)
-
-    def __len__(self):
-        return len(self._vocab)
-
-    def __call__(self, texts, add_special_tokens=False, return_attention_mask=False):
-        return {"input_ids": [[self._vocab.get(ch, 1) for ch in text] for text in texts]}
+from conftest import CharTokenizer
 
 
 ARRAYS = {"tokens": np.arange(100, dtype=np.int32), "table": np.arange(12, dtype=np.float32).reshape(3, 4)}

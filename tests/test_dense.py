@@ -14,7 +14,7 @@ from draftless.drafter import StepFeedback
 from draftless.drafters.dense import DenseDrafter
 from draftless.tree import DraftTree
 
-from conftest import VOCAB
+from conftest import VOCAB, check_tree, best_path
 
 
 class IdTokenizer:
@@ -31,23 +31,6 @@ class IdTokenizer:
 
 def unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def check_tree(tree: DraftTree, context, budget: int) -> None:
-    tree.validate()
-    assert tree.root_token == int(context[-1])
-    assert len(tree) <= budget
-    assert ((tree.scores > 0) & (tree.scores <= 1)).all()
-    assert (tree.scores[1:] <= tree.scores[tree.parents[1:]] + 1e-6).all()
-
-
-def best_path(tree: DraftTree) -> list[int]:
-    kids = tree.children()
-    node, out = 0, []
-    while kids[node]:
-        node = max(kids[node], key=lambda k: tree.scores[k])
-        out.append(int(tree.tokens[node]))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,7 @@ from draftless.drafter import StepFeedback
 from draftless.drafters.sam import SamDrafter
 from draftless.tree import DraftTree
 
-
-class CharTokenizer:
-    """A stand-in for a fast HF tokenizer: one token per character, EOS = 0."""
-
-    def __init__(self, name: str = "chars", shift: int = 0):
-        self.name_or_path = f"/models/{name}"
-        self.eos_token_id = 0
-        self._vocab = {"</s>": 0, "<unk>": 1}
-        self._vocab.update({chr(c): c - 30 + shift for c in range(32, 127)})
-
-    def get_vocab(self):
-        return dict(self._vocab)
-
-    def __call__(self, texts, add_special_tokens=False, return_attention_mask=False):
-        return {"input_ids": [[self._vocab.get(ch, 1) for ch in text] for text in texts]}
-
-    def ids(self, text: str) -> list[int]:
-        return self([text])["input_ids"][0]
+from conftest import CharTokenizer, check_tree, best_path
 
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps"]
@@ -42,24 +25,6 @@ def store(tmp_path_factory):
     (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     return build_store("sam", [root / "docs.jsonl"], CharTokenizer(), root / "store", progress=False,
                        verbose=False).out_dir
-
-
-def check_tree(tree: DraftTree, context, budget: int) -> None:
-    tree.validate()
-    assert tree.root_token == int(context[-1])
-    assert len(tree) <= budget
-    assert ((tree.scores > 0) & (tree.scores <= 1)).all()
-    assert (tree.scores[1:] <= tree.scores[tree.parents[1:]] + 1e-6).all()
-
-
-def best_path(tree: DraftTree) -> list[int]:
-    """Tokens along the highest-scoring child at each level."""
-    kids = tree.children()
-    node, out = 0, []
-    while kids[node]:
-        node = max(kids[node], key=lambda k: tree.scores[k])
-        out.append(int(tree.tokens[node]))
-    return out
 
 
 def same_tree(a: DraftTree, b: DraftTree) -> bool:

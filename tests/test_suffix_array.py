@@ -9,33 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from draftless.build import BUILDERS, StoreBuilder, build_store
+from draftless.build import build_store
 from draftless.datastore import DatastoreError, tokenizer_identity, write_store
 from draftless.drafters.rest import RestDrafter
-from draftless.suffix_array import SuffixArray, brute_force_suffix_array, build_rest, build_suffix_array, warm_rest
-from draftless.tree import DraftTree
+from draftless.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
 
-BUILDERS.setdefault("rest", StoreBuilder(build_rest, warm_rest))  # until draftless.build registers it
-
-
-class CharTokenizer:
-    """A stand-in for a fast HF tokenizer: one token per character, EOS = 0."""
-
-    def __init__(self, name: str = "chars", shift: int = 0):
-        self.name_or_path = f"/models/{name}"
-        self.eos_token_id = 0
-        self._vocab = {"</s>": 0, "<unk>": 1}
-        self._vocab.update({chr(c): c - 30 + shift for c in range(32, 127)})
-
-    def get_vocab(self):
-        return dict(self._vocab)
-
-    def __call__(self, texts, add_special_tokens=False, return_attention_mask=False):
-        return {"input_ids": [[self._vocab.get(ch, 1) for ch in text] for text in texts]}
-
-    def ids(self, text: str) -> list[int]:
-        return self([text])["input_ids"][0]
-
+from conftest import CharTokenizer, best_path, check_tree
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps",
         "the quick brown cat sleeps"]
@@ -169,23 +148,6 @@ def test_store_refusals(store, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ drafter
-def check_tree(tree: DraftTree, context, budget: int) -> None:
-    tree.validate()
-    assert tree.root_token == int(context[-1])
-    assert len(tree) <= budget
-    assert ((tree.scores > 0) & (tree.scores <= 1)).all()
-    assert (tree.scores[1:] <= tree.scores[tree.parents[1:]] + 1e-6).all()
-
-
-def best_path(tree: DraftTree) -> list[int]:
-    kids = tree.children()
-    node, out = 0, []
-    while kids[node]:
-        node = max(kids[node], key=lambda k: tree.scores[k])
-        out.append(int(tree.tokens[node]))
-    return out
-
-
 def test_drafts_corpus_continuation_and_never_the_separator(store):
     tok = CharTokenizer()
     drafter = RestDrafter(store, tok, max_depth=16)
