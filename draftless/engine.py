@@ -104,15 +104,22 @@ class SpeculativeGenerator:
         hidden = out.hidden_states[-1][0] if want_hidden else None
         return out.logits[0], hidden
 
-    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int) -> tuple[DraftTree, list | None]:
-        """Calibrate and prune a drafted tree; returns the tree to verify and its nodes' calibration keys."""
+    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int) -> tuple[DraftTree, tuple | None]:
+        """Calibrate and prune a drafted tree.
+
+        Returns the tree to verify and, when calibrating, ``(calibrated full tree, its keys)`` for ``observe``:
+        the calibrator learns from every drafted node, pruned ones included (the committed tokens say what the
+        target wanted there), so a source whose guesses are all pruned still gets the observations that can
+        bring it back.
+        """
         if tree.root_token != root:
             raise ValueError(f"drafter {self.drafter.name!r} returned a tree rooted at {tree.root_token}, expected {root}")
         if len(tree) == 1:
             return tree, None
-        keys = None
+        observation = None
         if self.calibrator is not None:
             tree, keys = self.calibrator.calibrate(tree)
+            observation = (tree, keys)
         # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
         keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1)
         if self.adaptive and len(keep) > 1:
@@ -121,8 +128,7 @@ class SpeculativeGenerator:
             keep = tree.prune_indices(size, max_depth=remaining - 1)
         if len(keep) < len(tree):
             tree = tree.subset(keep)
-            keys = None if keys is None else [keys[i] for i in keep]
-        return tree, keys
+        return tree, observation
 
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
@@ -187,7 +193,8 @@ class SpeculativeGenerator:
             t0 = time.perf_counter()
             view = context[:length]
             view.flags.writeable = False
-            tree, keys = self._prepare_tree(self.drafter.draft(view, self.max_nodes), int(context[length - 1]), remaining)
+            tree, observation = self._prepare_tree(self.drafter.draft(view, self.max_nodes), int(context[length - 1]),
+                                                   remaining)
             view.flags.writeable = True
             t1 = time.perf_counter()
             logits, hidden = self._verify(cache, tree, prefix_len, want_hidden)
@@ -217,8 +224,8 @@ class SpeculativeGenerator:
             stats.verify_ms += (t2 - t1) * 1000
             stats.accept_ms += (t3 - t2) * 1000
             stats.record_tree(tree, acc.accepted)
-            if keys is not None:
-                self.calibrator.observe(tree, keys, committed)
+            if observation is not None:
+                self.calibrator.observe(*observation, committed)
             if streamer is not None:
                 streamer.put(torch.tensor(committed, dtype=torch.long))
             if not finished:

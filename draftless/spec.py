@@ -10,7 +10,20 @@ from typing import Callable
 
 from .drafter import Drafter, NullDrafter
 
-AUTO_SPEC = "ngram+sam+recycle"
+FUSED_SPEC = "ngram+sam+recycle"
+# A verification cost curve steeper than this at 8 tokens (t(8) / t(1)) makes every extra node expensive: there,
+# measured on a 2-core CPU, the suffix automaton alone beat the fused mix (the extra sources cost draft and feedback
+# time and widen trees for little extra acceptance). Flatter curves (GPUs) take the fused mix.
+STEEP_COST_AT_8 = 1.5
+
+
+def auto_spec(model) -> str:
+    """What ``auto`` means for this model on this device: ``sam`` on steep cost curves, else the fused mix."""
+    from .attention import inspect_model
+    from .budget import cost_curve_for
+
+    curve = cost_curve_for(model, inspect_model(model))
+    return "sam" if curve.cost(8) / curve.cost(1) > STEEP_COST_AT_8 else FUSED_SPEC
 
 
 @dataclass
@@ -80,7 +93,7 @@ def _select(arg, ctx):
     """``select:self`` | ``select:model:PATH``: the model drafter only when the retrieval mix is weak."""
     from .hybrid import SelectiveDrafter
 
-    return SelectiveDrafter(build_drafter(AUTO_SPEC, ctx), build_drafter(arg or "self", ctx))
+    return SelectiveDrafter(build_drafter(FUSED_SPEC, ctx), build_drafter(arg or "self", ctx))
 
 
 def _hybrid(arg, ctx):
@@ -137,7 +150,7 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None) 
     expanded: list[tuple[str, str | None]] = []
     for kind, arg in parts:
         if kind == "auto":
-            for auto_kind, auto_arg in parse_spec(AUTO_SPEC):
+            for auto_kind, auto_arg in parse_spec(auto_spec(ctx.model)):
                 # a datastore joins through the sam source, which then matches both the context and the corpus
                 expanded.append((auto_kind, datastore if auto_kind == "sam" and datastore else auto_arg))
         else:

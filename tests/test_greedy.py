@@ -10,7 +10,7 @@ from draftless.spec import DrafterContext, build_drafter
 
 from conftest import ARCHS, VOCAB, OracleDrafter
 
-DRAFTER_SPECS = ["none", "ngram", "recycle", "ngram+recycle", "sam", "sam+recycle", "auto"]
+DRAFTER_SPECS = ["none", "ngram", "recycle", "ngram+recycle", "sam", "sam+recycle", "ngram+sam+recycle", "auto"]
 # A synthetic curve that makes big trees worth it, so the adaptive budget chooser is exercised on tiny models.
 FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5))
 
