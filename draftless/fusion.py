@@ -11,7 +11,7 @@ import numpy as np
 
 from .calibration import Calibrator
 from .drafter import BaseDrafter, Drafter, StepFeedback
-from .tree import DraftTree, merge
+from .tree import DraftTree, merge_nonempty
 
 
 class FusedDrafter(BaseDrafter):
@@ -44,9 +44,7 @@ class FusedDrafter(BaseDrafter):
                 trees.append(tree)
             else:
                 self._last[i] = None
-        if not trees:
-            return DraftTree.root_only(int(context[-1]))
-        return merge(*trees).prune(budget)
+        return merge_nonempty(int(context[-1]), trees, budget)
 
     def feedback(self, step: StepFeedback) -> None:
         for i, drafter in enumerate(self.drafters):

@@ -110,14 +110,7 @@ class DraftTree:
 
     def ancestor_mask(self) -> np.ndarray:
         """bool[n, n]: ``m[i, j]`` is True when node ``j`` is node ``i`` or one of its ancestors."""
-        n = len(self)
-        mask = np.zeros((n, n), dtype=bool)
-        for i in range(n):
-            p = self.parents[i]
-            if p >= 0:
-                mask[i] = mask[p]
-            mask[i, i] = True
-        return mask
+        return ancestor_matrix(self.parents)
 
     def children(self) -> list[list[int]]:
         """Child indices of every node, in index order."""
@@ -222,6 +215,30 @@ class DraftTree:
             if key in seen:
                 raise ValueError(f"node {i} repeats a sibling's token {key[1]}")
             seen.add(key)
+
+
+def ancestor_matrix(parents) -> np.ndarray:
+    """bool[n, n] for a parent array in topological order (``parents[i] < i``, -1 for roots): ``m[i, j]`` is True
+    when node ``j`` is node ``i`` or one of its ancestors."""
+    n = len(parents)
+    mask = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        p = parents[i]
+        if p >= 0:
+            mask[i] = mask[p]
+        mask[i, i] = True
+    return mask
+
+
+def merge_nonempty(root_token: int, trees: list[DraftTree], budget: int) -> DraftTree:
+    """Merge the trees that hold guesses (root-only trees carry nothing) and prune to ``budget``; root-only when
+    none does."""
+    trees = [t for t in trees if len(t) > 1]
+    if not trees:
+        return DraftTree.root_only(root_token)
+    if len(trees) == 1:
+        return trees[0].prune(budget)
+    return merge(*trees).prune(budget)
 
 
 def merge(*trees: DraftTree) -> DraftTree:

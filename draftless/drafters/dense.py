@@ -28,7 +28,7 @@ from ..datastore import tokenizer_identity as _tokenizer_identity
 from ..dense_store import DenseStore, OnlineDenseIndex, _model_info
 from ..drafter import BaseDrafter, StepFeedback
 from ..kernels import suffix_array_kernels as K
-from ..tree import DraftTree, merge
+from ..tree import DraftTree, merge_nonempty
 from .rest import trie_to_tree
 
 
@@ -170,9 +170,4 @@ class DenseDrafter(BaseDrafter):
             trees.append(self._static_tree(root, budget))
         if self.online is not None:
             trees.append(self._online_tree(context, root, budget))
-        trees = [t for t in trees if len(t) > 1]
-        if not trees:
-            return DraftTree.root_only(root)
-        if len(trees) == 1:
-            return trees[0]
-        return merge(*trees).prune(budget)
+        return merge_nonempty(root, trees, budget)

@@ -32,7 +32,7 @@ import torch
 from ..attention import inspect_model, tree_attention_mask
 from ..drafter import BaseDrafter, StepFeedback
 from ..kv_cache import keep_prefix_and, new_cache
-from ..tree import DraftTree
+from ..tree import DraftTree, ancestor_matrix
 
 CHAIN_CHUNK = 256  # committed tokens fed per pass when the draft cache catches up (prompt prefill)
 
@@ -228,13 +228,7 @@ class ModelDrafter(BaseDrafter):
         for _, parent, pos in entries:
             g.blk_parent.append(parent)
             g.blk_pos.append(pos)
-        total = len(g.blk_parent)
-        anc = np.zeros((total, total), dtype=bool)
-        for i in range(total):
-            p = g.blk_parent[i]
-            if p >= 0:
-                anc[i] = anc[p]
-            anc[i, i] = True
+        anc = ancestor_matrix(g.blk_parent)
         depths = np.asarray(g.blk_pos, dtype=np.int64)
         mask = tree_attention_mask(self.layout, anc, depths, g.base, self.dtype, self.device)
         if isinstance(mask, dict):

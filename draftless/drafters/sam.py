@@ -20,7 +20,7 @@ import numpy as np
 from ..datastore import tokenizer_identity as _tokenizer_identity
 from ..drafter import BaseDrafter, StepFeedback
 from ..sam import SuffixAutomaton
-from ..tree import DraftTree, merge
+from ..tree import DraftTree, merge_nonempty
 
 
 def tree_from_kernel(root: int, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, source: str) -> DraftTree:
@@ -135,9 +135,4 @@ class SamDrafter(BaseDrafter):
                     break
                 state = self.static.link(state)
                 length = self.static.length(state)
-        trees = [t for t in trees if len(t) > 1]
-        if not trees:
-            return DraftTree.root_only(root)
-        if len(trees) == 1:
-            return trees[0]
-        return merge(*trees).prune(budget)
+        return merge_nonempty(root, trees, budget)
