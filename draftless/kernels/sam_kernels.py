@@ -91,25 +91,6 @@ def _max_fill(lg):
 
 
 @njit(cache=True)
-def _find(st, pool, s, c):
-    """Slot index in ``pool`` holding token ``c`` of state ``s``, or -1."""
-    lg = (st[s, META] >> 24) - 1
-    if lg < 0:
-        return -1
-    mask = (1 << lg) - 1
-    off = st[s, OFF]
-    j = _home(c, lg)
-    for _ in range(mask + 1):
-        t = pool[off + j, 0]
-        if t == c:
-            return off + j
-        if t == EMPTY:
-            return -1
-        j = (j + 1) & mask
-    return -1
-
-
-@njit(cache=True)
 def _probe(st, pool, s, c):
     """Like ``_find`` but, when ``c`` is absent, returns ``-2 - slot`` of the empty slot where it would go
     (-1 when ``s`` has no table or a full one): inserting then needs no second probe."""
@@ -127,6 +108,13 @@ def _probe(st, pool, s, c):
             return -2 - (off + j)
         j = (j + 1) & mask
     return -1
+
+
+@njit(cache=True)
+def _find(st, pool, s, c):
+    """Slot index in ``pool`` holding token ``c`` of state ``s``, or -1."""
+    slot = _probe(st, pool, s, c)
+    return slot if slot >= 0 else -1
 
 
 @njit(cache=True)
