@@ -145,3 +145,22 @@ def best_path(tree) -> list[int]:
         node = max(kids[node], key=lambda k: tree.scores[k])
         out.append(int(tree.tokens[node]))
     return out
+
+
+def damaged_copy(store, dst, filename: str, how: str):
+    """A copy of datastore directory ``store`` at ``dst`` with ``filename`` cut short (``how="truncate"``: its
+    last bytes dropped) or corrupted (``how="flip"``: one byte near the end changed, size kept)."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(store, dst)
+    path = Path(dst) / filename
+    raw = bytearray(path.read_bytes())
+    if how == "truncate":
+        raw = raw[:-8]
+    elif how == "flip":
+        raw[-3] ^= 0x55
+    else:
+        raise ValueError(how)
+    path.write_bytes(bytes(raw))
+    return Path(dst)

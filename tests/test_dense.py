@@ -1,7 +1,6 @@
 """Dense retrieval stores (DReSD): exact / high-recall search, store round trip and refusals, DenseDrafter trees."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from draftless.drafter import StepFeedback
 from draftless.drafters.dense import DenseDrafter
 from draftless.tree import DraftTree
 
-from conftest import VOCAB, check_tree, best_path
+from conftest import VOCAB, best_path, check_tree, damaged_copy
 
 
 class IdTokenizer:
@@ -115,15 +114,11 @@ def test_refusals(store, tmp_path, model):
     with pytest.raises(DatastoreError, match="other"):
         DenseDrafter(store, IdTokenizer("other", shift=1))
     truncated = tmp_path / "truncated"
-    shutil.copytree(store, truncated)
-    (truncated / "index.npy").write_bytes((truncated / "index.npy").read_bytes()[:-10])
+    damaged_copy(store, truncated, "index.npy", "truncate")
     with pytest.raises(DatastoreError, match="truncated"):
         DenseDrafter(truncated)
     corrupt = tmp_path / "corrupt"
-    shutil.copytree(store, corrupt)
-    raw = bytearray((corrupt / "index.npy").read_bytes())
-    raw[-5] ^= 0x40
-    (corrupt / "index.npy").write_bytes(bytes(raw))
+    damaged_copy(store, corrupt, "index.npy", "flip")
     with pytest.raises(DatastoreError, match="sha256"):
         DenseDrafter(corrupt, verify="full")
     garbage = tmp_path / "garbage"

@@ -13,7 +13,7 @@ from draftless.drafter import StepFeedback
 from draftless.drafters.sam import SamDrafter
 from draftless.tree import DraftTree
 
-from conftest import CharTokenizer, check_tree, best_path
+from conftest import CharTokenizer, best_path, check_tree, damaged_copy
 
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps"]
@@ -127,22 +127,16 @@ def test_static_store_drafts_corpus_continuation_and_stops_at_separator(store):
 
 
 def test_store_refusals(store, tmp_path):
-    import shutil
 
     with pytest.raises(DatastoreError) as err:
         SamDrafter(store, CharTokenizer("other-model", shift=3))
     assert "'chars'" in str(err.value) and "'other-model'" in str(err.value)
     broken = tmp_path / "truncated"
-    shutil.copytree(store, broken)
-    data = (broken / "edge_to.npy").read_bytes()
-    (broken / "edge_to.npy").write_bytes(data[:-8])
+    damaged_copy(store, broken, "edge_to.npy", "truncate")
     with pytest.raises(DatastoreError, match="truncated"):
         SamDrafter(broken, CharTokenizer())
     corrupt = tmp_path / "corrupt"
-    shutil.copytree(store, corrupt)
-    raw = bytearray((corrupt / "states.npy").read_bytes())
-    raw[-3] ^= 0x55
-    (corrupt / "states.npy").write_bytes(bytes(raw))
+    damaged_copy(store, corrupt, "states.npy", "flip")
     with pytest.raises(DatastoreError, match="sha256"):
         SamDrafter(corrupt, CharTokenizer(), verify="full")
     other_kind = write_store(tmp_path / "dense", "dense", {"tokens": np.zeros(3, np.int32)}, None)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
 import numpy as np
@@ -14,7 +13,7 @@ from draftless.datastore import DatastoreError, tokenizer_identity, write_store
 from draftless.drafters.rest import RestDrafter
 from draftless.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
 
-from conftest import CharTokenizer, best_path, check_tree
+from conftest import CharTokenizer, best_path, check_tree, damaged_copy
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps",
         "the quick brown cat sleeps"]
@@ -125,15 +124,11 @@ def test_store_refusals(store, tmp_path):
     with pytest.raises(DatastoreError, match="other-model"):
         RestDrafter(store, CharTokenizer("other-model", shift=3))
     broken = tmp_path / "truncated"
-    shutil.copytree(store, broken)
-    (broken / "sa.npy").write_bytes((broken / "sa.npy").read_bytes()[:-4])
+    damaged_copy(store, broken, "sa.npy", "truncate")
     with pytest.raises(DatastoreError, match="truncated"):
         RestDrafter(broken, CharTokenizer())
     corrupt = tmp_path / "corrupt"
-    shutil.copytree(store, corrupt)
-    raw = bytearray((corrupt / "sa.npy").read_bytes())
-    raw[-2] ^= 0x21
-    (corrupt / "sa.npy").write_bytes(bytes(raw))
+    damaged_copy(store, corrupt, "sa.npy", "flip")
     with pytest.raises(DatastoreError, match="sha256"):
         RestDrafter(corrupt, CharTokenizer(), verify="full")
     other_kind = write_store(tmp_path / "sam", "sam", {"tokens": np.zeros(3, np.int32)}, None)
