@@ -161,7 +161,8 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None) 
         if factory is None:
             raise ValueError(f"unknown drafter kind {kind!r} in {spec!r}; known: {', '.join(available_kinds())}")
         drafter = factory(arg, ctx)
-        if arg and kind in ("sam", "rest", "dense", "model"):
+        # (sam names its store's nodes itself: its dynamic nodes stay "sam")
+        if arg and kind in ("rest", "dense", "model"):
             drafter.name = f"{kind}:{arg.rstrip('/').split('/')[-1]}"
         drafters.append(drafter)
     return drafters[0] if len(drafters) == 1 else FusedDrafter(drafters)

@@ -126,6 +126,38 @@ def test_static_store_drafts_corpus_continuation_and_stops_at_separator(store):
     assert 0 not in tree.tokens[1:].tolist()
 
 
+def test_store_nodes_carry_their_own_source_name(store):
+    """The calibrator tells corpus continuations from context continuations by source name."""
+    tok = CharTokenizer()
+    drafter = SamDrafter(store, tok)
+    # "def add(a, b):" repeats in the context (dynamic) and in the corpus (static), "\n    re" only in the corpus
+    ctx = np.asarray(tok.ids("def add(a, b): x\ndef add(a, b):\n    re"), dtype=np.int64)
+    drafter.begin(ctx)
+    tree = drafter.draft(ctx, 16)
+    assert set(tree.source_names) == {f"sam:{store.name}"}
+    ctx = np.asarray(tok.ids("def add(a, b):\n    ret x def add(a, b):\n    ret"), dtype=np.int64)
+    drafter.begin(ctx)
+    tree = drafter.draft(ctx, 32)
+    assert set(tree.source_names) == {"sam", f"sam:{store.name}"}
+    assert {name for i in range(1, len(tree)) for name in tree.sources_of(i)} == {"sam", f"sam:{store.name}"}
+
+
+def test_longer_policy_drafts_the_store_only_beyond_the_context_match(store):
+    tok = CharTokenizer()
+    drafter = SamDrafter(store, tok, static_policy="longer")
+    # the context repeats a longer suffix than the corpus holds: only the dynamic tree
+    text = "zq the quick brown fox jumps zq the quick brown fox jum"
+    ctx = np.asarray(tok.ids(text), dtype=np.int64)
+    drafter.begin(ctx)
+    assert drafter.draft(ctx, 16).source_names == ("sam",)
+    # the corpus holds a longer match than the context: the store's tree joins
+    ctx = np.asarray(tok.ids("add(a x def add(a, b):\n    re"), dtype=np.int64)
+    drafter.begin(ctx)
+    assert f"sam:{store.name}" in drafter.draft(ctx, 16).source_names
+    with pytest.raises(ValueError, match="static_policy"):
+        SamDrafter(store, tok, static_policy="sometimes")
+
+
 def test_store_refusals(store, tmp_path):
 
     with pytest.raises(DatastoreError) as err:

@@ -9,11 +9,22 @@ Two automata answer "what followed the longest suffix of the context before?":
 
 Each match of at least ``min_match`` tokens becomes a best-first tree over the automaton's transitions (the
 continuation of the longest match plus branches to other frequent continuations), scored from occurrence counts,
-with a depth limit that grows with the match length. Both trees are merged by longest prefix and pruned to budget.
+with a depth limit that grows with the match length.
+
+How the two automata share a step's budget is ``static_policy``:
+
+- ``"fuse"``: both trees are merged by longest prefix and pruned to budget. The static tree's nodes carry their own
+  source name, so the engine's calibrator learns a corpus continuation's acceptance apart from a
+  context continuation's: counts from a large corpus are not the same currency as counts from this request;
+- ``"longer"`` (SAM-Decoding's selection): the static tree is drafted only when its match is longer than the
+  dynamic one's, so a corpus never crowds out what this request itself repeats.
+
+The static tree's source name is ``sam:<store directory name>``, the dynamic tree's ``sam``.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -52,11 +63,15 @@ class SamDrafter(BaseDrafter):
     """
 
     name = "sam"
+    STATIC_POLICIES = ("fuse", "longer")
 
     def __init__(self, store_path: str | os.PathLike | None = None, tokenizer=None, *, use_dynamic: bool = True,
                  min_match: int = 2, static_min_match: int = 2, min_depth: int = 4, max_depth: int = 16,
                  depth_per_match: float = 2.0, top_k: int = 3, smoothing: float = 1.0, min_score: float = 0.02,
-                 verify: str = "size"):
+                 static_policy: str = "fuse", verify: str = "size"):
+        if static_policy not in self.STATIC_POLICIES:
+            raise ValueError(f"static_policy must be one of {self.STATIC_POLICIES}, not {static_policy!r}")
+        self.static_policy = static_policy
         self.use_dynamic = use_dynamic
         self.min_match = max(1, int(min_match))
         self.static_min_match = max(1, int(static_min_match))
@@ -66,8 +81,10 @@ class SamDrafter(BaseDrafter):
         self.smoothing = float(smoothing)
         self.min_score = float(min_score)
         self.static: SuffixAutomaton | None = None
+        self.static_name = ""
         self._separator = -1
         if store_path is not None:
+            self.static_name = f"sam:{Path(store_path).resolve().name}"
             identity = _tokenizer_identity(tokenizer) if tokenizer is not None else None
             self.static = SuffixAutomaton.load(store_path, mmap=True, tokenizer_identity=identity, verify=verify)
             sep = (self.static.store_meta or {}).get("separator_id")
@@ -109,27 +126,31 @@ class SamDrafter(BaseDrafter):
     def _depth(self, match_len: int) -> int:
         return int(min(self.max_depth, max(self.min_depth, round(self.depth_per_match * match_len))))
 
-    def _tree(self, sam: SuffixAutomaton, root: int, state: int, length: int, budget: int, skip: int) -> DraftTree:
+    def _tree(self, sam: SuffixAutomaton, root: int, state: int, length: int, budget: int, skip: int,
+              source: str) -> DraftTree:
         tokens, parents, scores = sam.draft_tree(state, length, budget, self._depth(length), self.top_k,
                                                  self.smoothing, self.min_score, skip)
-        return tree_from_kernel(root, tokens, parents, scores, self.name)
+        return tree_from_kernel(root, tokens, parents, scores, source)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self._sync(context)
         root = int(context[-1])
         trees = []
+        dynamic_len = 0
         if self.dynamic is not None:
-            state, length = self.dynamic.longest_repeated_suffix()
-            if length >= self.min_match:
-                trees.append(self._tree(self.dynamic, root, state, length, budget, -1))
+            state, dynamic_len = self.dynamic.longest_repeated_suffix()
+            if dynamic_len >= self.min_match:
+                trees.append(self._tree(self.dynamic, root, state, dynamic_len, budget, -1, self.name))
         if self.static is not None:
             state, length = self._static_match
+            if self.static_policy == "longer" and trees and length <= dynamic_len:
+                return trees[0]
             # The longest match may have no usable continuation (corpus end, document separator): back off to
             # shorter suffixes (suffix links) a few times.
             for _ in range(3):
                 if length < self.static_min_match:
                     break
-                tree = self._tree(self.static, root, state, length, budget, self._separator)
+                tree = self._tree(self.static, root, state, length, budget, self._separator, self.static_name)
                 if len(tree) > 1:
                     trees.append(tree)
                     break
