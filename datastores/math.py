@@ -5,6 +5,10 @@
 
 Corpus: ``gsm8k_train.jsonl`` (fields ``question`` + ``answer``, one document per problem), optionally without the
 documents that share a word 13-gram with an evaluation prompt file (``--exclude-overlap FILE.jsonl``).
+GSM8K's answers carry tooling artefacts no model writes: calculator annotations (``48/2 = <<48/2=24>>24``) and a
+final ``#### 72`` line. By default they are removed (``48/2 = 24``; a cleaned copy is written to
+``datastores/gsm8k-train-clean.jsonl``) so the store holds text in the form a model generates;
+``--keep-annotations`` indexes the file as is.
 
 ``dense`` runs the target model over the corpus (about 300 tokens/s on one CPU core for the 135M model and
 about 100 for Gemma 3 270M), so it indexes the first 300k tokens by default; ``--max-tokens 0`` indexes all 1.4M.
@@ -12,12 +16,34 @@ about 100 for Gemma 3 270M), so it indexes the first 300k tokens by default; ``-
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from pathlib import Path
 
 from _recipe import add_kind_args, builder_opts, store_suffix
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GSM8K = HERE.parent.parent / "shared" / "bench" / "gsm8k_train.jsonl"
+CLEAN_PATH = HERE / "gsm8k-train-clean.jsonl"
+ANNOTATION = re.compile(r"<<[^<>]*>>")
+FINAL_ANSWER = re.compile(r"\n?#### [^\n]*\s*$")
+
+
+def clean_answer(answer: str) -> str:
+    """``"48/2 = <<48/2=24>>24 clips.\\n#### 72"`` -> ``"48/2 = 24 clips."``."""
+    return FINAL_ANSWER.sub("", ANNOTATION.sub("", answer)).rstrip()
+
+
+def write_clean_copy(source: str | Path, out: Path = CLEAN_PATH) -> Path:
+    tmp = out.with_suffix(".tmp")
+    with open(source, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for line in src:
+            if line.strip():
+                record = json.loads(line)
+                record["answer"] = clean_answer(record["answer"])
+                dst.write(json.dumps(record) + "\n")
+    tmp.replace(out)
+    return out
 
 
 def main(argv=None) -> None:
@@ -27,6 +53,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: see above)")
     parser.add_argument("--exclude-overlap", default=None, metavar="FILE.jsonl",
                         help="drop documents sharing a word 13-gram with these Spec-Bench prompts")
+    parser.add_argument("--keep-annotations", action="store_true",
+                        help="index GSM8K's <<calculator>> annotations and '#### N' lines as they are")
     args = parser.parse_args(argv)
     if not Path(args.gsm8k).is_file():
         parser.error(f"GSM8K file not found: {args.gsm8k} (pass --gsm8k PATH)")
@@ -35,8 +63,11 @@ def main(argv=None) -> None:
     from draftless.models import load_tokenizer
 
     out = args.out or HERE / f"math{store_suffix(args.kind)}-{Path(args.model).stem}"
-    build_store(args.kind, [args.gsm8k], load_tokenizer(args.model), out, fields=["question", "answer"],
-                exclude_overlap=args.exclude_overlap, **builder_opts(args))
+    corpus = args.gsm8k if args.keep_annotations else write_clean_copy(args.gsm8k)
+    build_store(args.kind, [corpus], load_tokenizer(args.model), out, fields=["question", "answer"],
+                exclude_overlap=args.exclude_overlap, provenance={"gsm8k_source": args.gsm8k,
+                                                                  "annotations_removed": not args.keep_annotations},
+                **builder_opts(args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ whether its raw conditional is low, middling or confident (acceptance is not lin
 
 A node was *tried* when its parent lay on the committed path, so it had its chance. Few groups means the multipliers
 are learned within a few steps, and the prior ratio below 1 keeps a cold start cautious (a speculative step that
-fails costs more than the plain step it replaces). Counts decay a little every step, so a group that was written
+fails costs more than the plain step it replaces). A group of nodes that *several* sources proposed starts from the
+best of those sources' own rates instead of the cold prior: agreement is evidence, and a fresh "both" group must
+not make a node look worse than either proposer alone. Counts decay a little every step, so a group that was written
 off drifts back to its prior and gets probed again.
 """
 from __future__ import annotations
@@ -47,9 +49,19 @@ class Calibrator:
         turn shrunk towards ``prior_ratio``; so a depth seen for the first time starts from what its shallower
         siblings taught, not from the cold prior."""
         w = self.prior_weight
-        coarse = self._coarse(key)
-        pooled = (self._accepted.get(coarse, 0.0) + w * self.prior_ratio) / (self._raw.get(coarse, 0.0) + w)
+        pooled = self._pooled(key[0], key[1], key[3])
         return (self._accepted.get(key, 0.0) + w * pooled) / (self._raw.get(key, 0.0) + w)
+
+    def _pooled(self, mask: int, names: tuple, raw_bin: int) -> float:
+        """Rate of a source set over all depths, shrunk towards its prior: ``prior_ratio`` for one source, the best
+        single proposer's pooled rate for several."""
+        w = self.prior_weight
+        prior = self.prior_ratio
+        if mask & (mask - 1):
+            bits = [1 << b for b in range(mask.bit_length()) if mask >> b & 1]
+            prior = max(self._pooled(bit, names, raw_bin) for bit in bits)
+        coarse = (mask, names, -1, raw_bin)
+        return (self._accepted.get(coarse, 0.0) + w * prior) / (self._raw.get(coarse, 0.0) + w)
 
     @staticmethod
     def _coarse(key: tuple) -> tuple:

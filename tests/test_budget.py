@@ -91,6 +91,26 @@ def test_calibrator_cold_start_is_cautious_and_decays_back_to_prior():
     assert again.scores[1] > 0.3
 
 
+def test_calibrator_starts_an_agreement_group_from_its_best_proposer():
+    """Nodes two sources agree on start from the more reliable source's rate, not the cold prior; afterwards they
+    learn their own."""
+    cal = Calibrator(prior_ratio=0.5, decay=1.0)
+    a_only = DraftTree.from_paths(0, [[1]], [[0.6]], source="a")
+    b_only = DraftTree.from_paths(0, [[2]], [[0.6]], source="b")
+    for _ in range(50):  # a's guess is right every time, b's never
+        t, k = cal.calibrate(merge(a_only, b_only))
+        cal.observe(t, k, [1])
+    both = merge(DraftTree.from_paths(0, [[5]], [[0.6]], source="a"), DraftTree.from_paths(0, [[5]], [[0.6]], source="b"))
+    agreed, _ = cal.calibrate(both)
+    assert int(both.source_mask[1]) == 3
+    assert agreed.scores[1] > 0.9  # a cold group would start at 0.6 * prior_ratio = 0.3
+    for _ in range(50):  # agreed nodes turn out wrong: their own rate takes over
+        t, k = cal.calibrate(both)
+        cal.observe(t, k, [99])
+    later, _ = cal.calibrate(both)
+    assert later.scores[1] < 0.1
+
+
 class FixedDrafter:
     def __init__(self, name, paths, scores):
         self.name, self.paths, self.scores = name, paths, scores
