@@ -20,13 +20,13 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from .atomic import atomic_directory
 
 FORMAT = "draftless-datastore"
 FORMAT_VERSION = 1
@@ -103,10 +103,7 @@ def write_store(out_dir: str | os.PathLike, kind: str, arrays: Mapping[str, np.n
     for name in arrays:
         if not name or "/" in name or name.startswith(".") or name == Path(META_FILE).stem:
             raise DatastoreError(f"invalid array name {name!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a store is meant to be shared like any built artefact
+    with atomic_directory(out, replace_existing=True) as tmp:
         files = {}
         for name, array in arrays.items():
             array = np.asarray(array)
@@ -131,17 +128,6 @@ def write_store(out_dir: str | os.PathLike, kind: str, arrays: Mapping[str, np.n
                 raise DatastoreError(f"extra_meta may not override {key!r}")
             meta[key] = value
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if out.exists():
-            # Move the old store aside first so the swap is two renames; delete it only after the new one is in.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "store")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

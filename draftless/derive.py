@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_directory
 from .layer_skip import num_layers
 
 
@@ -58,15 +57,8 @@ def save_shallow_model(model, tokenizer, n_layers: int, out_dir: str | os.PathLi
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        with torch.no_grad():
-            derive_shallow_model(model, n_layers).save_pretrained(tmp)
+    with atomic_directory(out) as tmp, torch.no_grad():
+        derive_shallow_model(model, n_layers).save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .atomic import atomic_directory
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -83,20 +83,14 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
     if (out_dir / "config.json").exists():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"[draftless] converting {gguf_path.name} to an HF folder (once, about a minute) -> {out_dir}", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
