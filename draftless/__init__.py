@@ -14,18 +14,21 @@ from .tree import DraftTree, merge
 __version__ = "0.1.0"
 
 
-def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, **config) -> SpeculativeGenerator:
+def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, draft_model: str | None = None,
+               **config) -> SpeculativeGenerator:
     """Pair ``model`` with a drafter; returns an object whose ``.generate`` is a drop-in, lossless fast path.
 
     ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
     ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was
-    built with the same tokenizer. ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
+    built with the same tokenizer. ``datastore``: a store ``auto`` adds as a source; ``draft_model``: a model
+    drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
     ``min_gain``, ``verbose`` (see ``SpeculativeGenerator``).
     """
     from .spec import DrafterContext, build_drafter
 
     if isinstance(drafter, str):
-        drafter = build_drafter(drafter, DrafterContext(model=model, tokenizer=tokenizer), datastore=datastore)
+        drafter = build_drafter(drafter, DrafterContext(model=model, tokenizer=tokenizer), datastore=datastore,
+                                draft_model=draft_model)
     elif not isinstance(drafter, Drafter):
         raise TypeError(f"drafter must be a spec string or implement the Drafter protocol, got {type(drafter).__name__}")
     return SpeculativeGenerator(model, drafter, **config)
@@ -36,7 +39,8 @@ def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> Gene
 
     Engine options (``max_nodes``, ``adaptive``, ...) may be mixed into ``kwargs``.
     """
-    engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "min_gain", "verbose", "datastore"}
+    engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "min_gain", "verbose", "datastore",
+                   "draft_model"}
     config = {k: kwargs.pop(k) for k in list(kwargs) if k in engine_keys}
     return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, **kwargs)
 

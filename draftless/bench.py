@@ -45,7 +45,8 @@ class _ForwardCounter:
 
 
 class _Method:
-    def __init__(self, name: str, model, tokenizer, datastore: str | None, max_nodes: int):
+    def __init__(self, name: str, model, tokenizer, datastore: str | None, max_nodes: int,
+                 draft_model: str | None = None):
         self.name = name
         self.model = model
         self.engine = None
@@ -53,7 +54,7 @@ class _Method:
             import draftless
 
             self.engine = draftless.accelerate(model, drafter=name, tokenizer=tokenizer, datastore=datastore,
-                                               max_nodes=max_nodes)
+                                               draft_model=draft_model, max_nodes=max_nodes)
 
     def run(self, ids: torch.Tensor, max_new_tokens: int):
         """Returns (new token ids, seconds, target forward passes, stats or None)."""
@@ -75,11 +76,12 @@ class _Method:
 
 def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], max_new_tokens: int = 128,
               chat: bool = False, datastore: str | None = None, max_nodes: int = 32, model_name: str = "",
+              draft_model: str | None = None,
               progress: bool = True) -> dict:
     """Run ``methods`` over ``prompts`` and return the report dict (schema in design.md)."""
     if "hf" not in methods:
         methods = ["hf"] + list(methods)
-    runners = [_Method(m, model, tokenizer, datastore, max_nodes) for m in methods]
+    runners = [_Method(m, model, tokenizer, datastore, max_nodes, draft_model) for m in methods]
     encoded = [encode_prompt(tokenizer, p.text, chat) for p in prompts]
     device = next(model.parameters()).device
     encoded = [e.to(device) for e in encoded]

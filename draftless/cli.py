@@ -36,7 +36,7 @@ def cmd_generate(args) -> int:
     chat = args.chat if args.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     ids = encode_prompt(tokenizer, args.prompt, chat).to(next(model.parameters()).device)
     fast = draftless.accelerate(model, drafter=args.drafter, tokenizer=tokenizer, datastore=args.datastore,
-                                max_nodes=args.max_nodes, verbose=args.verbose)
+                                draft_model=args.draft_model, max_nodes=args.max_nodes, verbose=args.verbose)
     if args.verbose:
         print(f"[draftless] cost curve t(n)/t(1): {fast.cost_curve.relative()}", flush=True)
     sample = args.temperature is not None and args.temperature > 0
@@ -77,7 +77,8 @@ def cmd_bench(args) -> int:
     print(f"[draftless] bench: {len(prompts)} prompts x {len(methods)} methods, {args.max_new_tokens} new tokens",
           flush=True)
     report = run_bench(model, tokenizer, prompts, methods, max_new_tokens=args.max_new_tokens, chat=args.chat,
-                       datastore=args.datastore, max_nodes=args.max_nodes, model_name=args.model or "smollm2-135m")
+                       datastore=args.datastore, draft_model=args.draft_model, max_nodes=args.max_nodes,
+                       model_name=args.model or "smollm2-135m")
     write_report(report, args.json, args.markdown, args.plot)
     print(markdown_table(report))
     if args.verbose and "cost_curve_ms" in report:
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", dest="chat", action="store_false", help="feed the prompt text as is")
     g.add_argument("--drafter", default="auto", help="drafter spec: ngram, sam, recycle, sam+recycle, auto, ...")
     g.add_argument("--datastore", default=None, help="a datastore directory that auto adds as a source")
+    g.add_argument("--draft-model", default=None, metavar="self|PATH",
+                   help="a model drafter that auto combines with retrieval (self = the target with layers skipped)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
     g.add_argument("--top-k", type=int, default=None)
@@ -129,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=None, help="at most K prompts in all (categories round-robin)")
     b.add_argument("--categories", default=None, help="comma-separated categories to keep")
     b.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    b.add_argument("--datastore", default=None)
+    b.add_argument("--datastore", default=None, help="a datastore directory that auto adds as a source")
+    b.add_argument("--draft-model", default=None, metavar="self|PATH", help="a model drafter auto combines with retrieval")
     b.add_argument("--max-nodes", type=int, default=32)
     b.add_argument("--json", required=True, help="write the report here")
     b.add_argument("--markdown", default=None, help="also write a markdown table here")

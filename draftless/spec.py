@@ -17,13 +17,26 @@ FUSED_SPEC = "ngram+sam+recycle"
 STEEP_COST_AT_8 = 1.5
 
 
-def auto_spec(model) -> str:
-    """What ``auto`` means for this model on this device: ``sam`` on steep cost curves, else the fused mix."""
+def _steep(model, curve=None) -> bool:
     from .attention import inspect_model
     from .budget import cost_curve_for
 
-    curve = cost_curve_for(model, inspect_model(model))
-    return "sam" if curve.cost(8) / curve.cost(1) > STEEP_COST_AT_8 else FUSED_SPEC
+    curve = curve if curve is not None else cost_curve_for(model, inspect_model(model))
+    return curve.cost(8) / curve.cost(1) > STEEP_COST_AT_8
+
+
+def auto_spec(model, draft_model: str | None = None, curve=None) -> str:
+    """What ``auto`` means for this model on this device: ``sam`` on steep cost curves, else the fused mix.
+
+    With a model drafter configured (``draft_model``: ``"self"``, a path or a shipped name) it is combined with
+    retrieval: on steep curves by selection (``select:``, the model drafts only where retrieval is weak: measured
+    faster than fusion on a 2-core CPU, see README), on flat curves by fusion (``hybrid:``, where a wider tree is
+    nearly free). ``curve``: a ``CostCurve`` to judge by instead of the model's measured one."""
+    steep = _steep(model, curve)
+    if draft_model:
+        draft = draft_model if draft_model == "self" or draft_model.startswith("self:") else f"model:{draft_model}"
+        return f"{'select' if steep else 'hybrid'}:{draft}"
+    return "sam" if steep else FUSED_SPEC
 
 
 @dataclass
@@ -142,10 +155,14 @@ def parse_spec(spec: str) -> list[tuple[str, str | None]]:
     return parts
 
 
-def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None) -> Drafter:
-    """Instantiate the drafter a spec names. ``datastore``: a store directory that ``auto`` adds as a source."""
+def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
+                  draft_model: str | None = None) -> Drafter:
+    """Instantiate the drafter a spec names. ``datastore``: a store directory that ``auto`` adds as a source;
+    ``draft_model``: a model drafter (``"self"``, a path, a shipped name) that ``auto`` combines with retrieval."""
     from .fusion import FusedDrafter
 
+    if draft_model and spec.strip().lower() == "auto":
+        return build_drafter(auto_spec(ctx.model, draft_model), ctx)
     parts = parse_spec(spec)
     expanded: list[tuple[str, str | None]] = []
     for kind, arg in parts:

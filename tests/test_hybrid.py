@@ -245,6 +245,24 @@ def test_self_spec_chooses_layers_by_measurement_and_caches_the_choice(pairs, tm
     assert again.skip_layers == drafter.skip_layers
 
 
+def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(pairs, tmp_path, monkeypatch):
+    from draftless.budget import CostCurve
+    from draftless.spec import FUSED_SPEC, auto_spec
+
+    target, _ = pairs("llama")
+    steep, flat = CostCurve((1, 8), (10.0, 20.0)), CostCurve((1, 8), (10.0, 11.0))
+    assert auto_spec(target, curve=steep) == "sam" and auto_spec(target, curve=flat) == FUSED_SPEC
+    assert auto_spec(target, "self", curve=steep) == "select:self"
+    assert auto_spec(target, "self:1", curve=flat) == "hybrid:self:1"
+    assert auto_spec(target, "drafts/small", curve=flat) == "hybrid:model:drafts/small"
+    monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path))
+    fast = draftless.accelerate(target, drafter="auto", draft_model="self:1", adaptive=False, max_nodes=16)
+    assert isinstance(fast.drafter, (SelectiveDrafter, HybridFusion))
+    for prompt in prompts(11, n=2):
+        got = fast.generate(torch.tensor([prompt]), max_new_tokens=20)
+        assert torch.equal(got.sequences, reference(target, prompt, 20))
+
+
 def test_helpers():
     assert parse_layers("3, 5,8-10") == [3, 5, 8, 9, 10]
     assert parse_layers("4-", n_layers=6) == [4, 5]
