@@ -92,7 +92,10 @@ def _model(arg, ctx):
     if not arg:
         raise ValueError("'model:PATH' needs a draft model: a local HF folder, a .gguf file or a shipped model name")
     draft, draft_tokenizer = load_model(arg)
-    return ModelDrafter(draft, tokenizer=draft_tokenizer, target_tokenizer=ctx.tokenizer, target=ctx.model)
+    # a draft pass costs about the draft model's share of the target's parameters (both run the same kernels)
+    pass_cost = sum(p.numel() for p in draft.parameters()) / sum(p.numel() for p in ctx.model.parameters())
+    return ModelDrafter(draft, tokenizer=draft_tokenizer, target_tokenizer=ctx.tokenizer, target=ctx.model,
+                        pass_cost=pass_cost)
 
 
 def _self(arg, ctx):

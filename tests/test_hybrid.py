@@ -263,6 +263,24 @@ def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(p
         assert torch.equal(got.sequences, reference(target, prompt, 20))
 
 
+def test_costly_draft_passes_stop_the_tree_early(pairs):
+    """A further level is drafted only while its frontier's cumulative probability exceeds the pass cost."""
+    target, _ = pairs("llama")
+    ctx = np.asarray(prompts(4, n=1)[0], dtype=np.int64)
+    depths = {}
+    for cost in (0.0, 0.5, 100.0):
+        drafter = ModelDrafter(target, target=target, pass_cost=cost, **SMALL)
+        drafter.begin(ctx)
+        before = drafter.passes
+        tree = drafter.draft(ctx, 24)
+        depths[cost] = (tree.max_depth, drafter.passes - before)
+    assert depths[100.0] == (1, 1)  # only the pass every tree needs: the root's children
+    assert depths[0.0][0] == SMALL["max_depth"]
+    assert depths[100.0][1] <= depths[0.5][1] <= depths[0.0][1]
+    assert SelfSpecDrafter(target, skip_layers=[1], **SMALL).pass_cost == pytest.approx(
+        LayerSubsetModel(target, [0]).relative_cost())
+
+
 def test_helpers():
     assert parse_layers("3, 5,8-10") == [3, 5, 8, 9, 10]
     assert parse_layers("4-", n_layers=6) == [4, 5]

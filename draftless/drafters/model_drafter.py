@@ -121,13 +121,18 @@ class ModelDrafter(BaseDrafter):
     topk: children proposed per expanded node; ``expand``: nodes expanded per level (default ``topk``);
     max_depth: deepest node (levels = draft passes); ``max_nodes``: most nodes returned (root included);
     min_score: frontier nodes whose cumulative draft probability is below this are not expanded.
+    pass_cost: what one draft pass costs in target decoding steps (``None`` or 0: free). A further level is drafted
+        only while the nodes it would expand could still earn that much: the sum of their cumulative draft
+        probabilities bounds the tokens the level can add, and every accepted token saves about one target step.
+        On a GPU a small drafter's pass is nearly free; on a CPU a layer-skipping drafter's pass costs almost a
+        full step, and without this rule deep trees cost several steps' worth of draft passes.
     """
 
     name = "model"
 
     def __init__(self, draft_model, tokenizer=None, target_tokenizer=None, target=None, topk: int = 4,
                  expand: int | None = None, max_depth: int = 6, max_nodes: int = 48, min_score: float = 0.02,
-                 name: str | None = None):
+                 name: str | None = None, pass_cost: float | None = None):
         check_same_vocabulary(draft_model, target, tokenizer, target_tokenizer)
         if topk < 1 or max_depth < 1:
             raise ValueError("topk and max_depth must be >= 1")
@@ -140,6 +145,7 @@ class ModelDrafter(BaseDrafter):
         self.max_depth = int(max_depth)
         self.max_nodes = int(max_nodes)
         self.min_score = float(min_score)
+        self.pass_cost = float(pass_cost or 0.0)
         if name:
             self.name = name
         self.passes = 0  # draft-model forward passes (for reports)
@@ -321,7 +327,7 @@ class ModelDrafter(BaseDrafter):
             candidates = [n for n in range(len(g.tokens)) if alive[n] and g.node_blk[n] < 0
                           and g.depths[n] < self.max_depth and scores[n] >= self.min_score and scores[n] > cut]
             candidates = heapq.nlargest(self.expand, candidates, key=lambda n: scores[n])
-            if not candidates:
+            if not candidates or sum(scores[n] for n in candidates) < self.pass_cost:
                 break
             entries = []
             for node in candidates:

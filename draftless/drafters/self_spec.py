@@ -229,7 +229,8 @@ class SelfSpecDrafter(ModelDrafter):
 
     ``skip_layers``: layer indices (or ``"3,5-9"``); ``None`` picks them by measurement (cached per model), using
     ``tokenizer``'s encoding of a built-in text when given, else the first request's prompt. Other keyword
-    arguments go to ``ModelDrafter`` (``topk``, ``max_depth``, ``max_nodes``, ``min_score``).
+    arguments go to ``ModelDrafter`` (``topk``, ``max_depth``, ``max_nodes``, ``min_score``, ``pass_cost``);
+    ``pass_cost`` defaults to the kept layers' share of the target's compute (``LayerSubsetModel.relative_cost``).
     """
 
     name = "self"
@@ -261,7 +262,10 @@ class SelfSpecDrafter(ModelDrafter):
             raise ValueError("cannot skip every layer")
         self.skip_layers = sorted(skip)
         self._ready = True
-        ModelDrafter.__init__(self, LayerSubsetModel(self.target, keep), **self._drafter_kw)
+        view = LayerSubsetModel(self.target, keep)
+        kw = dict(self._drafter_kw)
+        kw.setdefault("pass_cost", view.relative_cost())
+        ModelDrafter.__init__(self, view, **kw)
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         if not self._ready:
