@@ -164,3 +164,23 @@ def damaged_copy(store, dst, filename: str, how: str):
         raise ValueError(how)
     path.write_bytes(bytes(raw))
     return Path(dst)
+
+
+SUBSET_IDS = [3, 7, 1, 9, 4, 4, 2, 8, 5, 1, 0, 6]
+
+
+def subset_logits(model, keep) -> torch.Tensor:
+    """Logits float32[1, T, vocab] of ``model`` restricted to the decoder layers ``keep`` on ``SUBSET_IDS``,
+    through ``LayerSubsetModel`` with a causal tree mask and a fresh cache."""
+    import numpy as np
+
+    from draftless.attention import inspect_model, tree_attention_mask
+    from draftless.kv_cache import new_cache
+    from draftless.layer_skip import LayerSubsetModel
+
+    T = len(SUBSET_IDS)
+    mask = tree_attention_mask(inspect_model(model), np.tril(np.ones((T, T), bool)), np.arange(T), 0,
+                               torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        return LayerSubsetModel(model, keep)(torch.tensor([SUBSET_IDS]), torch.arange(T)[None], mask,
+                                             new_cache()).logits

@@ -1,17 +1,13 @@
 """Draft models derived from a target (first N layers + its norm and head): the saved folder reloads to the same
 logits as the target's own first-N-layer view, keeps Gemma 3's per-layer attention types, and drafts losslessly."""
-import numpy as np
 import pytest
 import torch
 
 import draftless
-from draftless.attention import inspect_model, tree_attention_mask
 from draftless.derive import derive_shallow_model, save_shallow_model
 from draftless.drafters.model_drafter import ModelDrafter
-from draftless.kv_cache import new_cache
-from draftless.layer_skip import LayerSubsetModel
 
-from conftest import make_tiny_model
+from conftest import SUBSET_IDS, make_tiny_model, subset_logits
 from test_greedy import prompts, reference
 
 
@@ -26,12 +22,9 @@ def test_derived_model_equals_the_first_layers_of_the_target(arch, tmp_path):
     assert len(derived.model.layers) == n
     if getattr(target.config, "layer_types", None) is not None:
         assert list(derived.config.layer_types) == list(target.config.layer_types)[:n]
-    ids = torch.tensor([[3, 7, 1, 9, 4, 4, 2, 8, 5, 1, 0, 6]])
-    T = ids.shape[1]
-    mask = tree_attention_mask(inspect_model(target), np.tril(np.ones((T, T), bool)), np.arange(T), 0,
-                               torch.float32, torch.device("cpu"))
+    ids = torch.tensor([SUBSET_IDS])
+    view = subset_logits(target, range(n))
     with torch.no_grad():
-        view = LayerSubsetModel(target, range(n))(ids, torch.arange(T)[None], mask, new_cache()).logits
         got = derived(ids).logits
         full = target(ids).logits
     assert torch.allclose(got, view, atol=1e-5)

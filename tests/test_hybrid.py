@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import draftless
-from draftless.attention import inspect_model, tree_attention_mask
 from draftless.accept import SamplingWarper
 from draftless.drafters.model_drafter import ModelDrafter, TokenizerMismatch
 from draftless.drafters.ngram import NGramDrafter
@@ -19,7 +18,7 @@ from draftless.kv_cache import new_cache
 from draftless.layer_skip import LayerSubsetModel
 from draftless.tree import DraftTree
 
-from conftest import VOCAB, make_tiny_model
+from conftest import SUBSET_IDS, VOCAB, make_tiny_model, subset_logits
 from test_greedy import prompts, reference
 from test_sampling import PROMPT, chi_square_pvalue, exact_two_token_distribution
 
@@ -72,14 +71,10 @@ def test_layer_subset_shares_the_target_and_matches_it_with_all_layers(pairs):
         target, _ = pairs(arch)
         before = {k: v.clone() for k, v in target.state_dict().items()}
         n = len(target.model.layers)
-        ids = torch.tensor([[3, 7, 1, 9, 4, 4, 2, 8, 5, 1, 0, 6]])
-        T = ids.shape[1]
-        mask = tree_attention_mask(inspect_model(target), np.tril(np.ones((T, T), bool)), np.arange(T), 0,
-                                   torch.float32, torch.device("cpu"))
+        full = subset_logits(target, range(n))
+        part = subset_logits(target, [0])
         with torch.no_grad():
-            full = LayerSubsetModel(target, range(n))(ids, torch.arange(T)[None], mask, new_cache()).logits
-            want = target(ids).logits
-            part = LayerSubsetModel(target, [0])(ids, torch.arange(T)[None], mask, new_cache()).logits
+            want = target(torch.tensor([SUBSET_IDS])).logits
         assert torch.allclose(full, want, atol=1e-5)
         assert not torch.allclose(part, want, atol=1e-2)
         assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())
