@@ -158,6 +158,18 @@ def test_longer_policy_drafts_the_store_only_beyond_the_context_match(store):
         SamDrafter(store, tok, static_policy="sometimes")
 
 
+def test_fallback_policy_drafts_the_store_only_without_a_context_match(store):
+    tok = CharTokenizer()
+    drafter = SamDrafter(store, tok, static_policy="fallback")
+    # the context repeats its own suffix: only the context's tree, though the corpus matches too
+    ctx = np.asarray(tok.ids("b):\n    re x def add(a, b):\n    re"), dtype=np.int64)
+    drafter.begin(ctx)
+    assert drafter.draft(ctx, 16).source_names == ("sam",)
+    ctx = np.asarray(tok.ids("xyz def add(a, b):\n    re"), dtype=np.int64)  # nothing repeats in the context
+    drafter.begin(ctx)
+    assert drafter.draft(ctx, 16).source_names == (f"sam:{store.name}",)
+
+
 def test_store_refusals(store, tmp_path):
 
     with pytest.raises(DatastoreError) as err:

@@ -17,7 +17,8 @@ How the two automata share a step's budget is ``static_policy``:
   source name, so the engine's calibrator learns a corpus continuation's acceptance apart from a
   context continuation's: counts from a large corpus are not the same currency as counts from this request;
 - ``"longer"`` (SAM-Decoding's selection): the static tree is drafted only when its match is longer than the
-  dynamic one's, so a corpus never crowds out what this request itself repeats.
+  dynamic one's, so a corpus never crowds out what this request itself repeats;
+- ``"fallback"``: the static tree is drafted only when the context has no match of ``min_match`` tokens at all.
 
 The static tree's source name is ``sam:<store directory name>``, the dynamic tree's ``sam``.
 """
@@ -63,7 +64,7 @@ class SamDrafter(BaseDrafter):
     """
 
     name = "sam"
-    STATIC_POLICIES = ("fuse", "longer")
+    STATIC_POLICIES = ("fuse", "longer", "fallback")
 
     def __init__(self, store_path: str | os.PathLike | None = None, tokenizer=None, *, use_dynamic: bool = True,
                  min_match: int = 2, static_min_match: int = 2, min_depth: int = 4, max_depth: int = 16,
@@ -143,7 +144,8 @@ class SamDrafter(BaseDrafter):
                 trees.append(self._tree(self.dynamic, root, state, dynamic_len, budget, -1, self.name))
         if self.static is not None:
             state, length = self._static_match
-            if self.static_policy == "longer" and trees and length <= dynamic_len:
+            if trees and (self.static_policy == "fallback"
+                          or (self.static_policy == "longer" and length <= dynamic_len)):
                 return trees[0]
             # The longest match may have no usable continuation (corpus end, document separator): back off to
             # shorter suffixes (suffix links) a few times.
