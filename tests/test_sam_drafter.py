@@ -129,7 +129,7 @@ def test_static_store_drafts_corpus_continuation_and_stops_at_separator(store):
 def test_store_nodes_carry_their_own_source_name(store):
     """The calibrator tells corpus continuations from context continuations by source name."""
     tok = CharTokenizer()
-    drafter = SamDrafter(store, tok)
+    drafter = SamDrafter(store, tok, static_policy="fuse")
     # "def add(a, b):" repeats in the context (dynamic) and in the corpus (static), "\n    re" only in the corpus
     ctx = np.asarray(tok.ids("def add(a, b): x\ndef add(a, b):\n    re"), dtype=np.int64)
     drafter.begin(ctx)

@@ -18,7 +18,10 @@ How the two automata share a step's budget is ``static_policy``:
   context continuation's: counts from a large corpus are not the same currency as counts from this request;
 - ``"longer"`` (SAM-Decoding's selection): the static tree is drafted only when its match is longer than the
   dynamic one's, so a corpus never crowds out what this request itself repeats;
-- ``"fallback"``: the static tree is drafted only when the context has no match of ``min_match`` tokens at all.
+- ``"fallback"`` (the default): the static tree is drafted only when the context has no match of ``min_match``
+  tokens at all. Measured on math and code prompts with GSM8K and stdlib + MBPP stores, on both shipped models, it
+  was as fast as or faster than ``"fuse"`` and context-only drafting everywhere (README, "Corpus retrieval"): a
+  repeat inside the request beats a corpus match, and a corpus fills the steps that would otherwise draft nothing.
 
 The static tree's source name is ``sam:<store directory name>``, the dynamic tree's ``sam``.
 """
@@ -57,6 +60,7 @@ class SamDrafter(BaseDrafter):
     - ``store_path``: a ``"sam"`` datastore for the static automaton (None: dynamic only);
     - ``tokenizer``: the target's tokenizer; when given, a store built with another tokenizer is refused;
     - ``use_dynamic``: also draft from the request's own text;
+    - ``static_policy``: ``"fallback"``, ``"fuse"`` or ``"longer"`` (see the module docstring);
     - ``min_match``: shortest match (tokens) that drafts anything; ``static_min_match`` for the datastore;
     - depth limit ``clip(depth_per_match * match_length, min_depth, max_depth)``: longer matches earn longer drafts;
     - ``top_k``: continuations considered per node; ``smoothing``: prior pseudo-count (scaled by 2/match length)
@@ -69,7 +73,7 @@ class SamDrafter(BaseDrafter):
     def __init__(self, store_path: str | os.PathLike | None = None, tokenizer=None, *, use_dynamic: bool = True,
                  min_match: int = 2, static_min_match: int = 2, min_depth: int = 4, max_depth: int = 16,
                  depth_per_match: float = 2.0, top_k: int = 3, smoothing: float = 1.0, min_score: float = 0.02,
-                 static_policy: str = "fuse", verify: str = "size"):
+                 static_policy: str = "fallback", verify: str = "size"):
         if static_policy not in self.STATIC_POLICIES:
             raise ValueError(f"static_policy must be one of {self.STATIC_POLICIES}, not {static_policy!r}")
         self.static_policy = static_policy
