@@ -166,6 +166,30 @@ def damaged_copy(store, dst, filename: str, how: str):
     return Path(dst)
 
 
+def assert_common_store_refusals(open_store, store, tmp_path, kind: str, damaged_file: str, foreign_tokenizer,
+                                 corrupt_file: str | None = None):
+    """The refusals every store-backed drafter owes: ``open_store(path, tokenizer=None, verify="size")`` must raise
+    ``DatastoreError`` for a foreign tokenizer, a truncated file, a corrupt file (``verify="full"``) and a store of
+    another kind."""
+    import numpy as np
+    import pytest
+
+    from draftless.datastore import DatastoreError, write_store
+
+    with pytest.raises(DatastoreError, match=foreign_tokenizer.name_or_path.rsplit("/", 1)[-1]):
+        open_store(store, tokenizer=foreign_tokenizer)
+    truncated = damaged_copy(store, tmp_path / "truncated", damaged_file, "truncate")
+    with pytest.raises(DatastoreError, match="truncated"):
+        open_store(truncated)
+    corrupt = damaged_copy(store, tmp_path / "corrupt", corrupt_file or damaged_file, "flip")
+    with pytest.raises(DatastoreError, match="sha256"):
+        open_store(corrupt, verify="full")
+    other = "rest" if kind != "rest" else "sam"
+    other_kind = write_store(tmp_path / other, other, {"tokens": np.zeros(3, np.int32)}, None)
+    with pytest.raises(DatastoreError, match=f"expected '{kind}'"):
+        open_store(other_kind)
+
+
 SUBSET_IDS = [3, 7, 1, 9, 4, 4, 2, 8, 5, 1, 0, 6]
 
 

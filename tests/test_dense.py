@@ -13,7 +13,7 @@ from draftless.drafter import StepFeedback
 from draftless.drafters.dense import DenseDrafter
 from draftless.tree import DraftTree
 
-from conftest import VOCAB, best_path, check_tree, damaged_copy
+from conftest import VOCAB, assert_common_store_refusals, best_path, check_tree
 
 
 class IdTokenizer:
@@ -111,16 +111,8 @@ def test_round_trip(store, sequence):
 
 
 def test_refusals(store, tmp_path, model):
-    with pytest.raises(DatastoreError, match="other"):
-        DenseDrafter(store, IdTokenizer("other", shift=1))
-    truncated = tmp_path / "truncated"
-    damaged_copy(store, truncated, "index.npy", "truncate")
-    with pytest.raises(DatastoreError, match="truncated"):
-        DenseDrafter(truncated)
-    corrupt = tmp_path / "corrupt"
-    damaged_copy(store, corrupt, "index.npy", "flip")
-    with pytest.raises(DatastoreError, match="sha256"):
-        DenseDrafter(corrupt, verify="full")
+    assert_common_store_refusals(lambda path, tokenizer=None, verify="size": DenseDrafter(
+        path, tokenizer, verify=verify), store, tmp_path, "dense", "index.npy", IdTokenizer("other", shift=1))
     garbage = tmp_path / "garbage"
     loaded = DenseStore.load(store)
     write_store(garbage, "dense", {"tokens": loaded.tokens, "positions": loaded.positions,
@@ -134,8 +126,6 @@ def test_refusals(store, tmp_path, model):
                                      "index": np.load(store / "index.npy")}, None)
     with pytest.raises(DatastoreError, match="does not match"):
         DenseDrafter(wrong_dim)
-    with pytest.raises(DatastoreError, match="expected 'dense'"):
-        DenseDrafter(write_store(tmp_path / "rest", "rest", {"tokens": np.zeros(3, np.int32)}, None))
     with pytest.raises(DatastoreError, match="hidden states of size 64"):
         DenseDrafter(store, hidden_size=96)
     DenseDrafter(store, model=model)  # the right model is accepted

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from draftless.build import build_store
-from draftless.datastore import DatastoreError, write_store
+from draftless.datastore import DatastoreError
 from draftless.drafter import StepFeedback
 from draftless.drafters.sam import SamDrafter
 from draftless.tree import DraftTree
 
-from conftest import CharTokenizer, best_path, check_tree, damaged_copy
+from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
 
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps"]
@@ -171,20 +171,11 @@ def test_fallback_policy_drafts_the_store_only_without_a_context_match(store):
 
 
 def test_store_refusals(store, tmp_path):
-
     with pytest.raises(DatastoreError) as err:
         SamDrafter(store, CharTokenizer("other-model", shift=3))
     assert "'chars'" in str(err.value) and "'other-model'" in str(err.value)
-    broken = tmp_path / "truncated"
-    damaged_copy(store, broken, "edge_to.npy", "truncate")
-    with pytest.raises(DatastoreError, match="truncated"):
-        SamDrafter(broken, CharTokenizer())
-    corrupt = tmp_path / "corrupt"
-    damaged_copy(store, corrupt, "states.npy", "flip")
-    with pytest.raises(DatastoreError, match="sha256"):
-        SamDrafter(corrupt, CharTokenizer(), verify="full")
-    other_kind = write_store(tmp_path / "dense", "dense", {"tokens": np.zeros(3, np.int32)}, None)
-    with pytest.raises(DatastoreError, match="expected 'sam'"):
-        SamDrafter(other_kind)
+    assert_common_store_refusals(lambda path, tokenizer=CharTokenizer(), verify="size": SamDrafter(
+        path, tokenizer, verify=verify), store, tmp_path, "sam", "edge_to.npy", CharTokenizer("other-model", shift=3),
+        corrupt_file="states.npy")
     with pytest.raises(DatastoreError, match="not found"):
         SamDrafter(tmp_path / "missing")

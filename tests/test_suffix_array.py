@@ -13,7 +13,7 @@ from draftless.datastore import DatastoreError, tokenizer_identity, write_store
 from draftless.drafters.rest import RestDrafter
 from draftless.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
 
-from conftest import CharTokenizer, best_path, check_tree, damaged_copy
+from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps",
         "the quick brown cat sleeps"]
@@ -121,19 +121,8 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_store_refusals(store, tmp_path):
-    with pytest.raises(DatastoreError, match="other-model"):
-        RestDrafter(store, CharTokenizer("other-model", shift=3))
-    broken = tmp_path / "truncated"
-    damaged_copy(store, broken, "sa.npy", "truncate")
-    with pytest.raises(DatastoreError, match="truncated"):
-        RestDrafter(broken, CharTokenizer())
-    corrupt = tmp_path / "corrupt"
-    damaged_copy(store, corrupt, "sa.npy", "flip")
-    with pytest.raises(DatastoreError, match="sha256"):
-        RestDrafter(corrupt, CharTokenizer(), verify="full")
-    other_kind = write_store(tmp_path / "sam", "sam", {"tokens": np.zeros(3, np.int32)}, None)
-    with pytest.raises(DatastoreError, match="expected 'rest'"):
-        RestDrafter(other_kind)
+    assert_common_store_refusals(lambda path, tokenizer=CharTokenizer(), verify="size": RestDrafter(
+        path, tokenizer, verify=verify), store, tmp_path, "rest", "sa.npy", CharTokenizer("other-model", shift=3))
     inconsistent = write_store(tmp_path / "bad", "rest", {"tokens": np.zeros(3, np.int32),
                                                           "sa": np.zeros(2, np.int32)}, None)
     with pytest.raises(DatastoreError, match="inconsistent"):
