@@ -5,7 +5,9 @@ import argparse
 
 
 def add_kind_args(parser: argparse.ArgumentParser, default_max_tokens: int | None) -> None:
-    parser.add_argument("--kind", choices=["sam", "rest", "dense"], default="sam", help="datastore kind")
+    from draftless.stores.kinds import STORE_KINDS
+
+    parser.add_argument("--kind", choices=STORE_KINDS, default="sam", help="datastore kind")
     parser.add_argument("--model", default="smollm2-135m", help="target model (its tokenizer; dense: its states)")
     parser.add_argument("--max-tokens", type=int, default=default_max_tokens,
                         help="dense: index at most this many corpus tokens (0 or omitted: all)")

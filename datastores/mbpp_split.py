@@ -41,11 +41,11 @@ def split_mbpp(mbpp_path: str | Path = DEFAULT_MBPP, prompts_path: Path = PROMPT
 
 
 def _write_jsonl(path: Path, records) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    from draftless.atomic import atomic_file
+
+    with atomic_file(path, "w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@
 """
 from __future__ import annotations
 
-from .drafter import BaseDrafter, Drafter, NullDrafter, StepFeedback
-from .engine import GenerationResult, SpeculativeGenerator
-from .tree import DraftTree, merge
+from .engine.protocol import BaseDrafter, Drafter, NullDrafter, StepFeedback
+from .engine.generator import GenerationResult, SpeculativeGenerator
+from .engine.tree import DraftTree, merge
 
 __version__ = "0.1.0"
 
@@ -24,7 +24,7 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
     ``min_gain``, ``verbose`` (see ``SpeculativeGenerator``).
     """
-    from .spec import DrafterContext, build_drafter
+    from .drafters.spec import DrafterContext, build_drafter
 
     if isinstance(drafter, str):
         drafter = build_drafter(drafter, DrafterContext(model=model, tokenizer=tokenizer), datastore=datastore,

@@ -1,4 +1,8 @@
-"""Atomic directory writes: build everything in a temporary sibling, then rename it into place."""
+"""Atomic writes: build a file or a directory in a temporary sibling, then rename it into place.
+
+A reader (another process, a crashed run's successor) sees either the old content or the new one, never a half
+written file: ``os.replace`` is atomic within one filesystem, and the sibling lives in the same directory.
+"""
 from __future__ import annotations
 
 import os
@@ -6,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 @contextmanager
@@ -29,4 +33,23 @@ def atomic_directory(out_dir: str | os.PathLike, replace_existing: bool = False)
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
+    """Yield an open file (``mode`` ``"w"`` or ``"wb"``) beside ``path``; on success it replaces ``path``, on any
+    error it is removed and ``path`` is untouched. The parent directory is created if missing."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes a whole file: mode 'w' or 'wb', not {mode!r}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as fh:
+            yield fh
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise

@@ -15,8 +15,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output HF folder (must not exist)")
     args = parser.parse_args(argv)
 
-    from draftless.derive import save_shallow_model
-    from draftless.models import load_model
+    from draftless.hf.derive import save_shallow_model
+    from draftless.hf.loading import load_model
 
     model, tokenizer = load_model(args.model)
     out = save_shallow_model(model, tokenizer, args.layers, args.out)

@@ -69,6 +69,7 @@ class OracleDrafter:
 
     name = "oracle"
     wants_hidden_states = False
+    calibrates_scores = False
 
     def __init__(self, reference, vocab: int, seed: int = 0, max_branches: int = 3, max_depth: int = 6):
         import numpy as np
@@ -86,7 +87,7 @@ class OracleDrafter:
         pass
 
     def draft(self, context, budget):
-        from draftless.tree import DraftTree
+        from draftless.engine.tree import DraftTree
 
         rng = self.rng
         root = int(context[-1])
@@ -174,7 +175,7 @@ def assert_common_store_refusals(open_store, store, tmp_path, kind: str, damaged
     import numpy as np
     import pytest
 
-    from draftless.datastore import DatastoreError, write_store
+    from draftless.stores.datastore import DatastoreError, write_store
 
     with pytest.raises(DatastoreError, match=foreign_tokenizer.name_or_path.rsplit("/", 1)[-1]):
         open_store(store, tokenizer=foreign_tokenizer)
@@ -198,9 +199,9 @@ def subset_logits(model, keep) -> torch.Tensor:
     through ``LayerSubsetModel`` with a causal tree mask and a fresh cache."""
     import numpy as np
 
-    from draftless.attention import inspect_model, tree_attention_mask
-    from draftless.kv_cache import new_cache
-    from draftless.layer_skip import LayerSubsetModel
+    from draftless.hf.attention import inspect_model, tree_attention_mask
+    from draftless.hf.kv_cache import new_cache
+    from draftless.hf.layer_view import LayerSubsetModel
 
     T = len(SUBSET_IDS)
     mask = tree_attention_mask(inspect_model(model), np.tril(np.ones((T, T), bool)), np.arange(T), 0,

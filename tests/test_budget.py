@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 
-from draftless.budget import CostCurve, best_tree_size
-from draftless.calibration import Calibrator
-from draftless.fusion import FusedDrafter
-from draftless.tree import DraftTree, merge
+from draftless.engine.protocol import BaseDrafter
+from draftless.engine.budget import best_tree_size
+from draftless.engine.cost_curve import CostCurve
+from draftless.engine.calibration import Calibrator
+from draftless.drafters.fusion import FusedDrafter
+from draftless.engine.tree import DraftTree, merge
 
 
 def chain(scores):
@@ -111,7 +113,7 @@ def test_calibrator_starts_an_agreement_group_from_its_best_proposer():
     assert later.scores[1] < 0.1
 
 
-class FixedDrafter:
+class FixedDrafter(BaseDrafter):
     def __init__(self, name, paths, scores):
         self.name, self.paths, self.scores = name, paths, scores
 

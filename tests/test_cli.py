@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from draftless.cli import main
+from draftless.app.cli import main
 
 from conftest import VOCAB, make_tiny_model
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from draftless.build import BUILDERS, build_store
-from draftless.corpus import iter_pieces, tokenize_corpus
-from draftless.datastore import (FORMAT, FORMAT_VERSION, DatastoreError, open_store, tokenizer_identity,
+from draftless.stores.build import build_store
+from draftless.stores.kinds import BUILDERS
+from draftless.stores.corpus import iter_pieces, tokenize_corpus
+from draftless.stores.datastore import (FORMAT, FORMAT_VERSION, DatastoreError, open_store, tokenizer_identity,
                                  verify_checksums, write_store)
-from draftless.sam import SuffixAutomaton
+from draftless.index.suffix_automaton import SuffixAutomaton
 
 from conftest import CharTokenizer
 

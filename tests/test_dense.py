@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from draftless.datastore import DatastoreError, tokenizer_identity, write_store
-from draftless.dense_store import (DenseStore, OnlineDenseIndex, build_dense_store, hidden_states, index_keys,
-                                   iter_hidden_states, set_search_params)
-from draftless.drafter import StepFeedback
+from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.index.dense_index import DenseStore, OnlineDenseIndex, index_keys, set_search_params
+from draftless.stores.dense_build import build_dense_store, hidden_states, iter_hidden_states
+from draftless.engine.protocol import StepFeedback
 from draftless.drafters.dense import DenseDrafter
-from draftless.tree import DraftTree
+from draftless.engine.tree import DraftTree
 
 from conftest import VOCAB, assert_common_store_refusals, best_path, check_tree
 

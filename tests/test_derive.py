@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import draftless
-from draftless.derive import derive_shallow_model, save_shallow_model
+from draftless.hf.derive import derive_shallow_model, save_shallow_model
 from draftless.drafters.model_drafter import ModelDrafter
 
 from conftest import SUBSET_IDS, make_tiny_model, subset_logits

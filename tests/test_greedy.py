@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import draftless
-from draftless.budget import CostCurve
-from draftless.spec import DrafterContext, build_drafter
+from draftless.engine.cost_curve import CostCurve
+from draftless.drafters.spec import DrafterContext, build_drafter
 
 from conftest import ARCHS, VOCAB, OracleDrafter
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 import draftless
-from draftless.accept import SamplingWarper
+from draftless.engine.protocol import BaseDrafter
+from draftless.engine.accept import SamplingWarper
 from draftless.drafters.model_drafter import ModelDrafter, TokenizerMismatch
 from draftless.drafters.ngram import NGramDrafter
 from draftless.drafters.self_spec import SelfSpecDrafter, chain_speedup, parse_layers
-from draftless.fusion import FusedDrafter
-from draftless.hybrid import HybridFusion, SelectiveDrafter, best_path_expected
-from draftless.kv_cache import new_cache
-from draftless.layer_skip import LayerSubsetModel
-from draftless.tree import DraftTree
+from draftless.drafters.fusion import FusedDrafter
+from draftless.drafters.hybrid import HybridFusion, SelectiveDrafter, best_path_expected
+from draftless.hf.kv_cache import new_cache
+from draftless.hf.layer_view import LayerSubsetModel
+from draftless.engine.tree import DraftTree
 
 from conftest import SUBSET_IDS, VOCAB, make_tiny_model, subset_logits
 from test_greedy import prompts, reference
@@ -159,7 +160,7 @@ def test_hybrid_fusion_rescores_and_prunes_retrieval_nodes(pairs):
         probs = torch.softmax(target(torch.from_numpy(context)[None]).logits[0, -1], -1)
     likely, unlikely = int(probs.argmax()), int(probs.argmin())
 
-    class Fixed:
+    class Fixed(BaseDrafter):
         name = "fixed"
 
         def begin(self, prompt_ids):
@@ -224,7 +225,7 @@ def test_mismatched_vocabulary_is_refused(pairs):
 
 
 def test_self_spec_chooses_layers_by_measurement_and_caches_the_choice(pairs, tmp_path, monkeypatch):
-    monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path))
     target, _ = pairs("gemma3")
     drafter = SelfSpecDrafter(target, **SMALL)
     prompt = prompts(5)[3]
@@ -241,8 +242,8 @@ def test_self_spec_chooses_layers_by_measurement_and_caches_the_choice(pairs, tm
 
 
 def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(pairs, tmp_path, monkeypatch):
-    from draftless.budget import CostCurve
-    from draftless.spec import FUSED_SPEC, auto_spec
+    from draftless.engine.cost_curve import CostCurve
+    from draftless.drafters.spec import FUSED_SPEC, auto_spec
 
     target, _ = pairs("llama")
     steep, flat = CostCurve((1, 8), (10.0, 20.0)), CostCurve((1, 8), (10.0, 11.0))
@@ -250,7 +251,7 @@ def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(p
     assert auto_spec(target, "self", curve=steep) == "select:self"
     assert auto_spec(target, "self:1", curve=flat) == "hybrid:self:1"
     assert auto_spec(target, "drafts/small", curve=flat) == "hybrid:model:drafts/small"
-    monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path))
     fast = draftless.accelerate(target, drafter="auto", draft_model="self:1", adaptive=False, max_nodes=16)
     assert isinstance(fast.drafter, (SelectiveDrafter, HybridFusion))
     for prompt in prompts(11, n=2):
@@ -285,7 +286,7 @@ def test_helpers():
 def test_self_spec_is_not_worthwhile_without_a_measurement(pairs, tmp_path, monkeypatch):
     from draftless.drafters.self_spec import worthwhile
 
-    monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path))
     target, _ = pairs("llama")
     assert not worthwhile(target)
     assert not worthwhile(pairs("gpt2")[0])  # not Llama-shaped: no layer skipping

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import draftless
-from draftless.budget import CostCurve
-from draftless.prompts import encode_prompt
+from draftless.engine.cost_curve import CostCurve
+from draftless.app.prompts import encode_prompt
 
 GENEROUS_CURVE = CostCurve((1, 8, 32), (1.0, 1.3, 2.0))  # lets big trees through: the hardest case for exactness
 
@@ -23,7 +23,7 @@ CASES = [
 def test_real_model_greedy_identical(name, package, chat, text):
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} not installed")
-    from draftless.models import load_model
+    from draftless.hf.loading import load_model
 
     model, tokenizer = load_model(name)
     ids = encode_prompt(tokenizer, text, chat)

@@ -23,7 +23,7 @@ def load_recipe(name: str):
 
 
 def test_gsm8k_answers_lose_calculator_annotations_and_the_final_line():
-    recipe = load_recipe("math")
+    recipe = load_recipe("math_store")
     raw = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
     assert recipe.clean_answer(raw) == "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips."
     assert recipe.clean_answer("No annotations here.") == "No annotations here."

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from draftless.sam import SuffixAutomaton
-from draftless.tree import DraftTree
+from draftless.index.suffix_automaton import SuffixAutomaton
+from draftless.engine.tree import DraftTree
 
 # Small alphabets make states share prefixes and hash tables collide; the large ids exercise a 262k vocabulary.
 ALPHABET = [0, 1, 2, 3, 262000, 262143]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from draftless.build import build_store
-from draftless.datastore import DatastoreError
-from draftless.drafter import StepFeedback
+from draftless.stores.build import build_store
+from draftless.stores.datastore import DatastoreError
+from draftless.engine.protocol import StepFeedback
 from draftless.drafters.sam import SamDrafter
-from draftless.tree import DraftTree
+from draftless.engine.tree import DraftTree
 
 from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
 

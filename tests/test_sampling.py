@@ -10,8 +10,8 @@ import torch
 from scipy import stats as st
 
 import draftless
-from draftless.accept import Acceptance, SamplingWarper
-from draftless.tree import DraftTree
+from draftless.engine.accept import Acceptance, SamplingWarper
+from draftless.engine.tree import DraftTree
 
 from conftest import VOCAB
 
@@ -24,6 +24,7 @@ class LikelyBranchesDrafter:
 
     name = "likely"
     wants_hidden_states = False
+    calibrates_scores = False
 
     def __init__(self, model, seed=0):
         self.model = model
@@ -103,8 +104,8 @@ def fast_accepts_drafts(fast, kw):
 
 def test_the_test_detects_a_biased_walk(tiny_models, monkeypatch):
     """Negative control: accepting a drafted child whenever it is the draw OR a coin flip says so is lossy."""
-    import draftless.accept as accept_mod
-    import draftless.engine as engine_mod
+    import draftless.engine.accept as accept_mod
+    import draftless.engine.generator as engine_mod
 
     model = tiny_models("llama")
     kw = dict(temperature=1.0)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from draftless.build import build_store
-from draftless.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.stores.build import build_store
+from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
 from draftless.drafters.rest import RestDrafter
-from draftless.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
+from draftless.index.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
 
 from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from draftless.tree import DraftTree, merge
+from draftless.engine.tree import DraftTree, merge
 
 paths_strategy = st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=5), min_size=0, max_size=8)
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from draftless.attention import UnsupportedModel, inspect_model, tree_attention_mask
-from draftless.kv_cache import keep_prefix_and, new_cache
-from draftless.tree import DraftTree
+from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask
+from draftless.hf.kv_cache import keep_prefix_and, new_cache
+from draftless.engine.tree import DraftTree
 
 from conftest import ARCHS, VOCAB, make_tiny_model
 

@@ -23,12 +23,12 @@ import os
 
 import numpy as np
 
-from ..datastore import DatastoreError
-from ..datastore import tokenizer_identity as _tokenizer_identity
-from ..dense_store import DenseStore, OnlineDenseIndex, _model_info
-from ..drafter import BaseDrafter, StepFeedback
-from ..kernels import suffix_array_kernels as K
-from ..tree import DraftTree, merge_nonempty
+from ..stores.datastore import DatastoreError
+from ..stores.datastore import tokenizer_identity as _tokenizer_identity
+from ..index.dense_index import DenseStore, OnlineDenseIndex, model_info
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..index.kernels import suffix_array_kernels as K
+from ..engine.tree import DraftTree, merge_nonempty
 from .rest import trie_to_tree
 
 
@@ -63,7 +63,7 @@ class DenseDrafter(BaseDrafter):
         else:
             self.store = None
         if model is not None:
-            hidden_size = _model_info(model)["hidden_size"]
+            hidden_size = model_info(model)["hidden_size"]
         if self.store is not None:
             if hidden_size is not None and int(hidden_size) != self.store.hidden_size:
                 raise DatastoreError(

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..attention import inspect_model, tree_attention_mask
-from ..drafter import BaseDrafter, StepFeedback
-from ..kv_cache import keep_prefix_and, new_cache
-from ..tree import DraftTree, ancestor_matrix
+from ..hf.attention import inspect_model, tree_attention_mask
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..hf.kv_cache import keep_prefix_and, new_cache
+from ..engine.tree import DraftTree, ancestor_matrix
 
 CHAIN_CHUNK = 256  # committed tokens fed per pass when the draft cache catches up (prompt prefill)
 
@@ -55,7 +55,7 @@ def check_same_vocabulary(draft_model, target=None, tokenizer=None, target_token
     models' configured vocabulary sizes must agree (a weaker check: pass the tokenizers when you have them).
     """
     if tokenizer is not None and target_tokenizer is not None:
-        from ..datastore import same_tokenizer, tokenizer_identity
+        from ..stores.datastore import same_tokenizer, tokenizer_identity
 
         a, b = tokenizer_identity(tokenizer), tokenizer_identity(target_tokenizer)
         if not same_tokenizer(a, b):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..drafter import BaseDrafter, StepFeedback
-from ..tree import DraftTree
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..engine.tree import DraftTree
 
 
 class NGramDrafter(BaseDrafter):

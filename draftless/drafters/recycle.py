@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import heapq
 import os
-import tempfile
 
 import numpy as np
 import torch
 
-from ..drafter import BaseDrafter, StepFeedback
-from ..tree import DraftTree
+from ..atomic import atomic_file
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..engine.tree import DraftTree
 
 _FORMAT_VERSION = 1
 _SOURCE_NAMES = ("recycle",)
@@ -191,25 +191,15 @@ class RecycleDrafter(BaseDrafter):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the table to ``path`` (an ``.npz`` file, written atomically; the name is used as given)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=np.int64(_FORMAT_VERSION),
-                    vocab_size=np.int64(self.vocab_size),
-                    k=np.int64(self.k),
-                    next_tokens=self.next_tokens,
-                    next_probs=self.next_probs,
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, "wb") as f:
+            np.savez(
+                f,
+                format_version=np.int64(_FORMAT_VERSION),
+                vocab_size=np.int64(self.vocab_size),
+                k=np.int64(self.k),
+                next_tokens=self.next_tokens,
+                next_probs=self.next_probs,
+            )
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the table with one saved by ``save``; its vocab size and k must match this drafter's."""

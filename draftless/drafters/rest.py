@@ -18,11 +18,11 @@ import os
 
 import numpy as np
 
-from ..datastore import tokenizer_identity as _tokenizer_identity
-from ..drafter import BaseDrafter
-from ..kernels import suffix_array_kernels as K
-from ..suffix_array import SuffixArray
-from ..tree import DraftTree
+from ..stores.datastore import tokenizer_identity as _tokenizer_identity
+from ..engine.protocol import BaseDrafter
+from ..index.kernels import suffix_array_kernels as K
+from ..index.suffix_array import SuffixArray
+from ..engine.tree import DraftTree
 
 
 def trie_to_tree(root: int, node_tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, budget: int,

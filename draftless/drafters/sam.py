@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datastore import tokenizer_identity as _tokenizer_identity
-from ..drafter import BaseDrafter, StepFeedback
-from ..sam import SuffixAutomaton
-from ..tree import DraftTree, merge_nonempty
+from ..stores.datastore import tokenizer_identity as _tokenizer_identity
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..index.suffix_automaton import SuffixAutomaton
+from ..engine.tree import DraftTree, merge_nonempty
 
 
 def tree_from_kernel(root: int, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, source: str) -> DraftTree:

@@ -5,7 +5,7 @@ norm and head, run with the drafter's own KV cache; the target is not modified. 
 dynamic tree.
 
 Which layers to skip is chosen by measurement, once per model, and cached as json under
-``cache_root()/self_spec/``. A calibration sequence (a short text plus the target's own greedy continuation of it)
+``state_dir()/self_spec/`` (see ``draftless.paths``). A calibration sequence (a short text plus the target's own greedy continuation of it)
 is run teacher-forced through candidate subsets; a subset's *agreement* ``a`` is how often its argmax equals the
 full model's, and its relative cost ``r`` is the parameters a decode step touches (kept layers + head) over the full
 model's. Treating acceptances as independent with probability ``a``, a chain of ``g`` drafts commits on average
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,8 +28,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..attention import inspect_model, tree_attention_mask
-from ..layer_skip import LayerSubsetModel, num_layers
+from ..atomic import atomic_file
+from ..hf.attention import inspect_model, tree_attention_mask
+from ..hf.layer_view import LayerSubsetModel, num_layers
+from ..paths import safe_filename, state_dir
 from .model_drafter import ModelDrafter
 
 CALIBRATION_TEXT = (
@@ -80,11 +81,7 @@ def model_fingerprint(model) -> str:
 
 
 def _cache_path(model) -> Path:
-    from ..models import cache_root
-
-    key = model_fingerprint(model)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    return cache_root() / "self_spec" / f"{safe}.json"
+    return state_dir() / "self_spec" / f"{safe_filename(model_fingerprint(model))}.json"
 
 
 class LayerChooser:
@@ -190,7 +187,7 @@ def cached_choice(model) -> dict | None:
 def worthwhile(model, min_speedup: float = 1.1) -> bool:
     """True when a stored measurement says self-speculation should pay on ``model`` (for ``auto``; never measures:
     a missing measurement counts as no)."""
-    from ..attention import UnsupportedModel
+    from ..hf.attention import UnsupportedModel
 
     try:
         choice = cached_choice(model)
@@ -216,11 +213,8 @@ def choose_skip_layers(model, tokenizer=None, prompt_ids=None, ids=None, refresh
     result = LayerChooser(model, ids).choose()
     result.update(format=FORMAT_VERSION, key=model_fingerprint(model), seconds=round(time.perf_counter() - t0, 2),
                   calibration_tokens=int(len(ids)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_file(path) as fh:
         json.dump(result, fh, indent=1)
-    os.replace(tmp, path)
     return result
 
 

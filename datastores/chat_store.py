@@ -1,6 +1,6 @@
 """Recipe: the ``chat`` datastore, self-distilled: the target model's own answers to the self-instruct seed tasks.
 
-    python datastores/chat.py [--model smollm2-135m] [--max-new-tokens 192]   ->  datastores/chat-<model>/
+    python datastores/chat_store.py [--model smollm2-135m] [--max-new-tokens 192]   ->  datastores/chat-<model>/
 
 The model answers each of the 175 seed tasks (instruction + first instance input; chat template when the tokenizer
 has one) greedily through draftless itself (``auto`` drafter, output identical to plain decoding), the answers are
@@ -38,9 +38,10 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     import draftless
-    from draftless.build import build_store
-    from draftless.models import load_model
-    from draftless.prompts import encode_prompt
+    from draftless.stores.build import build_store
+    from draftless.hf.loading import load_model
+    from draftless.app.prompts import encode_prompt
+    from draftless.atomic import atomic_file
 
     model, tokenizer = load_model(args.model)
     chat = bool(getattr(tokenizer, "chat_template", None))
@@ -50,15 +51,13 @@ def main(argv=None) -> None:
     fast = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer)
     t0 = time.perf_counter()
     new_tokens = 0
-    tmp = answers_path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_file(answers_path, "w", encoding="utf-8") as fh:
         for task in tqdm(tasks, desc="self-distilling", unit="task"):
             ids = encode_prompt(tokenizer, task_prompt(task), chat)
             out = fast.generate(ids, max_new_tokens=args.max_new_tokens)
             new_tokens += len(out.new_tokens)
             answer = tokenizer.decode(out.new_tokens, skip_special_tokens=True)
             fh.write(json.dumps({"id": task.get("id"), "prompt": task_prompt(task), "answer": answer}) + "\n")
-    tmp.replace(answers_path)
     gen_s = time.perf_counter() - t0
     print(f"[chat] {len(tasks)} answers, {new_tokens} tokens generated in {gen_s:.0f} s "
           f"({new_tokens / gen_s:.1f} tok/s) -> {answers_path}")

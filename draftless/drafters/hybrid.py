@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import Calibrator
-from .drafter import BaseDrafter, Drafter, StepFeedback
-from .drafters.model_drafter import ModelDrafter
-from .tree import DraftTree, merge
+from ..engine.calibration import Calibrator
+from ..engine.protocol import BaseDrafter, Drafter, StepFeedback
+from .model_drafter import ModelDrafter
+from ..engine.tree import DraftTree, merge
 
 
 def best_path_expected(tree: DraftTree) -> float:
@@ -50,7 +50,7 @@ class SelectiveDrafter(BaseDrafter):
         self.expensive = expensive
         self.min_expected = float(min_expected)
         self.name = f"{cheap.name}|{expensive.name}"
-        self.wants_hidden_states = any(getattr(d, "wants_hidden_states", False) for d in (cheap, expensive))
+        self.wants_hidden_states = any(d.wants_hidden_states for d in (cheap, expensive))
         self._calibrators = (Calibrator(), Calibrator())
         self._last: list = [None, None]
         self.expensive_calls = 0
@@ -102,7 +102,7 @@ class HybridFusion(BaseDrafter):
     """
 
     def __init__(self, retrieval: Drafter, model: ModelDrafter, prune_below: float = 0.02, max_seed: int = 24):
-        if not hasattr(model, "grow"):
+        if not isinstance(model, ModelDrafter):
             raise TypeError(f"HybridFusion needs a ModelDrafter (model:PATH or self), got {type(model).__name__}")
         if retrieval.name == model.name:
             raise ValueError("the two sources need distinct names")
@@ -111,7 +111,7 @@ class HybridFusion(BaseDrafter):
         self.prune_below = float(prune_below)
         self.max_seed = int(max_seed)
         self.name = f"{retrieval.name}~{model.name}"
-        self.wants_hidden_states = bool(getattr(retrieval, "wants_hidden_states", False))
+        self.wants_hidden_states = bool(retrieval.wants_hidden_states)
         self.seed_nodes = 0  # retrieval nodes offered to the draft model
         self.seed_pruned = 0  # ... and dropped by it
 

@@ -22,7 +22,9 @@ class StepFeedback:
     - ``accepted``: int64[k+1] indices of the accepted nodes, root first (``accepted[0] == 0``);
     - ``new_tokens``: int64[m] tokens committed this step (accepted drafts then the bonus token, cut at EOS or at the
       token limit, so ``m <= k + 1``);
-    - ``context``: int64[L] all committed tokens after this step (prompt + output); read-only;
+    - ``context``: int64[L] all committed tokens after this step (prompt + output). A view of the engine's own
+      buffer, valid during the ``feedback`` call only: copy what you keep, and never write to it (the engine does
+      not mark it read-only, to save a flag flip per step);
     - ``logits``: float[n, V] raw target logits at every verified node (row i predicts the token after node i);
     - ``hidden``: float[n, H] last-layer hidden states of the verified nodes, only when a drafter asks for them.
     """
@@ -39,12 +41,22 @@ class StepFeedback:
 class Drafter(Protocol):
     """Anything with these members can draft for the engine.
 
-    ``draft(context, budget)``: ``context`` is int64[L], every committed token (prompt + output so far); the tree's
-    root must be ``context[-1]``. ``budget`` is the most nodes (root included) the engine will verify this step; a
-    drafter may return more (the engine prunes by score) or fewer.
+    ``draft(context, budget)``: ``context`` is int64[L], every committed token (prompt + output so far), read-only;
+    the tree's root must be ``context[-1]``. ``budget`` is the most nodes (root included) the engine will verify
+    this step; a drafter may return more (the engine prunes by score) or fewer.
+
+    Optional capabilities (``BaseDrafter`` declares both False; the engine reads them as declared here):
+
+    - ``wants_hidden_states``: True to receive ``StepFeedback.hidden`` (costs memory, not compute);
+    - ``calibrates_scores``: True when the drafter already calibrates its own sources' scores (a fusion), so the
+      engine applies only a neutral residual correction on top.
+
+    ``runtime_checkable`` checks only that the members exist, not their types.
     """
 
     name: str
+    wants_hidden_states: bool
+    calibrates_scores: bool
 
     def begin(self, prompt_ids: np.ndarray) -> None: ...
 
@@ -54,13 +66,12 @@ class Drafter(Protocol):
 
 
 class BaseDrafter:
-    """Convenience base: no-op ``begin``/``feedback``; subclasses set ``name`` and implement ``draft``.
-
-    ``wants_hidden_states``: set True to receive ``StepFeedback.hidden`` (costs memory, not compute).
-    """
+    """Convenience base: no-op ``begin``/``feedback``, both capabilities off (see ``Drafter``); subclasses set
+    ``name`` (a class default, or per instance through a ``name`` constructor argument) and implement ``draft``."""
 
     name = "base"
     wants_hidden_states = False
+    calibrates_scores = False
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         pass

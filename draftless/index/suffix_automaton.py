@@ -1,4 +1,4 @@
-"""``SuffixAutomaton``: the Python face of the suffix-automaton kernels in ``draftless.kernels.sam_kernels``.
+"""``SuffixAutomaton``: the Python face of the suffix-automaton kernels in ``draftless.index.kernels.sam_kernels``.
 
 A suffix automaton of a token sequence ``T`` (n tokens) is the smallest automaton accepting every substring of
 ``T``: at most ``2n`` states and ``3n`` transitions. Each state is a class of substrings sharing the same set of end
@@ -23,7 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .datastore import DatastoreError, open_store, write_store
+from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import sam_kernels as K
 
 KIND = "sam"
@@ -141,7 +141,7 @@ class SuffixAutomaton:
     def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
              build_args: Mapping | None = None, extra_meta: Mapping | None = None,
              vocab_size: int | None = None) -> Path:
-        """Write a datastore of kind ``"sam"`` (see ``draftless.datastore``). A growable automaton is saved
+        """Write a datastore of kind ``"sam"`` (see ``draftless.stores.datastore``). A growable automaton is saved
         through a frozen copy and stays growable."""
         sam = self if self._frozen else self.copy().freeze(vocab_size)
         meta = {"n_states": sam.n_states, "n_edges": sam.n_transitions}
@@ -157,7 +157,7 @@ class SuffixAutomaton:
              verify: str = "size") -> "SuffixAutomaton":
         """Open a ``"sam"`` datastore (frozen; memory-mapped unless ``mmap=False``).
 
-        ``tokenizer_identity`` (from ``draftless.datastore.tokenizer_identity``) refuses a store built with another
+        ``tokenizer_identity`` (from ``draftless.stores.datastore.tokenizer_identity``) refuses a store built with another
         tokenizer; ``verify="full"`` also checks sha256 checksums. Raises ``DatastoreError`` on any problem.
         """
         store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)

@@ -1,6 +1,6 @@
 """Recipe: the ``math`` datastores over GSM8K train (``sam`` automaton, ``rest`` suffix array, ``dense`` index).
 
-    python datastores/math.py [--model smollm2-135m] [--kind sam|rest|dense]
+    python datastores/math_store.py [--model smollm2-135m] [--kind sam|rest|dense]
         ->  datastores/math-<model>/ (sam), datastores/math-rest-<model>/, datastores/math-dense-<model>/
 
 Corpus: ``gsm8k_train.jsonl`` (fields ``question`` + ``answer``, one document per problem), optionally without the
@@ -35,14 +35,14 @@ def clean_answer(answer: str) -> str:
 
 
 def write_clean_copy(source: str | Path, out: Path = CLEAN_PATH) -> Path:
-    tmp = out.with_suffix(".tmp")
-    with open(source, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+    from draftless.atomic import atomic_file
+
+    with open(source, encoding="utf-8") as src, atomic_file(out, "w", encoding="utf-8") as dst:
         for line in src:
             if line.strip():
                 record = json.loads(line)
                 record["answer"] = clean_answer(record["answer"])
                 dst.write(json.dumps(record) + "\n")
-    tmp.replace(out)
     return out
 
 
@@ -59,8 +59,8 @@ def main(argv=None) -> None:
     if not Path(args.gsm8k).is_file():
         parser.error(f"GSM8K file not found: {args.gsm8k} (pass --gsm8k PATH)")
 
-    from draftless.build import build_store
-    from draftless.models import load_tokenizer
+    from draftless.stores.build import build_store
+    from draftless.hf.loading import load_tokenizer
 
     out = args.out or HERE / f"math{store_suffix(args.kind)}-{Path(args.model).stem}"
     corpus = args.gsm8k if args.keep_annotations else write_clean_copy(args.gsm8k)

@@ -4,7 +4,7 @@ Conventions: ``tokens`` int32[n] is the corpus, ``sa`` int32/int64[n] its suffix
 lexicographic order; a suffix that is a proper prefix of another sorts first, i.e. the end of the text is smaller
 than every token). Queries are int64/int32 arrays.
 
-Used by ``draftless.suffix_array`` (REST) and ``draftless.dense_store`` (DReSD): both turn a set of corpus
+Used by ``draftless.index.suffix_array`` (REST) and ``draftless.index.dense_index`` (DReSD): both turn a set of corpus
 positions into a trie of the tokens that follow them (``continuation_trie``).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Recipe: the ``code`` datastores (Python stdlib sources + MBPP training solutions, held-out tasks removed).
 
-    python datastores/code.py [--model smollm2-135m] [--kind sam|rest|dense] [--no-stdlib]
+    python datastores/code_store.py [--model smollm2-135m] [--kind sam|rest|dense] [--no-stdlib]
         ->  datastores/code-<model>/ (sam), code-<kind>-<model>/; with --no-stdlib: mbpp-<model>/, mbpp-<kind>-<model>/
 
 Corpus: every ``*.py`` file of this interpreter's standard library (``sysconfig.get_paths()['stdlib']``, without
@@ -31,8 +31,8 @@ def main(argv=None) -> None:
     if not args.stdlib and not args.mbpp:
         parser.error("nothing to build: --no-stdlib and --mbpp ''")
 
-    from draftless.build import build_store
-    from draftless.models import load_tokenizer
+    from draftless.stores.build import build_store
+    from draftless.hf.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     corpus, exclude_overlap = [], None

@@ -1,11 +1,6 @@
 """``build_store``: corpus files -> target-tokenizer token array -> a datastore directory of one kind.
 
-Store kinds register a ``StoreBuilder`` in ``BUILDERS``. Its ``build`` receives the int32 corpus tokens and writes
-the store with ``draftless.datastore.write_store`` (directly or through a facade's ``save``)::
-
-    build(tokens, out_dir, identity, build_args, extra_meta, vocab_size=..., **opts) -> dict of statistics
-
-and its optional ``warmup()`` runs before the clock starts (loading compiled numba kernels is not build time).
+Store kinds and their builders are registered in ``kinds.py`` (``BUILDERS``, the one registry).
 
 ``build_store`` prints the build time, the throughput excluding tokenization, bytes per token on disk and the peak
 resident memory the build added.
@@ -17,57 +12,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
 
 from .corpus import tokenize_corpus
 from .datastore import tokenizer_identity
-
-
-def build_sam(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
-              vocab_size: int | None = None) -> dict:
-    """Suffix-automaton store: batch construction, count propagation, CSR freeze, write."""
-    from .sam import SuffixAutomaton
-
-    t0 = time.perf_counter()
-    sam = SuffixAutomaton.build(tokens, copy=False).freeze(vocab_size)
-    t1 = time.perf_counter()
-    sam.save(out_dir, identity, build_args, extra_meta)
-    t2 = time.perf_counter()
-    return {"n_states": sam.n_states, "n_edges": sam.n_transitions, "construct_s": t1 - t0, "write_s": t2 - t1}
-
-
-def warm_sam() -> None:
-    """Load (or compile) every kernel a build uses, on a few tokens."""
-    from .sam import SuffixAutomaton
-
-    SuffixAutomaton.build(np.array([1, 2, 1, 2, 3, 40], dtype=np.int32), copy=False).freeze()
-
-
-@dataclass(frozen=True)
-class StoreBuilder:
-    build: Callable[..., dict]
-    warmup: Callable[[], None] | None = None
-
-
-def _rest_builder() -> StoreBuilder:
-    from .suffix_array import build_rest, warm_rest
-
-    return StoreBuilder(build_rest, warm_rest)
-
-
-def _dense_builder() -> StoreBuilder:
-    from .dense_store import build_dense, warm_dense
-
-    return StoreBuilder(build_dense, warm_dense)
-
-
-BUILDERS: dict[str, StoreBuilder] = {
-    "sam": StoreBuilder(build_sam, warm_sam),
-    "rest": _rest_builder(),
-    "dense": _dense_builder(),
-}
+from .kinds import BUILDERS
 
 
 @dataclass
@@ -157,7 +107,7 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
     """Tokenize ``corpus_paths`` with ``tokenizer`` and build a ``kind`` datastore at ``out_dir``.
 
     ``fields``: jsonl fields joined per record; ``glob``/``exclude``: which files of a directory to read (see
-    ``draftless.corpus``); ``opts`` go to the kind's builder. Returns a ``BuildReport`` (also printed unless
+    ``draftless.stores.corpus``); ``opts`` go to the kind's builder. Returns a ``BuildReport`` (also printed unless
     ``verbose=False``). ``provenance``: extra facts recorded in the store's build arguments (e.g. how a
     self-distilled corpus was generated). ``exclude_overlap``: an evaluation prompt file (Spec-Bench jsonl); corpus
     documents sharing a word ``overlap_n``-gram with any of its prompts are left out, and what was left out is

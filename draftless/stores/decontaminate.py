@@ -7,7 +7,7 @@ whitespace only separate words). Every ``n``-gram of words of every turn of the 
 surrounding spaces align to word boundaries) excludes the document. Prompts shorter than ``n`` words contribute no
 n-gram (they are counted in the report).
 
-``filter_pieces`` wraps the corpus reader's ``Piece`` stream (``draftless.corpus.iter_pieces``) lazily;
+``filter_pieces`` wraps the corpus reader's ``Piece`` stream (``draftless.stores.corpus.iter_pieces``) lazily;
 ``filter_documents`` is the list form; ``write_filtered_jsonl`` writes a clean copy of a jsonl corpus.
 For the later pieces of one large plain-text file only the overlapping piece is dropped (n-grams across a piece cut
 are not seen).
@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+from ..atomic import atomic_file
 
 _WORD = re.compile(r"[0-9a-z]+")
 
@@ -181,8 +183,7 @@ def write_filtered_jsonl(src: str | Path, dst: str | Path, eval_file: str | Path
     report = new_report(eval_file, n)
     index = report.index
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(src, "rb") as f, open(tmp, "wb") as out:
+    with open(src, "rb") as f, atomic_file(dst, "wb") as out:
         lines = (raw for raw in f if raw.strip())
         for doc, (raw, piece) in enumerate(zip(lines, _read_jsonl(src, fields))):
             report.n_documents += 1
@@ -192,5 +193,4 @@ def write_filtered_jsonl(src: str | Path, dst: str | Path, eval_file: str | Path
                                         "preview": " ".join(piece.text.split())[:80]})
                 continue
             out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-    tmp.replace(dst)
     return report

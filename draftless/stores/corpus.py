@@ -145,7 +145,7 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
     Documents are sent to the fast tokenizer's batch call in groups of about ``batch_chars`` characters (the Rust
     tokenizer parallelises across a batch). Each batch is converted to int32 at once, so the peak memory is the
     int32 result plus one batch of Python lists. ``exclude_overlap``: drop documents that share a word
-    ``overlap_n``-gram with a prompt of that evaluation file (see ``draftless.decontaminate``).
+    ``overlap_n``-gram with a prompt of that evaluation file (see ``draftless.stores.decontaminate``).
     """
     from tqdm.auto import tqdm
 

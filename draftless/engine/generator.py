@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from .accept import SamplingWarper, accept_greedy, accept_sampling
-from .attention import AttentionLayout, inspect_model, tree_attention_mask
-from .budget import CostCurve, best_tree_size, cost_curve_for
+from ..hf.attention import AttentionLayout, inspect_model, tree_attention_mask
+from .budget import best_tree_size
+from .cost_curve import CostCurve, cost_curve_for
 from .calibration import Calibrator
-from .drafter import Drafter, StepFeedback
-from .kv_cache import keep_prefix_and, new_cache
+from .protocol import Drafter, StepFeedback
+from ..hf.kv_cache import keep_prefix_and, new_cache
 from .stats import GenerationStats
 from .tree import DraftTree
 
@@ -74,7 +75,10 @@ class SpeculativeGenerator:
         self.verbose = verbose
         self._cost_curve = cost_curve
         # A drafter that calibrates its own sources (a fusion) only needs a neutral residual correction here.
-        self_calibrated = bool(getattr(drafter, "calibrates_scores", False))
+        if not isinstance(drafter, Drafter):
+            raise TypeError(f"{type(drafter).__name__} does not implement the Drafter protocol (name, begin, draft, "
+                            "feedback, wants_hidden_states, calibrates_scores; BaseDrafter provides the defaults)")
+        self_calibrated = bool(drafter.calibrates_scores)
         self.calibrator = (Calibrator(prior_ratio=1.0) if self_calibrated else Calibrator()) if calibrate else None
         self._draft_ms = 0.0  # running estimate of one draft call, charged to every non-empty tree
         self.device = next(model.parameters()).device
@@ -183,7 +187,7 @@ class SpeculativeGenerator:
             self.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
         stats.prefill_ms = (time.perf_counter() - t0) * 1000
         self.drafter.begin(prompt_np)
-        want_hidden = bool(getattr(self.drafter, "wants_hidden_states", False))
+        want_hidden = bool(self.drafter.wants_hidden_states)
 
         produced: list[int] = []
         finished = False

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import Calibrator
-from .drafter import BaseDrafter, Drafter, StepFeedback
-from .tree import DraftTree, merge_nonempty
+from ..engine.calibration import Calibrator
+from ..engine.protocol import BaseDrafter, Drafter, StepFeedback
+from ..engine.tree import DraftTree, merge_nonempty
 
 
 class FusedDrafter(BaseDrafter):
@@ -25,7 +25,7 @@ class FusedDrafter(BaseDrafter):
             raise ValueError(f"fused sources must have distinct names, got {names}")
         self.drafters = list(drafters)
         self.name = "+".join(names)
-        self.wants_hidden_states = any(getattr(d, "wants_hidden_states", False) for d in drafters)
+        self.wants_hidden_states = any(d.wants_hidden_states for d in drafters)
         self._calibrators = [Calibrator() for _ in drafters]
         self._last: list[tuple[DraftTree, list] | None] = [None] * len(drafters)
 

@@ -24,13 +24,12 @@ Store kind ``"rest"``: ``tokens.npy`` int32[n] + ``sa.npy`` (int32 below 2**31 t
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from .datastore import DatastoreError, open_store, write_store
+from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import suffix_array_kernels as K
 
 KIND = "rest"
@@ -232,23 +231,3 @@ class SuffixArray:
 
     def __repr__(self) -> str:
         return f"SuffixArray(n_tokens={len(self):,}, sa={self.sa.dtype})"
-
-
-# ---------------------------------------------------------------------------------------------- build_store hook
-def build_rest(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
-               vocab_size: int | None = None, progress: bool = True) -> dict:
-    """``draftless.build`` builder for kind ``"rest"``: suffix array construction, then write."""
-    t0 = time.perf_counter()
-    sa = SuffixArray.build(tokens, progress=progress)
-    t1 = time.perf_counter()
-    sa.save(out_dir, identity, build_args, extra_meta)
-    t2 = time.perf_counter()
-    return {"construct_s": t1 - t0, "write_s": t2 - t1}
-
-
-def warm_rest() -> None:
-    """Compile/load the lookup kernels on a few tokens (kept out of build timings)."""
-    sa = SuffixArray.build(np.array([1, 2, 1, 2, 3, 40], dtype=np.int32))
-    sa.find([1, 2])
-    sa.longest_suffix_match(np.array([5, 1, 2], dtype=np.int64))
-    sa.continuation_counts([1], 3)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_directory
-from .layer_skip import num_layers
+from ..atomic import atomic_directory
+from .layer_view import num_layers
 
 
 def derive_shallow_model(model, n_layers: int):

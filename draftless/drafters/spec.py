@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .drafter import Drafter, NullDrafter
+from ..engine.protocol import Drafter, NullDrafter
 
 FUSED_SPEC = "ngram+sam+recycle"
 # A verification cost curve steeper than this at 8 tokens (t(8) / t(1)) makes every extra node expensive: there,
@@ -18,8 +18,8 @@ STEEP_COST_AT_8 = 1.5
 
 
 def _steep(model, curve=None) -> bool:
-    from .attention import inspect_model
-    from .budget import cost_curve_for
+    from ..hf.attention import inspect_model
+    from ..engine.cost_curve import cost_curve_for
 
     curve = curve if curve is not None else cost_curve_for(model, inspect_model(model))
     return curve.cost(8) / curve.cost(1) > STEEP_COST_AT_8
@@ -48,19 +48,19 @@ class DrafterContext:
 
 
 def _ngram(arg, ctx):
-    from .drafters.ngram import NGramDrafter
+    from .ngram import NGramDrafter
 
     return NGramDrafter()
 
 
 def _sam(arg, ctx):
-    from .drafters.sam import SamDrafter
+    from .sam import SamDrafter
 
     return SamDrafter(store_path=arg, tokenizer=ctx.tokenizer) if arg else SamDrafter()
 
 
 def _rest(arg, ctx):
-    from .drafters.rest import RestDrafter
+    from .rest import RestDrafter
 
     if not arg:
         raise ValueError("'rest:DIR' needs a datastore directory built with `draftless build --kind rest`")
@@ -69,13 +69,13 @@ def _rest(arg, ctx):
 
 def _dense(arg, ctx):
     """``dense:DIR`` (a dense store plus the session's own verified states) or ``dense`` (session states only)."""
-    from .drafters.dense import DenseDrafter
+    from .dense import DenseDrafter
 
     return DenseDrafter(arg or None, tokenizer=ctx.tokenizer, model=ctx.model, online=True)
 
 
 def _recycle(arg, ctx):
-    from .drafters.recycle import RecycleDrafter
+    from .recycle import RecycleDrafter
 
     return RecycleDrafter.for_model(ctx.model)
 
@@ -86,8 +86,8 @@ def _none(arg, ctx):
 
 def _model(arg, ctx):
     """``model:PATH``: a smaller causal LM with the target's tokenizer (HF folder, .gguf or shipped name)."""
-    from .drafters.model_drafter import ModelDrafter
-    from .models import load_model
+    from .model_drafter import ModelDrafter
+    from ..hf.loading import load_model
 
     if not arg:
         raise ValueError("'model:PATH' needs a draft model: a local HF folder, a .gguf file or a shipped model name")
@@ -100,7 +100,7 @@ def _model(arg, ctx):
 
 def _self(arg, ctx):
     """``self`` | ``self:17,25`` | ``self:20-``: the target with layers skipped (argument: layers to skip)."""
-    from .drafters.self_spec import SelfSpecDrafter
+    from .self_spec import SelfSpecDrafter
 
     return SelfSpecDrafter(ctx.model, skip_layers=arg, tokenizer=ctx.tokenizer)
 

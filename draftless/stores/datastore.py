@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .atomic import atomic_directory
+from ..atomic import atomic_directory
 
 FORMAT = "draftless-datastore"
 FORMAT_VERSION = 1

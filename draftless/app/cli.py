@@ -14,7 +14,7 @@ DEFAULT_PROMPT = (  # an extraction task: the kind of prompt where reusing conte
 
 
 def _load(args):
-    from .models import load_model
+    from ..hf.loading import load_model
 
     return load_model(args.model, attn_implementation=args.attn)
 
@@ -87,13 +87,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import build_store
-    from .models import load_tokenizer
+    from ..stores.build import build_store
+    from ..hf.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     opts = {}
     if args.kind == "dense":
-        from .models import DEFAULT_MODEL
+        from ..hf.loading import DEFAULT_MODEL
 
         opts = dict(model=args.model or DEFAULT_MODEL, dim=args.dim, index=args.index, max_tokens=args.max_tokens)
     build_store(args.kind, args.corpus, tokenizer, args.out, fields=args.field or None, glob=args.glob,
@@ -102,6 +102,8 @@ def cmd_build(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..stores.kinds import STORE_KINDS
+
     parser = argparse.ArgumentParser(prog="draftless", description="Lossless, training-free speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("build", help="build a datastore from a corpus")
-    s.add_argument("--kind", required=True, choices=["sam", "rest", "dense"], help="store kind")
+    s.add_argument("--kind", required=True, choices=STORE_KINDS, help="store kind")
     s.add_argument("--corpus", required=True, nargs="+", help="jsonl / text files or directories")
     s.add_argument("--field", action="append", help="jsonl field to read (repeatable; joined per record)")
     s.add_argument("--glob", default=None, help="file pattern inside directories, e.g. '*.py'")
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        from .models import ModelNotAvailable
+        from ..hf.loading import ModelNotAvailable
 
         if isinstance(exc, (ModelNotAvailable, ValueError, FileNotFoundError)):
             print(f"draftless: error: {exc}", file=sys.stderr)

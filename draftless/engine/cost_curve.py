@@ -1,15 +1,13 @@
-"""Hardware-aware tree budgets: how many nodes a verification pass is worth on this model and device.
+"""The verification cost curve t(n): wall time of one verification pass over n tree tokens on this model, device,
+dtype and thread count.
 
-Verifying n tokens costs t(n) (measured once per model, device and dtype, cached on disk). A tree whose non-root
-scores are calibrated probabilities of being reached and accepted yields ``1 + sum(scores)`` tokens per pass in
-expectation (the 1 is the bonus token), so the best size maximises ``(1 + sum of the n-1 best scores) /
-(t(n) + draft time)``. Root-only (n = 1) is always a candidate: a step never expects to be slower than plain decoding.
+Measured once (``measure_cost_curve``, a few seconds) and cached as JSON under ``state_dir()/cost_curves/`` (see
+``draftless.paths``), keyed by ``curve_key``. The budget chooser (``budget.py``) and ``auto`` drafter choice
+(``drafters/spec.py``) read it.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tree import DraftTree
+from ..atomic import atomic_file
+from ..hf.attention import tree_attention_mask
+from ..hf.kv_cache import keep_prefix_and, new_cache
+from ..paths import safe_filename, state_dir
 
 # Every size up to 16 (matrix kernels change paths at odd sizes: on one CPU verifying 2 tokens cost more than 4),
 # then coarser steps.
@@ -47,36 +48,8 @@ class CostCurve:
         return {s: round(m / self.ms[0], 3) for s, m in zip(self.sizes, self.ms)}
 
 
-def best_tree_size(tree: DraftTree, curve: CostCurve, draft_ms: float = 0.0, max_nodes: int | None = None,
-                   min_gain: float = 1.0) -> int:
-    """Node count (root included) that maximises expected tokens per millisecond for this tree.
-
-    ``min_gain``: a tree is verified only when its expected rate beats plain decoding by this factor, a margin for
-    estimation error (a speculative step that disappoints costs more than the plain step it replaced).
-
-    Assumes scores never increase from parent to child, so the best n-node subtree is the n best-scored nodes
-    (ties to the lower index, i.e. ancestors first), as ``DraftTree.prune`` picks them.
-    """
-    limit = len(tree) if max_nodes is None else min(len(tree), max_nodes)
-    if limit <= 1:
-        return 1
-    gains = np.sort(tree.scores[1:].astype(np.float64))[::-1][: limit - 1]
-    expected = 1.0 + np.concatenate([[0.0], np.cumsum(gains)])  # expected tokens for n = 1..limit
-    # Only measured sizes (and the whole tree) are candidates: interpolating between measurements can hide a
-    # size whose kernels are slow.
-    sizes = np.asarray(sorted({s for s in curve.sizes if s <= limit} | {limit}), dtype=np.int64)
-    rate = expected[sizes - 1] / (np.asarray(curve.cost(sizes)) + draft_ms)
-    best = int(np.argmax(rate))
-    if sizes[best] > 1 and rate[best] < min_gain * rate[0]:
-        return 1
-    return int(sizes[best])
-
-
 def _curve_path(key: str) -> Path:
-    from .models import cache_root
-
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    return cache_root() / "cost_curves" / f"{safe}.json"
+    return state_dir() / "cost_curves" / f"{safe_filename(key)}.json"
 
 
 def curve_key(model) -> str:
@@ -88,9 +61,6 @@ def curve_key(model) -> str:
 
 def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256, repeats: int = 5) -> CostCurve:
     """Time one verification forward of each size in ``sizes`` after a ``prefix_len``-token cache (median ms)."""
-    from .kv_cache import keep_prefix_and, new_cache
-    from .attention import tree_attention_mask
-
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     vocab = model.config.get_text_config(decoder=True).vocab_size
@@ -137,9 +107,6 @@ def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False) 
     if verbose:
         print("[draftless] measuring the verification cost curve of this model (once)...", flush=True)
     curve = measure_cost_curve(model, layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_file(path) as fh:
         json.dump({"key": curve_key(model), "sizes": curve.sizes, "ms": curve.ms}, fh)
-    os.replace(tmp, path)
     return curve
