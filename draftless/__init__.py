@@ -16,7 +16,11 @@ __version__ = "0.1.0"
 
 def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, draft_model: str | None = None,
                **config) -> SpeculativeGenerator:
-    """Pair ``model`` with a drafter; returns an object whose ``.generate`` is a drop-in, lossless fast path.
+    """Pair ``model`` with a drafter; returns an object whose ``.generate`` is a lossless fast path for one sequence.
+
+    Lossless: greedy output equals ``model.generate(do_sample=False)`` and sampled output has its distribution. Not
+    a drop-in for ``model.generate``: batch size 1 only, and only the arguments ``SpeculativeGenerator.generate``
+    lists (no generation config or logits processors).
 
     ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
     ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was

@@ -47,6 +47,23 @@ def make_tiny_model(arch: str, attn: str = "sdpa", vocab: int = VOCAB, seed: int
 ARCHS = ["llama", "qwen2", "gemma3", "gpt2"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state_dir(tmp_path_factory):
+    """Measured cost curves and learned choices go to a fresh directory per test run (``DRAFTLESS_STATE_DIR``, see
+    ``draftless.paths``), so no test reads what an earlier run, or the user, measured under the home directory.
+    Converted models stay in the shared cache (``DRAFTLESS_CACHE``): the slow tests need them."""
+    import os
+
+    state = tmp_path_factory.mktemp("draftless-state")
+    before = os.environ.get("DRAFTLESS_STATE_DIR")
+    os.environ["DRAFTLESS_STATE_DIR"] = str(state)
+    yield state
+    if before is None:
+        os.environ.pop("DRAFTLESS_STATE_DIR", None)
+    else:
+        os.environ["DRAFTLESS_STATE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     cache = {}

@@ -63,6 +63,12 @@ def test_draft_time_counts():
     tree = chain([0.3] * 7)
     assert best_tree_size(tree, curve, draft_ms=0.0) == 8
     assert best_tree_size(tree, curve, max_nodes=3) == 3
+    # A weak tree (1.15 expected tokens for 8 nodes) is not worth t(8) = 1.2 t(1) when drafting is free ...
+    weak = chain([0.15] + [1e-3] * 6)
+    assert best_tree_size(weak, curve, draft_ms=0.0, min_gain=1.03) == 1
+    # ... but a draft call of 100 ms is paid by every step, root-only included, so the relative cost of verifying
+    # 8 nodes shrinks to 112/110 and the same tree is worth it.
+    assert best_tree_size(weak, curve, draft_ms=100.0, min_gain=1.03) == 8
 
 
 def test_calibrator_learns_the_true_acceptance_rate():

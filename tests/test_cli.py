@@ -12,8 +12,9 @@ WORDS = [f"w{i}" for i in range(VOCAB - 3)]
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """Measured cost curves of the throwaway models go to a temporary cache."""
+    """Measured cost curves of the throwaway models (and anything converted) go to temporary directories."""
     monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path / "state"))
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """Token Recycling drafter: the update against a dict oracle, drafting against brute-force path enumeration."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -120,6 +118,13 @@ def test_feedback_matches_dict_oracle(seed, prefer_accepted):
         assert_table_matches(drafter, table)
 
 
+def best_after(step: StepFeedback, token: int, vocab: int, **kwargs) -> int:
+    """The first choice a fresh ``RecycleDrafter(vocab, k=2, **kwargs)`` records after ``token`` from ``step``."""
+    d = RecycleDrafter(vocab, k=2, **kwargs)
+    d.feedback(step)
+    return int(d.next_tokens[token, 0])
+
+
 def test_feedback_accepted_rows_win_over_rejected():
     vocab = 6
     # node 1 (rejected) and node 2 (accepted) both carry token 4; the accepted node's view must win
@@ -129,16 +134,20 @@ def test_feedback_accepted_rows_win_over_rejected():
     logits[1, 1] = 10.0  # rejected node 1 says "1 follows 4"
     logits[3, 2] = 10.0  # accepted node 3 says "2 follows 4"
     step = StepFeedback(tree, np.array([0, 2, 3]), np.array([5, 4]), np.array([0, 5, 4]), logits)
-    d = RecycleDrafter(vocab, k=2)
-    d.feedback(step)
-    assert d.next_tokens[4, 0] == 2
-    d = RecycleDrafter(vocab, k=2, prefer_accepted=False)
-    d.feedback(step)
-    assert d.next_tokens[4, 0] == 2  # node order: node 3 is later anyway
+    assert best_after(step, 4, vocab) == 2
+    assert best_after(step, 4, vocab, prefer_accepted=False) == 2  # node order: node 3 is later anyway
     step.accepted = np.array([0, 1])
-    d = RecycleDrafter(vocab, k=2)
-    d.feedback(step)
-    assert d.next_tokens[4, 0] == 1
+    assert best_after(step, 4, vocab) == 1
+    # Discriminating case: the accepted node holding token 4 (node 2) comes *before* the rejected one (node 3) in
+    # node order, so only the accepted-last ordering makes the accepted view win.
+    tree = DraftTree.from_paths(0, [[5, 4], [4]], source="test")
+    assert tree.tokens.tolist() == [0, 5, 4, 4] and tree.parents.tolist() == [-1, 0, 1, 0]
+    logits = torch.zeros(4, vocab)
+    logits[2, 2] = 10.0  # accepted node 2 says "2 follows 4"
+    logits[3, 1] = 10.0  # rejected node 3 says "1 follows 4"
+    step = StepFeedback(tree, np.array([0, 1, 2]), np.array([5, 4]), np.array([0, 5, 4]), logits)
+    assert best_after(step, 4, vocab) == 2
+    assert best_after(step, 4, vocab, prefer_accepted=False) == 1
 
 
 @settings(max_examples=25, deadline=None)
@@ -320,8 +329,8 @@ def test_load_mismatch_is_a_clear_error(tmp_path):
         RecycleDrafter(50, k=4).load(other)
 
 
-# ---------------------------------------------------------------------------------------------- timing (printed)
-def test_draft_timing_is_printed():
+# ---------------------------------------------------------------------------------------------- a full-size table
+def test_draft_fills_the_budget_and_feedback_rewrites_rows_on_a_full_vocabulary_table():
     rng = np.random.default_rng(0)
     vocab, k = 49152, 8
     d = RecycleDrafter(vocab, k=k)
@@ -330,21 +339,13 @@ def test_draft_timing_is_printed():
     d.next_probs[:] = -np.sort(-rng.dirichlet(np.full(k + 1, 0.3), size=vocab)[:, :k], axis=1)
     roots = rng.integers(0, vocab, size=2000)
 
-    def timed(f, reps):
-        times = []
-        for r in range(reps):
-            t0 = time.perf_counter()
-            f(r)
-            times.append(time.perf_counter() - t0)
-        return f"median {np.median(times) * 1e3:.3f} ms, min {np.min(times) * 1e3:.3f} ms"
-
     for budget in (16, 32, 64):
         tree = d.draft(np.array([roots[0]]), budget)
         assert len(tree) == budget
-        # per-call median: the machine may be shared, and the minimum shows the intrinsic cost
-        print(f"\nrecycle draft budget={budget}: " + timed(lambda r: d.draft(roots[r : r + 1], budget), len(roots)))
 
     tree = d.draft(np.array([roots[0]]), 32)
     logits = torch.randn(len(tree), vocab)
     step = StepFeedback(tree, np.array([0, 1]), tree.tokens[1:2], np.array([1, 2]), logits)
-    print(f"recycle feedback n=32 V={vocab}: " + timed(lambda r: d.feedback(step), 30))
+    d.feedback(step)
+    # the accepted node's row is written last, so it holds that node's top-k whatever other nodes share its token
+    np.testing.assert_array_equal(d.next_tokens[tree.tokens[1]], torch.topk(logits[1], k).indices.numpy())

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_file
 from .prompts import BenchPrompt, encode_prompt
 
 HF_METHODS = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
@@ -78,7 +79,7 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
               chat: bool = False, datastore: str | None = None, max_nodes: int = 32, model_name: str = "",
               draft_model: str | None = None,
               progress: bool = True) -> dict:
-    """Run ``methods`` over ``prompts`` and return the report dict (schema in design.md)."""
+    """Run ``methods`` over ``prompts`` and return the report dict (schema in ARCHITECTURE.md)."""
     if "hf" not in methods:
         methods = ["hf"] + list(methods)
     runners = [_Method(m, model, tokenizer, datastore, max_nodes, draft_model) for m in methods]
@@ -206,9 +207,10 @@ def plot_speedups(report: dict, path: str | Path) -> None:
 
 def write_report(report: dict, json_path: str | Path, markdown_path: str | Path | None = None,
                  plot_path: str | Path | None = None) -> None:
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(report, indent=2))
+    with atomic_file(json_path) as fh:
+        fh.write(json.dumps(report, indent=2))
     if markdown_path:
-        Path(markdown_path).write_text(markdown_table(report))
+        with atomic_file(markdown_path) as fh:
+            fh.write(markdown_table(report))
     if plot_path:
         plot_speedups(report, plot_path)

@@ -28,8 +28,7 @@ from ..stores.datastore import tokenizer_identity as _tokenizer_identity
 from ..index.dense_index import DenseStore, OnlineDenseIndex, model_info
 from ..engine.protocol import BaseDrafter, StepFeedback
 from ..index.kernels import suffix_array_kernels as K
-from ..engine.tree import DraftTree, merge_nonempty
-from .rest import trie_to_tree
+from ..engine.tree import DraftTree, merge_nonempty, top_of_trie
 
 
 class DenseDrafter(BaseDrafter):
@@ -52,7 +51,10 @@ class DenseDrafter(BaseDrafter):
                  k: int = 32, *, max_depth: int = 8, temperature: float = 0.1, smoothing: float = 1.0,
                  depth_decay: float = 0.95, min_score: float = 0.02, min_similarity: float = 0.0,
                  online: bool = False, online_capacity: int = 4096, hidden_size: int | None = None,
-                 ef_search: int = 64, nprobe: int = 32, max_nodes: int = 1024, verify: str = "size"):
+                 ef_search: int = 64, nprobe: int = 32, max_nodes: int = 1024, verify: str = "size",
+                 name: str | None = None):
+        if name is not None:
+            self.name = name
         self.store: DenseStore | None
         if isinstance(store_path, DenseStore):
             self.store = store_path
@@ -141,7 +143,7 @@ class DenseDrafter(BaseDrafter):
         if len(tok) <= 1:
             return DraftTree.root_only(root)
         scores = wsum / (wsum[0] + self.smoothing * weights.max()) * self.depth_decay ** np.maximum(depth - 1, 0)
-        return trie_to_tree(root, tok, par, scores, budget, self.min_score, self.name)
+        return top_of_trie(root, tok, par, scores, budget, self.min_score, self.name)
 
     def _static_tree(self, root: int, budget: int) -> DraftTree:
         store = self.store

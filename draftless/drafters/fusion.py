@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.calibration import Calibrator
+from ..engine.calibration import SourceCalibrators
 from ..engine.protocol import BaseDrafter, Drafter, StepFeedback
 from ..engine.tree import DraftTree, merge_nonempty
 
@@ -26,29 +26,18 @@ class FusedDrafter(BaseDrafter):
         self.drafters = list(drafters)
         self.name = "+".join(names)
         self.wants_hidden_states = any(d.wants_hidden_states for d in drafters)
-        self._calibrators = [Calibrator() for _ in drafters]
-        self._last: list[tuple[DraftTree, list] | None] = [None] * len(drafters)
+        self._calibration = SourceCalibrators(len(drafters))
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         for d in self.drafters:
             d.begin(prompt_ids)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
-        trees = []
-        for i, (drafter, calibrator) in enumerate(zip(self.drafters, self._calibrators)):
-            tree = drafter.draft(context, budget)
-            if len(tree) > 1:
-                tree = tree if tree.source_names else tree.with_source(drafter.name)
-                tree, keys = calibrator.calibrate(tree)
-                self._last[i] = (tree, keys)
-                trees.append(tree)
-            else:
-                self._last[i] = None
-        return merge_nonempty(int(context[-1]), trees, budget)
+        trees = [self._calibration.calibrate(i, drafter.draft(context, budget), drafter.name)
+                 for i, drafter in enumerate(self.drafters)]
+        return merge_nonempty(int(context[-1]), [t for t in trees if t is not None], budget)
 
     def feedback(self, step: StepFeedback) -> None:
-        for i, drafter in enumerate(self.drafters):
-            if self._last[i] is not None:
-                tree, keys = self._last[i]
-                self._calibrators[i].observe(tree, keys, step.new_tokens)
+        self._calibration.observe(step.new_tokens)
+        for drafter in self.drafters:
             drafter.feedback(step)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.calibration import Calibrator
+from ..engine.calibration import SourceCalibrators
 from ..engine.protocol import BaseDrafter, Drafter, StepFeedback
 from .model_drafter import ModelDrafter
 from ..engine.tree import DraftTree, merge
@@ -51,8 +51,7 @@ class SelectiveDrafter(BaseDrafter):
         self.min_expected = float(min_expected)
         self.name = f"{cheap.name}|{expensive.name}"
         self.wants_hidden_states = any(d.wants_hidden_states for d in (cheap, expensive))
-        self._calibrators = (Calibrator(), Calibrator())
-        self._last: list = [None, None]
+        self._calibration = SourceCalibrators(2)
         self.expensive_calls = 0
         self.steps = 0
 
@@ -60,26 +59,16 @@ class SelectiveDrafter(BaseDrafter):
         self.cheap.begin(prompt_ids)
         self.expensive.begin(prompt_ids)
 
-    def _calibrated(self, i: int, drafter: Drafter, context: np.ndarray, budget: int) -> DraftTree | None:
-        tree = drafter.draft(context, budget)
-        if len(tree) == 1:
-            self._last[i] = None
-            return None
-        tree = tree if tree.source_names else tree.with_source(drafter.name)
-        tree, keys = self._calibrators[i].calibrate(tree)
-        self._last[i] = (tree, keys)
-        return tree
-
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self.steps += 1
         trees = []
-        cheap = self._calibrated(0, self.cheap, context, budget)
+        cheap = self._calibration.calibrate(0, self.cheap.draft(context, budget), self.cheap.name)
         if cheap is not None:
             trees.append(cheap)
-        self._last[1] = None
+        self._calibration.skip(1)
         if cheap is None or best_path_expected(cheap) < self.min_expected:
             self.expensive_calls += 1
-            expensive = self._calibrated(1, self.expensive, context, budget)
+            expensive = self._calibration.calibrate(1, self.expensive.draft(context, budget), self.expensive.name)
             if expensive is not None:
                 trees.append(expensive)
         if not trees:
@@ -87,11 +76,9 @@ class SelectiveDrafter(BaseDrafter):
         return merge(*trees).prune(budget)
 
     def feedback(self, step: StepFeedback) -> None:
-        for i, drafter in enumerate((self.cheap, self.expensive)):
-            if self._last[i] is not None:
-                tree, keys = self._last[i]
-                self._calibrators[i].observe(tree, keys, step.new_tokens)
-            drafter.feedback(step)
+        self._calibration.observe(step.new_tokens)
+        self.cheap.feedback(step)
+        self.expensive.feedback(step)
 
 
 class HybridFusion(BaseDrafter):

@@ -112,7 +112,7 @@ class _Growth:
 
 class ModelDrafter(BaseDrafter):
     """Drafts with ``draft_model`` (an HF causal LM, or any callable taking ``input_ids, position_ids,
-    attention_mask, past_key_values`` and returning ``.logits``, like ``layer_skip.LayerSubsetModel``).
+    attention_mask, past_key_values`` and returning ``.logits``, like ``hf.layer_view.LayerSubsetModel``).
 
     Parameters
     ----------
@@ -339,9 +339,6 @@ class ModelDrafter(BaseDrafter):
         return self._to_tree(g, alive, seed).prune(budget), seed_scores
 
     def _to_tree(self, g: _Growth, alive: np.ndarray, seed: DraftTree | None) -> DraftTree:
-        keep = np.flatnonzero(alive)
-        remap = np.full(len(g.tokens), -1, dtype=np.int64)
-        remap[keep] = np.arange(len(keep))
         names = list(seed.source_names) if seed is not None else []
         if self.name not in names:
             names.append(self.name)
@@ -350,15 +347,13 @@ class ModelDrafter(BaseDrafter):
         if seed is not None and len(seed) > 1:
             seed_masks = np.zeros(len(g.tokens), dtype=np.uint32)
             seed_masks[1:len(seed)] = seed.source_mask[1:]
-        masks = np.zeros(len(keep), dtype=np.uint32)
-        tokens = np.asarray(g.tokens, dtype=np.int64)[keep]
-        parents = np.asarray([-1 if g.parents[i] < 0 else remap[g.parents[i]] for i in keep], dtype=np.int32)
-        scores = np.asarray(g.scores, dtype=np.float32)[keep]
-        for j, i in enumerate(keep):
-            if i == 0:
-                continue
+        keep = np.flatnonzero(alive)
+        masks = np.zeros(len(g.tokens), dtype=np.uint32)
+        for i in keep[1:]:
             bits = int(seed_masks[i]) if seed_masks is not None and g.seed[i] else 0
             if not g.seed[i] or i in g.model_hits:
                 bits |= model_bit
-            masks[j] = bits
-        return DraftTree(tokens, parents, scores, masks, tuple(names))
+            masks[i] = bits
+        grown = DraftTree(np.asarray(g.tokens, dtype=np.int64), np.asarray(g.parents, dtype=np.int32),
+                          np.asarray(g.scores, dtype=np.float32), masks, tuple(names))
+        return grown.subset(keep)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.protocol import BaseDrafter, StepFeedback
-from ..engine.tree import DraftTree
+from ..engine.tree import DraftTree, Trie
 
 
 class NGramDrafter(BaseDrafter):
@@ -100,25 +100,18 @@ class NGramDrafter(BaseDrafter):
         tokens_list = self._tokens
         end = len(tokens_list)
         best_order = max(n for _, n in occurrences)
-        tokens = [root]
-        parents = [-1]
+        trie = Trie(root)
         weight = [0.0]
         order_of = [float(best_order)]
         depth_of = [0]
-        child: dict[tuple[int, int], int] = {}
         total = 0.0
         for p, n in occurrences:
             w = 2.0 ** (n - best_order)  # a shorter backoff match counts half per missing token
             total += w
             node = 0
             for tok in tokens_list[p : min(p + self.depth, end)]:
-                key = (node, tok)
-                nxt = child.get(key)
-                if nxt is None:
-                    nxt = len(tokens)
-                    child[key] = nxt
-                    tokens.append(tok)
-                    parents.append(node)
+                nxt, new = trie.child(node, tok)
+                if new:
                     weight.append(0.0)
                     order_of.append(float(n))
                     depth_of.append(depth_of[node] + 1)
@@ -127,20 +120,11 @@ class NGramDrafter(BaseDrafter):
                 node = nxt
         depth = np.asarray(depth_of, dtype=np.float64)
         step_reliability = self.reliability(np.asarray(order_of) + depth - 1.0)
-        parents_arr = np.asarray(parents, dtype=np.int32)
-        scores = np.ones(len(tokens), dtype=np.float64)
+        parents_arr = np.asarray(trie.parents, dtype=np.int32)
+        scores = np.ones(len(trie), dtype=np.float64)
         share = np.asarray(weight) / total
-        for i in range(1, len(tokens)):  # parents precede children
+        for i in range(1, len(trie)):  # parents precede children
             par = parents_arr[i]
             parent_share = share[par] if par > 0 else 1.0
             scores[i] = scores[par] * (share[i] / parent_share) * step_reliability[i]
-        mask = np.ones(len(tokens), dtype=np.uint32)
-        mask[0] = 0
-        tree = DraftTree(
-            tokens=np.asarray(tokens, dtype=np.int64),
-            parents=parents_arr,
-            scores=scores.astype(np.float32),
-            source_mask=mask,
-            source_names=(self.name,),
-        )
-        return tree.prune(budget)
+        return DraftTree.from_arrays(root, trie.tokens, parents_arr, scores, self.name, depths=depth_of).prune(budget)

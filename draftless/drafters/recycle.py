@@ -28,7 +28,6 @@ from ..engine.protocol import BaseDrafter, StepFeedback
 from ..engine.tree import DraftTree
 
 _FORMAT_VERSION = 1
-_SOURCE_NAMES = ("recycle",)
 
 
 class RecycleDrafter(BaseDrafter):
@@ -174,19 +173,7 @@ class RecycleDrafter(BaseDrafter):
                     tie += 1
                     heapq.heappush(heap, (-score * child_probs[0], tie, node, 0))
 
-        n = len(tokens)
-        if n == 1:
-            return DraftTree.root_only(root)
-        mask = np.ones(n, dtype=np.uint32)
-        mask[0] = 0
-        return DraftTree(
-            tokens=np.asarray(tokens, dtype=np.int64),
-            parents=np.asarray(parents, dtype=np.int32),
-            scores=np.asarray(scores, dtype=np.float32),
-            source_mask=mask,
-            source_names=_SOURCE_NAMES,
-            _depths=np.asarray(depths, dtype=np.int32),
-        )
+        return DraftTree.from_arrays(root, tokens, parents, scores, self.name, depths=depths)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:

@@ -22,36 +22,7 @@ from ..stores.datastore import tokenizer_identity as _tokenizer_identity
 from ..engine.protocol import BaseDrafter
 from ..index.kernels import suffix_array_kernels as K
 from ..index.suffix_array import SuffixArray
-from ..engine.tree import DraftTree
-
-
-def trie_to_tree(root: int, node_tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, budget: int,
-                 min_score: float, source: str) -> DraftTree:
-    """``DraftTree`` of the best ``budget`` nodes (root included) of a kernel trie with non-increasing scores.
-
-    Nodes are ranked by score, ties to the lower index (the parent's index is lower than its children's), so every
-    prefix of the ranking is closed under parents. Nodes scoring below ``min_score`` are dropped.
-    """
-    n = len(node_tokens)
-    if n <= 1 or budget <= 1:
-        return DraftTree.root_only(root)
-    cand = np.flatnonzero(scores[1:] >= min_score) + 1
-    if len(cand) == 0:
-        return DraftTree.root_only(root)
-    order = cand[np.lexsort((cand, -scores[cand]))][: budget - 1]
-    keep = np.concatenate(([0], np.sort(order)))
-    remap = np.full(n, -1, dtype=np.int32)
-    remap[keep] = np.arange(len(keep), dtype=np.int32)
-    new_parents = remap[parents[keep]]
-    new_parents[0] = -1
-    tokens = node_tokens[keep].astype(np.int64)
-    tokens[0] = root
-    sc = scores[keep].astype(np.float32)
-    sc[0] = 1.0
-    mask = np.ones(len(keep), dtype=np.uint32)
-    mask[0] = 0
-    return DraftTree(tokens=tokens, parents=new_parents.astype(np.int32), scores=sc, source_mask=mask,
-                     source_names=(source,))
+from ..engine.tree import DraftTree, top_of_trie
 
 
 class RestDrafter(BaseDrafter):
@@ -70,7 +41,9 @@ class RestDrafter(BaseDrafter):
     def __init__(self, store_path: str | os.PathLike | SuffixArray, tokenizer=None, max_suffix: int = 16,
                  min_suffix: int = 2, max_occurrences: int = 64, *, max_depth: int = 8, backoff: int = 2,
                  smoothing: float = 1.0, match_prior: float = 2.0, depth_decay: float = 0.95,
-                 min_score: float = 0.02, max_nodes: int = 1024, verify: str = "size"):
+                 min_score: float = 0.02, max_nodes: int = 1024, verify: str = "size", name: str | None = None):
+        if name is not None:
+            self.name = name
         if isinstance(store_path, SuffixArray):
             self.sa = store_path
         else:
@@ -101,7 +74,7 @@ class RestDrafter(BaseDrafter):
             return DraftTree.root_only(root)
         reliability = m / (m + self.match_prior)
         scores = counts / (len(starts) + self.smoothing) * reliability * self.depth_decay ** np.maximum(depth - 1, 0)
-        return trie_to_tree(root, tok, par, scores, budget, self.min_score, self.name)
+        return top_of_trie(root, tok, par, scores, budget, self.min_score, self.name)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         root = int(context[-1])

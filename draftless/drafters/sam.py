@@ -38,22 +38,6 @@ from ..index.suffix_automaton import SuffixAutomaton
 from ..engine.tree import DraftTree, merge_nonempty
 
 
-def tree_from_kernel(root: int, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, source: str) -> DraftTree:
-    """``DraftTree`` from a kernel's tree arrays. The kernel expands best-first, appending each child after its
-    parent, with one child per automaton transition: the arrays already are in topological order with distinct
-    sibling tokens. ``tokens[0]`` is ignored: ``root`` is the root token."""
-    n = len(tokens)
-    if n <= 1:
-        return DraftTree.root_only(root)
-    node_tokens = np.asarray(tokens, dtype=np.int64).copy()
-    node_tokens[0] = root
-    node_scores = np.asarray(scores, dtype=np.float32).copy()
-    node_scores[0] = 1.0
-    mask = np.ones(n, dtype=np.uint32)
-    mask[0] = 0
-    return DraftTree(node_tokens, np.asarray(parents, dtype=np.int32), node_scores, mask, (source,))
-
-
 class SamDrafter(BaseDrafter):
     """Suffix-automaton drafter (see the module docstring).
 
@@ -135,7 +119,7 @@ class SamDrafter(BaseDrafter):
               source: str) -> DraftTree:
         tokens, parents, scores = sam.draft_tree(state, length, budget, self._depth(length), self.top_k,
                                                  self.smoothing, self.min_score, skip)
-        return tree_from_kernel(root, tokens, parents, scores, source)
+        return DraftTree.from_arrays(root, tokens, parents, scores, source)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self._sync(context)

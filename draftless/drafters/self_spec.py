@@ -1,6 +1,6 @@
 """``self``: the target drafts for itself with some decoder layers skipped (Draft & Verify, SWIFT), no training.
 
-The draft model is a ``layer_skip.LayerSubsetModel``: the target's own embedding, a subset of its layers, its final
+The draft model is a ``hf.layer_view.LayerSubsetModel``: the target's own embedding, a subset of its layers, its final
 norm and head, run with the drafter's own KV cache; the target is not modified. Drafting is ``ModelDrafter``'s
 dynamic tree.
 

@@ -47,6 +47,13 @@ class DrafterContext:
     tokenizer: object | None = None
 
 
+def _named(kind: str, arg: str | None) -> str | None:
+    """``rest:datastores/mbpp-rest-m`` -> ``"rest:mbpp-rest-m"``: a sourced drafter named by its store or model, so
+    two of a kind fuse under distinct names (None without an argument: the class name stands). The sam drafter
+    is not renamed: it names its store's nodes itself and its dynamic nodes stay "sam"."""
+    return f"{kind}:{arg.rstrip('/').split('/')[-1]}" if arg else None
+
+
 def _ngram(arg, ctx):
     from .ngram import NGramDrafter
 
@@ -64,14 +71,14 @@ def _rest(arg, ctx):
 
     if not arg:
         raise ValueError("'rest:DIR' needs a datastore directory built with `draftless build --kind rest`")
-    return RestDrafter(arg, tokenizer=ctx.tokenizer)
+    return RestDrafter(arg, tokenizer=ctx.tokenizer, name=_named("rest", arg))
 
 
 def _dense(arg, ctx):
     """``dense:DIR`` (a dense store plus the session's own verified states) or ``dense`` (session states only)."""
     from .dense import DenseDrafter
 
-    return DenseDrafter(arg or None, tokenizer=ctx.tokenizer, model=ctx.model, online=True)
+    return DenseDrafter(arg or None, tokenizer=ctx.tokenizer, model=ctx.model, online=True, name=_named("dense", arg))
 
 
 def _recycle(arg, ctx):
@@ -95,7 +102,7 @@ def _model(arg, ctx):
     # a draft pass costs about the draft model's share of the target's parameters (both run the same kernels)
     pass_cost = sum(p.numel() for p in draft.parameters()) / sum(p.numel() for p in ctx.model.parameters())
     return ModelDrafter(draft, tokenizer=draft_tokenizer, target_tokenizer=ctx.tokenizer, target=ctx.model,
-                        pass_cost=pass_cost)
+                        pass_cost=pass_cost, name=_named("model", arg))
 
 
 def _self(arg, ctx):
@@ -180,9 +187,5 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
         factory = FACTORIES.get(kind)
         if factory is None:
             raise ValueError(f"unknown drafter kind {kind!r} in {spec!r}; known: {', '.join(available_kinds())}")
-        drafter = factory(arg, ctx)
-        # (sam names its store's nodes itself: its dynamic nodes stay "sam")
-        if arg and kind in ("rest", "dense", "model"):
-            drafter.name = f"{kind}:{arg.rstrip('/').split('/')[-1]}"
-        drafters.append(drafter)
+        drafters.append(factory(arg, ctx))
     return drafters[0] if len(drafters) == 1 else FusedDrafter(drafters)

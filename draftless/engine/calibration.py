@@ -114,3 +114,37 @@ class Calibrator:
                     self._raw[k] = self._raw.get(k, 0.0) + raw_conditional
                     if hit:
                         self._accepted[k] = self._accepted.get(k, 0.0) + 1.0
+
+
+class SourceCalibrators:
+    """One ``Calibrator`` per source of a combinator drafter (a fusion, a selection), and each source's last
+    calibrated tree, so the step's committed tokens can be observed against what that source proposed.
+
+    ``calibrate(i, tree, name)`` calibrates source ``i``'s tree (attributing it to ``name`` when it names no
+    source) and remembers it; a root-only tree, or ``skip(i)``, leaves nothing to observe for the step.
+    ``observe(committed)`` feeds every remembered tree to its calibrator (only those: a source that did not draft
+    this step does not decay its counts).
+    """
+
+    def __init__(self, n_sources: int):
+        self.calibrators = [Calibrator() for _ in range(n_sources)]
+        self._last: list[tuple[DraftTree, list] | None] = [None] * n_sources
+
+    def calibrate(self, i: int, tree: DraftTree, name: str) -> DraftTree | None:
+        """Source ``i``'s tree with calibrated scores, or None for a root-only tree (no guess)."""
+        if len(tree) == 1:
+            self._last[i] = None
+            return None
+        tree = tree if tree.source_names else tree.with_source(name)
+        tree, keys = self.calibrators[i].calibrate(tree)
+        self._last[i] = (tree, keys)
+        return tree
+
+    def skip(self, i: int) -> None:
+        """Source ``i`` was not asked this step."""
+        self._last[i] = None
+
+    def observe(self, committed: np.ndarray | list[int]) -> None:
+        for calibrator, last in zip(self.calibrators, self._last):
+            if last is not None:
+                calibrator.observe(*last, committed)

@@ -4,8 +4,11 @@ A tree is three aligned arrays (plus which sources proposed each node):
 
 - ``tokens``  int64[n]   token id of each node; node 0 is the root (the last committed token, not a guess);
 - ``parents`` int32[n]   index of each node's parent, ``parents[0] == -1`` and ``parents[i] < i`` (topological order);
-- ``scores``  float32[n] the proposer's estimate that the node is *reached and accepted* (root = 1). Scores are
-  cumulative along a path, so they never increase from a parent to its child;
+- ``scores``  float32[n] the proposer's estimate that the node is *reached and accepted* (root = 1). Drafters
+  score cumulatively along a path, so scores normally never increase from a parent to its child; nothing enforces
+  it (``validate`` does not check it, ``from_paths`` takes the scores it is given). ``merge`` keeps the property:
+  a merged node takes the highest of its scores, and in every tree its parent scored at least as much. Pruning
+  keeps trees connected either way; ``budget.best_tree_size`` assumes the property for its size estimate;
 - ``source_mask`` uint32[n] bit ``b`` set when ``source_names[b]`` proposed the node (fusion ORs them).
 
 Everything else (depths, ancestor mask, paths) derives from ``parents``. Children of a node carry distinct tokens.
@@ -45,6 +48,31 @@ class DraftTree:
         return DraftTree.from_paths(root_token, [list(chain)], None if scores is None else [list(scores)], source)
 
     @staticmethod
+    def from_arrays(root_token: int, tokens, parents, scores, source: str = "",
+                    depths: np.ndarray | None = None) -> "DraftTree":
+        """A single-source tree from aligned node arrays (a numba kernel's output, a ``Trie``'s lists).
+
+        ``tokens`` int[n], ``parents`` int[n] (topological: ``parents[i] < i``), ``scores`` float[n], optionally
+        ``depths`` int[n] when the caller already knows them. Node 0 is the root whatever the arrays hold there:
+        its token becomes ``root_token``, its parent -1 and its score 1. Every other node is attributed to
+        ``source`` (to none when ``source`` is empty). Sibling tokens must already be distinct. The arrays are
+        copied. One node or none gives the root-only tree.
+        """
+        n = len(tokens)
+        if n <= 1:
+            return DraftTree.root_only(root_token)
+        node_tokens = np.array(tokens, dtype=np.int64)
+        node_tokens[0] = root_token
+        node_parents = np.array(parents, dtype=np.int32)
+        node_parents[0] = -1
+        node_scores = np.array(scores, dtype=np.float32)
+        node_scores[0] = 1.0
+        mask = np.full(n, 1 if source else 0, dtype=np.uint32)
+        mask[0] = 0
+        return DraftTree(node_tokens, node_parents, node_scores, mask, (source,) if source else (),
+                         None if depths is None else np.asarray(depths, dtype=np.int32))
+
+    @staticmethod
     def from_paths(
         root_token: int,
         paths: Sequence[Sequence[int]],
@@ -56,35 +84,18 @@ class DraftTree:
         ``path_scores[i][j]`` scores the node reached by ``paths[i][:j+1]``; where several paths share a node the
         highest score wins. Without scores every node scores 1.
         """
-        tokens = [int(root_token)]
-        parents = [-1]
+        trie = Trie(root_token)
         scores = [1.0]
-        children: dict[tuple[int, int], int] = {}
         for i, path in enumerate(paths):
             node = 0
             for j, token in enumerate(path):
                 score = 1.0 if path_scores is None else float(path_scores[i][j])
-                key = (node, int(token))
-                child = children.get(key)
-                if child is None:
-                    child = len(tokens)
-                    children[key] = child
-                    tokens.append(int(token))
-                    parents.append(node)
+                node, new = trie.child(node, int(token))
+                if new:
                     scores.append(score)
                 else:
-                    scores[child] = max(scores[child], score)
-                node = child
-        has_source = bool(source) and len(tokens) > 1
-        mask = np.full(len(tokens), 1 if has_source else 0, dtype=np.uint32)
-        mask[0] = 0
-        return DraftTree(
-            tokens=np.asarray(tokens, dtype=np.int64),
-            parents=np.asarray(parents, dtype=np.int32),
-            scores=np.asarray(scores, dtype=np.float32),
-            source_mask=mask,
-            source_names=(source,) if has_source else (),
-        )
+                    scores[node] = max(scores[node], score)
+        return DraftTree.from_arrays(root_token, trie.tokens, trie.parents, scores, source)
 
     # ------------------------------------------------------------------ derived views
     def __len__(self) -> int:
@@ -217,6 +228,33 @@ class DraftTree:
             seen.add(key)
 
 
+class Trie:
+    """A trie of token paths under a root, grown one edge at a time: the node lists behind ``from_paths``,
+    ``merge`` and the n-gram drafter's continuation tree. Node 0 is the root; nodes are numbered in insertion
+    order, so ``parents[i] < i``. Callers keep their per-node values (scores, weights) in lists aligned with
+    ``tokens``, appending one when ``child`` reports a new node."""
+
+    def __init__(self, root_token: int):
+        self.tokens: list[int] = [int(root_token)]
+        self.parents: list[int] = [-1]
+        self._index: dict[tuple[int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def child(self, parent: int, token: int) -> tuple[int, bool]:
+        """``(node, is_new)``: the child of ``parent`` holding ``token``, added if it was missing."""
+        key = (parent, token)
+        node = self._index.get(key)
+        if node is not None:
+            return node, False
+        node = len(self.tokens)
+        self._index[key] = node
+        self.tokens.append(token)
+        self.parents.append(parent)
+        return node, True
+
+
 def ancestor_matrix(parents) -> np.ndarray:
     """bool[n, n] for a parent array in topological order (``parents[i] < i``, -1 for roots): ``m[i, j]`` is True
     when node ``j`` is node ``i`` or one of its ancestors."""
@@ -228,6 +266,23 @@ def ancestor_matrix(parents) -> np.ndarray:
             mask[i] = mask[p]
         mask[i, i] = True
     return mask
+
+
+def top_of_trie(root: int, node_tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, budget: int,
+                min_score: float, source: str) -> DraftTree:
+    """``DraftTree`` of the best ``budget`` nodes (root included) of a kernel trie with non-increasing scores.
+
+    Nodes are ranked by score, ties to the lower index (the parent's index is lower than its children's), so every
+    prefix of the ranking is closed under parents. Nodes scoring below ``min_score`` are dropped.
+    """
+    if len(node_tokens) <= 1 or budget <= 1:
+        return DraftTree.root_only(root)
+    cand = np.flatnonzero(scores[1:] >= min_score) + 1
+    if len(cand) == 0:
+        return DraftTree.root_only(root)
+    order = cand[np.lexsort((cand, -scores[cand]))][: budget - 1]
+    keep = np.concatenate(([0], np.sort(order)))
+    return DraftTree.from_arrays(root, node_tokens, parents, scores, source).subset(keep)
 
 
 def merge_nonempty(root_token: int, trees: list[DraftTree], budget: int) -> DraftTree:
@@ -259,29 +314,21 @@ def merge(*trees: DraftTree) -> DraftTree:
                 names.append(name)
     if len(names) > 32:
         raise ValueError("at most 32 distinct sources can be merged")
-    tokens = [root]
-    parents = [-1]
+    trie = Trie(root)
     scores = [1.0]
     masks = [0]
-    index: dict[tuple[int, int], int] = {}
     for t in trees:
         bit_of = [1 << names.index(name) for name in t.source_names]
         local = np.empty(len(t), dtype=np.int64)
         local[0] = 0
         for i in range(1, len(t)):
-            parent = int(local[t.parents[i]])
-            key = (parent, int(t.tokens[i]))
             bits = 0
             m = int(t.source_mask[i])
             for b, bit in enumerate(bit_of):
                 if m >> b & 1:
                     bits |= bit
-            node = index.get(key)
-            if node is None:
-                node = len(tokens)
-                index[key] = node
-                tokens.append(key[1])
-                parents.append(parent)
+            node, new = trie.child(int(local[t.parents[i]]), int(t.tokens[i]))
+            if new:
                 scores.append(float(t.scores[i]))
                 masks.append(bits)
             else:
@@ -289,8 +336,8 @@ def merge(*trees: DraftTree) -> DraftTree:
                 masks[node] |= bits
             local[i] = node
     return DraftTree(
-        tokens=np.asarray(tokens, dtype=np.int64),
-        parents=np.asarray(parents, dtype=np.int32),
+        tokens=np.asarray(trie.tokens, dtype=np.int64),
+        parents=np.asarray(trie.parents, dtype=np.int32),
         scores=np.asarray(scores, dtype=np.float32),
         source_mask=np.asarray(masks, dtype=np.uint32),
         source_names=tuple(names),

@@ -16,12 +16,11 @@ import torch
 
 from ..atomic import atomic_directory
 from .layer_view import num_layers
+from .weights import fresh_model_with_weights
 
 
 def derive_shallow_model(model, n_layers: int):
     """A copy of ``model`` truncated to its first ``n_layers`` decoder layers (float weights, same dtype)."""
-    from transformers import AutoModelForCausalLM
-
     total = num_layers(model)
     if not 1 <= n_layers < total:
         raise ValueError(f"n_layers must be in 1..{total - 1} for a {total}-layer model, not {n_layers}")
@@ -30,16 +29,9 @@ def derive_shallow_model(model, n_layers: int):
     text_config.num_hidden_layers = n_layers
     if getattr(text_config, "layer_types", None) is not None:  # Gemma 3: keep each kept layer's attention type
         text_config.layer_types = list(text_config.layer_types)[:n_layers]
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    dtype = next(model.parameters()).dtype
-    shallow = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {k: v for k, v in model.state_dict().items() if _layer_index(k) is None or _layer_index(k) < n_layers}
-    missing, unexpected = shallow.load_state_dict(state, strict=False)
-    tied = set(getattr(shallow, "_tied_weights_keys", None) or [])
-    if unexpected or [k for k in missing if k not in tied]:
-        raise RuntimeError(f"deriving the draft model lost weights: missing={missing} unexpected={unexpected}")
-    shallow.generation_config = copy.deepcopy(model.generation_config)
+    shallow = fresh_model_with_weights(config, state, model.generation_config, next(model.parameters()).dtype,
+                                       "deriving the draft model")
     return shallow.eval()
 
 

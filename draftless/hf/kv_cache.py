@@ -16,11 +16,6 @@ def new_cache() -> DynamicCache:
     return DynamicCache()
 
 
-def cache_length(cache: DynamicCache) -> int:
-    """Number of positions currently stored (the same in every layer)."""
-    return int(cache.get_seq_length())
-
-
 def keep_prefix_and(cache: DynamicCache, prefix_len: int, kept: torch.Tensor) -> None:
     """Compact every layer in place to ``[0, prefix_len) ∪ (prefix_len + kept)``.
 
@@ -40,12 +35,3 @@ def keep_prefix_and(cache: DynamicCache, prefix_len: int, kept: torch.Tensor) ->
         layer.keys = layer.keys[..., : prefix_len + k, :]
         layer.values = layer.values[..., : prefix_len + k, :]
 
-
-def check_cache_supported(cache: DynamicCache) -> None:
-    """Refuse caches whose layers the compaction above cannot handle (sliding or quantized layers)."""
-    for i, layer in enumerate(cache.layers):
-        if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
-            raise TypeError(
-                f"cache layer {i} is a {type(layer).__name__}; draftless needs full DynamicLayer caches "
-                "(it builds its own cache: do not pass past_key_values)"
-            )

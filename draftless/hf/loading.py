@@ -15,6 +15,7 @@ import torch
 
 from ..atomic import atomic_directory
 from ..paths import cache_root
+from .weights import fresh_model_with_weights
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -94,17 +95,8 @@ def _save_dequantized(model, out_dir: Path) -> None:
     transformers refuses ``save_pretrained`` on a model that still carries its GGUF quantizer, although its weights
     are ordinary float tensors; copy them into a fresh model built from a clean config and save that.
     """
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
-    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
-    if unexpected or [k for k in missing if k not in tied]:
-        raise RuntimeError(f"GGUF conversion lost weights: missing={missing} unexpected={unexpected}")
-    fresh.generation_config = model.generation_config
+    fresh = fresh_model_with_weights(model.config, model.state_dict(), model.generation_config, torch.float32,
+                                     "GGUF conversion")
     fresh.save_pretrained(out_dir)
 
 

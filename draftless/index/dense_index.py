@@ -144,12 +144,6 @@ class DenseStore:
             self.index.make_direct_map()
         return self.index.reconstruct_n(0, self.index.ntotal)
 
-    def reindex(self, kind: str = "ivf", ef_search: int = 64, nprobe: int = 32, **index_kw) -> "DenseStore":
-        """The same keys in a new FAISS index of ``kind`` (no model pass needed)."""
-        meta = dict(self.store_meta, index_type=kind)
-        return DenseStore(self.tokens, self.positions, self.components, self.mean,
-                          index_keys(self.keys(), kind, **index_kw), meta, ef_search, nprobe)
-
     # ------------------------------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
              build_args: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:

@@ -29,20 +29,12 @@ from typing import Mapping
 
 import numpy as np
 
+from .tokens import as_token_array
 from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import suffix_array_kernels as K
 
 KIND = "rest"
 FORMAT_ARRAYS = ("tokens", "sa")
-
-
-def _as_tokens(tokens) -> np.ndarray:
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise ValueError(f"tokens must be 1-D, got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
-        raise ValueError("token ids must be non-negative int32")
-    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 def _initial_keys(tokens: np.ndarray) -> tuple[np.ndarray, int]:
@@ -79,7 +71,7 @@ def build_suffix_array(tokens, progress: bool = False) -> np.ndarray:
     """The suffix array of ``tokens`` (int32 when ``n < 2**31``, else int64). See the module docstring."""
     from tqdm.auto import tqdm
 
-    tokens = _as_tokens(tokens)
+    tokens = as_token_array(tokens)
     n = len(tokens)
     index_dtype = np.int32 if n < 2**31 - 1 else np.int64
     if n == 0:
@@ -142,7 +134,7 @@ class SuffixArray:
 
     @classmethod
     def build(cls, tokens, progress: bool = False) -> "SuffixArray":
-        tokens = _as_tokens(tokens)
+        tokens = as_token_array(tokens)
         return cls(tokens, build_suffix_array(tokens, progress=progress))
 
     def __len__(self) -> int:

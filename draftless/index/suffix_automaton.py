@@ -23,6 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .tokens import as_token_array
 from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import sam_kernels as K
 
@@ -33,15 +34,6 @@ FORMAT_ARRAYS = ("tokens", "states", "edge_off", "edge_tok", "edge_to", "root_ne
 # pre-allocation avoids copies while growing.
 POOL_SLOTS_PER_TOKEN = 3
 MAX_TOKENS = 1 << 29  # int32 state ids and pool offsets
-
-
-def _as_tokens(tokens) -> np.ndarray:
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise ValueError(f"tokens must be one-dimensional, got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= np.iinfo(np.int32).max):
-        raise ValueError("token ids must lie in [0, 2**31 - 1)")
-    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 class SuffixAutomaton:
@@ -70,7 +62,7 @@ class SuffixAutomaton:
         the caller must then not modify it. ``reserve``: room for that many later ``extend`` tokens before the
         arrays are reallocated (implies a copy of ``tokens``).
         """
-        arr = _as_tokens(tokens)
+        arr = as_token_array(tokens)
         n = len(arr)
         if reserve > 0:
             buf = np.empty(n + int(reserve), dtype=np.int32)
@@ -100,7 +92,7 @@ class SuffixAutomaton:
         """Append one token or a sequence of tokens (growable mode only); counts stay exact."""
         if self._frozen:
             raise ValueError("this suffix automaton is frozen (loaded or frozen): it cannot be extended")
-        arr = _as_tokens(np.atleast_1d(tokens))
+        arr = as_token_array(np.atleast_1d(tokens))
         k = len(arr)
         if self._n + k > MAX_TOKENS:
             raise ValueError(f"at most {MAX_TOKENS} tokens per automaton (int32 state ids and offsets)")
@@ -262,7 +254,7 @@ class SuffixAutomaton:
     def match(self, tokens, state: int = 0, length: int = 0, return_lengths: bool = False):
         """Feed ``tokens`` from ``(state, length)``; returns the final ``(state, length)`` (and, with
         ``return_lengths``, int32[len(tokens)]: the longest-suffix match length after each token)."""
-        arr = _as_tokens(tokens)
+        arr = as_token_array(tokens)
         lengths = np.empty(len(arr) if return_lengths else 0, dtype=np.int32)
         s, n = K.sam_match(*self._layout(), arr, state, length, lengths)
         return (int(s), int(n), lengths) if return_lengths else (int(s), int(n))
@@ -272,7 +264,7 @@ class SuffixAutomaton:
         arr = np.asarray(pattern)
         if arr.size and arr.min() < 0:
             return -1
-        return int(K.sam_find(*self._layout(), _as_tokens(arr)))
+        return int(K.sam_find(*self._layout(), as_token_array(arr)))
 
     def __contains__(self, pattern) -> bool:
         return self.find(pattern) >= 0
