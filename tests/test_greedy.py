@@ -15,6 +15,8 @@ from conftest import ARCHS, VOCAB, OracleDrafter
 DRAFTER_SPECS = ["none", "ngram", "recycle", "ngram+recycle", "sam", "sam+recycle", "ngram+sam+recycle", "auto"]
 # A synthetic curve that makes big trees worth it, so the adaptive budget chooser is exercised on tiny models.
 FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5))
+# The same curve, every size verified on the skinny-kernel path (draftless.fastpath).
+SKINNY_FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5), ("skinny",) * 3)
 
 
 def prompts(seed, n=4):
@@ -53,6 +55,17 @@ def test_greedy_identical_for_every_drafter(tiny_models, arch, spec):
         got = fast.generate(torch.tensor([prompt]), max_new_tokens=max_new)
         assert torch.equal(got.sequences, want), (spec, arch, prompt)
         assert got.stats.new_tokens == max_new
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("spec", ["ngram", "sam+recycle"])
+def test_greedy_identical_on_the_skinny_path(tiny_models, arch, spec):
+    model = tiny_models(arch)
+    fast = draftless.accelerate(model, drafter=drafter_from_spec(spec, model), cost_curve=SKINNY_FLAT_CURVE)
+    for i, prompt in enumerate(prompts(zlib.crc32(f"skinny/{arch}/{spec}".encode()) % 1000)):
+        max_new = [37, 1, 24, 50][i % 4]
+        got = fast.generate(torch.tensor([prompt]), max_new_tokens=max_new)
+        assert torch.equal(got.sequences, reference(model, prompt, max_new)), (spec, arch, prompt)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,4 +1,4 @@
-"""The ``draftless`` command: ``generate``, ``bench``, ``build``."""
+"""The ``draftless`` command: ``generate``, ``bench``, ``build``, ``profile``."""
 from __future__ import annotations
 
 import argparse
@@ -58,8 +58,10 @@ def cmd_generate(args) -> int:
         hf_tokens = ref.shape[1] - ids.shape[1]
         hf_rate = hf_tokens / hf_s
         same = ref[0, ids.shape[1]:].tolist() == out.new_tokens
+        curve = fast.cost_curve
         print(f"[draftless] plain model.generate: {hf_rate:.1f} tok/s; draftless: {out.stats.tokens_per_s:.1f} tok/s; "
               f"speedup {out.stats.tokens_per_s / hf_rate:.2f}x; "
+              f"verification cost t(8)/t(1) = {curve.cost(8) / curve.cost(1):.2f} ({curve.path_for(8)} path); "
               + (f"output identical: {same}" if not sample else "sampled (outputs differ by design)"))
     return 0
 
@@ -98,6 +100,28 @@ def cmd_build(args) -> int:
         opts = dict(model=args.model or DEFAULT_MODEL, dim=args.dim, index=args.index, max_tokens=args.max_tokens)
     build_store(args.kind, args.corpus, tokenizer, args.out, fields=args.field or None, glob=args.glob,
                 exclude=args.exclude or (), exclude_overlap=args.exclude_overlap, **opts)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import json
+
+    import torch
+
+    from ..atomic import atomic_file
+    from .profile import format_report, profile_model
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, _ = _load(args)
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    lengths = tuple(int(x) for x in args.cache_lengths.split(","))
+    report = profile_model(model, sizes=sizes, cache_lengths=lengths, repeats=args.repeats,
+                           progress=lambda L: print(f"[draftless] profiled cache length {L}", flush=True))
+    print(format_report(report))
+    if args.json:
+        with atomic_file(args.json) as fh:
+            json.dump(report, fh, indent=1)
     return 0
 
 
@@ -158,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (written atomically)")
     s.add_argument("--model", default=None, help="model whose tokenizer the store uses")
     s.set_defaults(func=cmd_build)
+
+    f = sub.add_parser("profile", help="time verification passes t(n) by stage, cache length and path")
+    f.add_argument("--sizes", default="1,2,3,4,6,8,12,16,24,32,48,64", help="tree sizes n to time")
+    f.add_argument("--cache-lengths", default="128,512,1024", help="cached prefix lengths to time them after")
+    f.add_argument("--repeats", type=int, default=5)
+    f.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
+    f.add_argument("--json", default=None, help="write the full report here")
+    _add_model_args(f)
+    f.set_defaults(func=cmd_profile)
     return parser
 
 

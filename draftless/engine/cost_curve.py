@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_file
+from ..fastpath import available_paths, path_context
 from ..hf.attention import tree_attention_mask
 from ..hf.kv_cache import keep_prefix_and, new_cache
 from ..paths import safe_filename, state_dir
@@ -27,10 +28,23 @@ DEFAULT_SIZES = tuple(range(1, 17)) + (20, 24, 28, 32, 40, 48, 64)
 
 @dataclass(frozen=True)
 class CostCurve:
-    """Verification wall time ``ms[i]`` for ``sizes[i]`` tokens (sizes ascending, sizes[0] == 1)."""
+    """Verification wall time ``ms[i]`` for ``sizes[i]`` tokens (sizes ascending, sizes[0] == 1).
+
+    ``paths[i]``: the verification path (``draftless.fastpath.PATHS``) that was fastest at ``sizes[i]`` and that
+    ``ms[i]`` was measured on; the engine runs a pass of that size on that path, so the curve is the one it runs.
+    ``by_path``: every path's measured ms per size, for reports (empty when loaded from an older format).
+    """
 
     sizes: tuple[int, ...]
     ms: tuple[float, ...]
+    paths: tuple[str, ...] = ()
+    by_path: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if not self.paths:
+            object.__setattr__(self, "paths", ("torch",) * len(self.sizes))
+        if not (len(self.sizes) == len(self.ms) == len(self.paths)) or not self.sizes or self.sizes[0] != 1:
+            raise ValueError("a cost curve needs aligned sizes, ms and paths, starting at size 1")
 
     def cost(self, n: int | np.ndarray) -> np.ndarray | float:
         """Interpolated cost in ms of verifying ``n`` tokens (linear beyond the last measured size)."""
@@ -43,9 +57,28 @@ class CostCurve:
             out = np.where(n_arr > sizes[-1], ms[-1] + slope * (n_arr - sizes[-1]), out)
         return out if out.ndim else float(out)
 
+    def path_for(self, n: int) -> str:
+        """The path to verify ``n`` tokens on: that of the smallest measured size >= n (the largest beyond)."""
+        i = int(np.searchsorted(np.asarray(self.sizes), n))
+        return self.paths[min(i, len(self.paths) - 1)]
+
     def relative(self) -> dict[int, float]:
-        """t(n) / t(1) for each measured size."""
+        """t(n) / t(1) for each measured size, on the path the engine runs at that size."""
         return {s: round(m / self.ms[0], 3) for s, m in zip(self.sizes, self.ms)}
+
+    def to_json(self) -> dict:
+        return {"sizes": list(self.sizes), "ms": list(self.ms), "paths": list(self.paths),
+                "by_path": {p: list(v) for p, v in self.by_path.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CostCurve":
+        return cls(tuple(int(s) for s in data["sizes"]), tuple(float(m) for m in data["ms"]),
+                   tuple(data.get("paths") or ()), {p: tuple(v) for p, v in (data.get("by_path") or {}).items()})
+
+
+# Bumped whenever what a cached curve means changes (v2: one path per size, preallocated cache), so a curve
+# measured by an older version is measured again instead of misleading the chooser.
+CURVE_FORMAT = 2
 
 
 def _curve_path(key: str) -> Path:
@@ -56,13 +89,18 @@ def curve_key(model) -> str:
     """Identifies a model/device/dtype/thread-count combination whose cost curve can be reused."""
     param = next(model.parameters())
     name = getattr(model.config, "_name_or_path", "") or model.config.model_type
-    return f"{name}-{param.device.type}-{str(param.dtype).replace('torch.', '')}-{torch.get_num_threads()}t-{model.num_parameters()}"
+    return (f"{name}-{param.device.type}-{str(param.dtype).replace('torch.', '')}-{torch.get_num_threads()}t-"
+            f"{model.num_parameters()}-v{CURVE_FORMAT}")
 
 
-def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256, repeats: int = 5) -> CostCurve:
-    """Time one verification forward of each size in ``sizes`` after a ``prefix_len``-token cache (median ms)."""
+def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256, repeats: int = 5,
+                       paths: tuple[str, ...] | None = None) -> CostCurve:
+    """Time one verification forward of each size in ``sizes`` after a ``prefix_len``-token cache, on every
+    verification path (``paths``, default: those available on the model's device and dtype); each size keeps its
+    fastest path (fastest run of ``repeats``, in ms)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    paths = tuple(paths) if paths is not None else available_paths(device, dtype)
     vocab = model.config.get_text_config(decoder=True).vocab_size
     gen = torch.Generator().manual_seed(0)
     cache = new_cache()
@@ -76,37 +114,42 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
             ids = torch.randint(0, vocab, (1, n), generator=gen).to(device)
             pos = torch.arange(prefix_len, prefix_len + n, device=device)[None]
             inputs.append((ids, pos, mask))
-        # Round-robin over sizes and keep each size's fastest run: interference from other processes only ever
-        # adds time, so the minimum is the most repeatable estimate; the first round warms kernels up.
-        best = [float("inf")] * len(sizes)
+        # Round-robin over sizes and paths, keeping each one's fastest run: interference from other processes only
+        # ever adds time, so the minimum is the most repeatable estimate, and interleaving makes the paths'
+        # comparison fair; the first round warms kernels up (and compiles the skinny kernel).
+        best = {p: [float("inf")] * len(sizes) for p in paths}
         for r in range(repeats + 1):
             for i, (ids, pos, mask) in enumerate(inputs):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache, use_cache=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if r:
-                    best[i] = min(best[i], (time.perf_counter() - t0) * 1000)
-                keep_prefix_and(cache, prefix_len, torch.zeros(0, dtype=torch.long))
+                for path in paths:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    with path_context(path, device, dtype):
+                        model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache,
+                              use_cache=True)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if r:
+                        best[path][i] = min(best[path][i], (time.perf_counter() - t0) * 1000)
+                    keep_prefix_and(cache, prefix_len, torch.zeros(0, dtype=torch.long))
     # Not forced monotone: when a larger size is measured cheaper the chooser simply prefers it (the extra nodes
     # come free), which is what the hardware rewards.
-    return CostCurve(tuple(int(s) for s in sizes), tuple(float(m) for m in best))
+    chosen = [min(paths, key=lambda p: best[p][i]) for i in range(len(sizes))]
+    return CostCurve(tuple(int(s) for s in sizes), tuple(float(best[p][i]) for i, p in enumerate(chosen)),
+                     tuple(chosen), {p: tuple(float(m) for m in v) for p, v in best.items()})
 
 
 def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False) -> CostCurve:
-    """The cached cost curve of ``model`` on its device, measured (a few seconds) on first use."""
+    """The cached cost curve of ``model`` on its device, measured (several seconds) on first use."""
     path = _curve_path(curve_key(model))
     if path.exists() and not refresh:
         try:
-            data = json.loads(path.read_text())
-            return CostCurve(tuple(data["sizes"]), tuple(data["ms"]))
-        except (ValueError, KeyError):
+            return CostCurve.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
             pass  # unreadable cache: measure again
     if verbose:
         print("[draftless] measuring the verification cost curve of this model (once)...", flush=True)
     curve = measure_cost_curve(model, layout)
     with atomic_file(path) as fh:
-        json.dump({"key": curve_key(model), "sizes": curve.sizes, "ms": curve.ms}, fh)
+        json.dump({"key": curve_key(model), **curve.to_json()}, fh)
     return curve

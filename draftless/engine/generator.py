@@ -23,6 +23,7 @@ from .cost_curve import CostCurve, cost_curve_for
 from .protocol import Drafter, StepFeedback
 from .stats import GenerationStats
 from .tree import DraftTree
+from ..fastpath import path_context
 from ..hf.attention import AttentionLayout, inspect_model, tree_attention_mask
 from ..hf.kv_cache import keep_prefix_and, new_cache
 
@@ -96,9 +97,11 @@ def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
 
 
 def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_len: int, want_hidden: bool,
-                dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+                dtype: torch.dtype, device: torch.device, path: str = "torch",
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The verification pass: every node of ``tree`` (n nodes) through ``model`` in one forward, each attending to
     the ``prefix_len`` cached positions and its own ancestors (a tree mask), at position ``prefix_len + depth``.
+    ``path``: the verification path (``draftless.fastpath.PATHS``) the cost curve found fastest for n nodes.
 
     Appends the n nodes' keys/values to ``cache``. Returns logits float[n, V] (row i predicts the token after node
     i) and, when ``want_hidden``, last-layer hidden states float[n, H]."""
@@ -106,14 +109,15 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
     ids = torch.from_numpy(tree.tokens).to(device)[None]
     positions = torch.from_numpy(depths.astype(np.int64) + prefix_len).to(device)[None]
     mask = tree_attention_mask(layout, tree.ancestor_mask(), depths, prefix_len, dtype, device)
-    out = model(
-        input_ids=ids,
-        position_ids=positions,
-        attention_mask=mask,
-        past_key_values=cache,
-        use_cache=True,
-        output_hidden_states=want_hidden,
-    )
+    with path_context(path, device, dtype):
+        out = model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=want_hidden,
+        )
     hidden = out.hidden_states[-1][0] if want_hidden else None
     return out.logits[0], hidden
 
@@ -209,6 +213,13 @@ class SpeculativeGenerator:
             self._cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose)
         return self._cost_curve
 
+    def _path_for(self, n: int) -> str:
+        """The verification path for an n-node pass: the cost curve's fastest at that size. A non-adaptive engine
+        that was given no curve never measures one, and runs the model as it is."""
+        if self._cost_curve is None and not self.adaptive:
+            return "torch"
+        return self.cost_curve.path_for(n)
+
     # ------------------------------------------------------------------ draft
     def _prepare_tree(self, tree: DraftTree, root: int, remaining: int) -> tuple[DraftTree, tuple | None]:
         """Calibrate and prune a drafted tree.
@@ -255,7 +266,7 @@ class SpeculativeGenerator:
         t1 = time.perf_counter()
         want_hidden = bool(self.drafter.wants_hidden_states)
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
-                                     self.dtype, self.device)
+                                     self.dtype, self.device, path=self._path_for(len(tree)))
         t2 = time.perf_counter()
         if state.warper is None:
             acc = accept_greedy(tree, logits)

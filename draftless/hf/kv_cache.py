@@ -1,27 +1,101 @@
 """Every contact with transformers' KV-cache internals lives here, so an upstream API change touches one file.
 
-The engine uses a plain ``DynamicCache()`` (built without the model config): every layer, sliding-window layers
-included, then keeps all positions, so one set of positions can be compacted uniformly across layers and a sliding
-window is enforced by the attention mask instead of by cache eviction. The extra memory is what a full-attention
-layer of the same size would use.
+The engine's cache is a ``DynamicCache`` built without the model config: every layer, sliding-window layers
+included, keeps all positions, so one set of positions can be compacted uniformly across layers and a sliding
+window is enforced by the attention mask instead of by cache eviction (the extra memory is what a full-attention
+layer of the same size would use).
+
+Its layers are ``PreallocatedLayer``s: keys and values live in buffers with spare room and ``update`` writes new
+entries in place, where transformers' ``DynamicLayer`` concatenates the whole cache into fresh storage on every
+forward (measured: about 4 ms a step for SmolLM2-135M at a 512-token cache on a 2-core CPU, 6% of a pass).
+Compaction after a step moves only the accepted entries and shortens the views.
 """
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose ``keys``/``values`` are views ``[B, H, length, D]`` into larger buffers.
+
+    Capacity grows by doubling (at least ``MIN_SPARE`` positions beyond what is needed), so appends are amortised
+    O(new entries) and the views stay valid until the next growth.
+    """
+
+    MIN_SPARE = 256
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        self._length = 0
+
+    def _reserve(self, like_keys: torch.Tensor, like_values: torch.Tensor, needed: int) -> None:
+        capacity = 0 if self._key_buffer is None else self._key_buffer.shape[-2]
+        if needed <= capacity:
+            return
+        capacity = max(needed + self.MIN_SPARE, 2 * capacity)
+
+        def grown(old: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+            shape = list(like.shape)
+            shape[-2] = capacity
+            new = torch.empty(shape, dtype=like.dtype, device=like.device)
+            if old is not None and self._length:
+                new[..., : self._length, :] = old[..., : self._length, :]
+            return new
+
+        self._key_buffer = grown(self._key_buffer, like_keys)
+        self._value_buffer = grown(self._value_buffer, like_values)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append ``key_states``/``value_states`` ``[B, H, n, D]`` in place; returns the views of all entries."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self._length + key_states.shape[-2]
+        self._reserve(key_states, value_states, end)
+        self._key_buffer[..., self._length:end, :] = key_states
+        self._value_buffer[..., self._length:end, :] = value_states
+        self.truncate(end)
+        return self.keys, self.values
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` entries (the buffers keep their storage)."""
+        self._length = int(length)
+        self.keys = self._key_buffer[..., : self._length, :]
+        self.values = self._value_buffer[..., : self._length, :]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_initialized:
+            self.truncate(max(0, self._length + tokens_to_remove))
+        else:
+            super().crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        super().reset()
+        self._key_buffer = self._value_buffer = None
+        self._length = 0
+
+
+class PreallocatedCache(DynamicCache):
+    """A ``DynamicCache`` whose layers are ``PreallocatedLayer``s (created on first use, one per model layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_class_to_replicate = PreallocatedLayer
 
 
 def new_cache() -> DynamicCache:
-    """An empty cache whose layers all keep every position (see module docstring)."""
-    return DynamicCache()
+    """An empty cache whose layers all keep every position, written in place (see module docstring)."""
+    return PreallocatedCache()
 
 
 def keep_prefix_and(cache: DynamicCache, prefix_len: int, kept: torch.Tensor) -> None:
     """Compact every layer in place to ``[0, prefix_len) ∪ (prefix_len + kept)``.
 
     ``kept``: int64[k] sorted offsets (into the block appended after ``prefix_len``) of the entries to keep, e.g.
-    the accepted tree nodes. Only the kept entries move; the tail is dropped by slicing, which is a view (the next
-    ``update`` concatenates into fresh storage anyway).
+    the accepted tree nodes. Only the kept entries move; the tail is dropped by shortening the views.
     """
     k = int(kept.numel())
     contiguous = k == 0 or int(kept[-1]) == k - 1  # kept == [0, 1, ..., k-1]: nothing has to move
@@ -32,6 +106,8 @@ def keep_prefix_and(cache: DynamicCache, prefix_len: int, kept: torch.Tensor) ->
             src = prefix_len + kept
             layer.keys[..., prefix_len:prefix_len + k, :] = layer.keys.index_select(-2, src)
             layer.values[..., prefix_len:prefix_len + k, :] = layer.values.index_select(-2, src)
-        layer.keys = layer.keys[..., : prefix_len + k, :]
-        layer.values = layer.values[..., : prefix_len + k, :]
-
+        if isinstance(layer, PreallocatedLayer):
+            layer.truncate(prefix_len + k)
+        else:
+            layer.keys = layer.keys[..., : prefix_len + k, :]
+            layer.values = layer.values[..., : prefix_len + k, :]

@@ -1,0 +1,83 @@
+"""The skinny-GEMM fast path against the obvious oracles: float64 matmul and the model's own forward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from draftless.fastpath.skinny_linear import SkinnyLinearMode, skinny_linear
+from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 19), n_in=st.integers(1, 70), n_out=st.integers(1, 130), seed=st.integers(0, 2**31 - 1))
+def test_kernel_matches_float64_matmul(rows, n_in, n_out, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    out = np.full((rows, n_out), np.nan, dtype=np.float32)
+    skinny_matmul_t(x, w, out)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    # fp32 accumulation of n_in products: error bound ~ n_in * eps * sum|x_i w_i|
+    bound = 4 * n_in * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T)
+    assert np.all(np.abs(out - exact) <= bound + 1e-30)
+
+
+def test_kernel_keeps_nan_and_inf():
+    x = np.ones((2, 8), dtype=np.float32)
+    w = np.ones((3, 8), dtype=np.float32)
+    w[1, 3] = np.nan
+    w[2, 0] = np.inf
+    out = np.zeros((2, 3), dtype=np.float32)
+    skinny_matmul_t(x, w, out)
+    assert np.all(out[:, 0] == 8) and np.all(np.isnan(out[:, 1])) and np.all(np.isposinf(out[:, 2]))
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 7), (2, 5, 7), (1, 16, 7)])
+def test_skinny_linear_matches_f_linear(shape):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=gen)
+    w = torch.randn(11, 7, generator=gen)
+    b = torch.randn(11, generator=gen)
+    torch.testing.assert_close(skinny_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(skinny_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_mode_routes_only_eligible_calls():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(9, 6, generator=gen)
+    small = torch.randn(1, 3, 6, generator=gen)
+    big = torch.randn(1, 40, 6, generator=gen)
+    calls = []
+    mode = SkinnyLinearMode(max_rows=16)
+    original = mode.route
+
+    def spy(*args):
+        routed = original(*args)
+        calls.append(routed)
+        return routed
+
+    mode.route = spy
+    with mode:
+        a = F.linear(small, w)
+        b = F.linear(big, w)                       # too many rows: MKL
+        c = F.linear(small.double(), w.double())   # not fp32: MKL
+        d = torch.nn.Linear(6, 9)(small)           # nn.Linear goes through F.linear
+    assert calls == [True, False, False, True]
+    torch.testing.assert_close(a, F.linear(small, w))
+    assert b.shape == (1, 40, 9) and c.dtype == torch.float64 and d.shape == (1, 3, 9)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_tree_pass_under_mode_matches_plain_forward(tiny_models, arch):
+    """A whole forward of a tiny model (fp32) gives the same logits (to fp32 rounding) and argmaxes with the mode."""
+    model = tiny_models(arch)
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        with SkinnyLinearMode():
+            fast = model(input_ids=ids).logits
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    assert torch.equal(fast.argmax(-1), plain.argmax(-1))
