@@ -10,6 +10,8 @@ from __future__ import annotations
 from .engine.protocol import BaseDrafter, Drafter, NullDrafter, StepFeedback
 from .engine.generator import GenerationResult, SpeculativeGenerator
 from .engine.tree import DraftTree, merge
+from .dropin import CustomGenerate, custom_generate
+from .hf.generation import UnsupportedGenerationOption
 
 __version__ = "0.1.0"
 
@@ -51,5 +53,5 @@ def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> Gene
 
 __all__ = [
     "accelerate", "generate", "DraftTree", "merge", "Drafter", "BaseDrafter", "NullDrafter", "StepFeedback",
-    "SpeculativeGenerator", "GenerationResult",
+    "SpeculativeGenerator", "GenerationResult", "custom_generate", "CustomGenerate", "UnsupportedGenerationOption",
 ]

@@ -84,6 +84,20 @@ class OracleDrafter:
         return DraftTree.from_paths(root, paths, depth_scores, source=self.name)
 
 
+class RecordingStreamer:
+    """An HF-style streamer that records what it is given: ``seen`` holds each ``put`` as a list of ids, then
+    ``"end"``."""
+
+    def __init__(self):
+        self.seen = []
+
+    def put(self, value):
+        self.seen.append(value.flatten().tolist())
+
+    def end(self):
+        self.seen.append("end")
+
+
 class CharTokenizer:
     """A stand-in for a fast HF tokenizer in datastore tests: one token per character, EOS = 0, newline 97.
     ``shift`` moves every id, making a "foreign" tokenizer with the same size."""

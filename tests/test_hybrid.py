@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import draftless
+from draftless.hf.compat import cache_keyword
 from draftless.engine.protocol import BaseDrafter
 from draftless.engine.accept import SamplingWarper
 from draftless.drafters.model_drafter import ModelDrafter, TokenizerMismatch
@@ -102,7 +103,7 @@ def test_draft_cache_stays_in_step_and_drafts_depend_only_on_the_context(pairs):
     assert held.tolist() == context[: len(held)].tolist() and len(held) == len(context) - 1
     with torch.no_grad():
         ref = new_cache()
-        target(torch.from_numpy(held)[None], past_key_values=ref, use_cache=True)
+        target(torch.from_numpy(held)[None], **{cache_keyword(target): ref}, use_cache=True)
     for mine, want in zip(drafter._cache.layers, ref.layers):
         assert torch.allclose(mine.keys, want.keys, atol=1e-4) and torch.allclose(mine.values, want.values, atol=1e-4)
 

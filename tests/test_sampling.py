@@ -141,3 +141,37 @@ def test_warpers_match_model_generate(tiny_models):
         np.add.at(counts, out[:, -1].numpy(), 1)
     assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(probs))
     assert chi_square_pvalue(counts, probs) > 1e-3
+
+
+def test_samples_follow_the_models_own_generation_config(tiny_models):
+    """No sampling keyword at all: do_sample, temperature, top-k and a repetition penalty come from
+    ``model.generation_config``, as ``model.generate`` reads them, and the penalty is applied at every tree node
+    with that node's own path. The exact distribution is computed with transformers' processors in
+    ``model.generate``'s order (penalty, then temperature, then top-k)."""
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper)
+
+    from tiny_models import make_tiny_model
+
+    model = make_tiny_model("llama")  # its own copy: the generation config is changed below
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = 0.7
+    model.generation_config.top_k = 6
+    model.generation_config.repetition_penalty = 1.3
+    procs = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(0.7),
+                                 TopKLogitsWarper(6)])
+    with torch.no_grad():
+        ids = torch.tensor([PROMPT])
+        p1 = torch.softmax(procs(ids, model(ids).logits[:, -1].float()), -1)[0].double()
+        seqs = torch.tensor([PROMPT + [y] for y in range(VOCAB)])
+        p2 = torch.softmax(procs(seqs, model(seqs).logits[:, -1].float()), -1).double()
+    exact = (p1[:, None] * p2).numpy()
+    fast = draftless.accelerate(model, drafter=LikelyBranchesDrafter(model), adaptive=False, calibrate=False)
+    gen = torch.Generator().manual_seed(2)
+    counts = np.zeros((VOCAB, VOCAB))
+    for _ in range(1500):
+        out = fast.generate(torch.tensor([PROMPT]), max_new_tokens=3, generator=gen)
+        counts[out.new_tokens[0], out.new_tokens[1]] += 1
+    assert fast.generate(torch.tensor([PROMPT]), max_new_tokens=20).stats.mean_accepted > 1.0
+    assert chi_square_pvalue(counts.sum(1), exact.sum(1)) > 1e-3
+    assert chi_square_pvalue(counts, exact) > 1e-3

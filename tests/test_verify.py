@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from draftless.hf.compat import cache_keyword
 from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask
 from draftless.hf.kv_cache import keep_prefix_and, new_cache
 from draftless.engine.tree import DraftTree
@@ -27,12 +28,12 @@ def tree_forward(model, prefix, tree):
     cache = new_cache()
     with torch.no_grad():
         if len(prefix) > 0:
-            model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.tensor([prefix]), **{cache_keyword(model): cache}, use_cache=True)
         mask = tree_attention_mask(layout, tree.ancestor_mask(), tree.depths, len(prefix), torch.float32,
                                    torch.device("cpu"))
         out = model(input_ids=torch.from_numpy(tree.tokens)[None],
                     position_ids=torch.from_numpy(tree.depths.astype(np.int64) + len(prefix))[None],
-                    attention_mask=mask, past_key_values=cache, use_cache=True)
+                    attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
     return out.logits[0], cache
 
 
@@ -64,7 +65,7 @@ def test_compacted_cache_equals_fresh_forward_of_accepted_sequence(arch, attn):
     seq = prefix + [int(tree.tokens[i]) for i in tree.path_to(leaf)]
     fresh = new_cache()
     with torch.no_grad():
-        model(input_ids=torch.tensor([seq]), past_key_values=fresh, use_cache=True)
+        model(input_ids=torch.tensor([seq]), **{cache_keyword(model): fresh}, use_cache=True)
     assert cache.get_seq_length() == len(seq)
     for got, want in zip(cache.layers, fresh.layers):
         torch.testing.assert_close(got.keys, want.keys, atol=2e-5, rtol=1e-4)
@@ -73,7 +74,7 @@ def test_compacted_cache_equals_fresh_forward_of_accepted_sequence(arch, attn):
     nxt = int(rng.integers(0, VOCAB))
     with torch.no_grad():
         a = model(input_ids=torch.tensor([[nxt]]), position_ids=torch.tensor([[len(seq)]]),
-                  past_key_values=cache, use_cache=True).logits[0, -1]
+                  **{cache_keyword(model): cache}, use_cache=True).logits[0, -1]
         b = model(input_ids=torch.tensor([seq + [nxt]])).logits[0, -1]
     torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
 

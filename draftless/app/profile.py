@@ -18,6 +18,7 @@ import torch
 
 from ..fastpath import available_paths, path_context
 from ..hf.attention import inspect_model, tree_attention_mask
+from ..hf.compat import cache_keyword
 from ..hf.kv_cache import keep_prefix_and, new_cache
 
 DEFAULT_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -106,7 +107,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
         for prefix_len in cache_lengths:
             cache = new_cache()
             prefix = torch.randint(0, vocab, (1, prefix_len), generator=gen).to(device)
-            model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=prefix, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
             cases = {}
             for n in sizes:
                 t0 = time.perf_counter()
@@ -123,7 +124,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 with path_context(path, device, dtype):
-                    model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache, use_cache=True)
+                    model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t1 = time.perf_counter()

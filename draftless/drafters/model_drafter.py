@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..hf.attention import inspect_model, tree_attention_mask
+from ..hf.compat import cache_keyword
 from ..engine.protocol import BaseDrafter, StepFeedback
 from ..hf.kv_cache import keep_prefix_and, new_cache
 from ..engine.tree import DraftTree, ancestor_matrix
@@ -112,7 +113,7 @@ class _Growth:
 
 class ModelDrafter(BaseDrafter):
     """Drafts with ``draft_model`` (an HF causal LM, or any callable taking ``input_ids, position_ids,
-    attention_mask, past_key_values`` and returning ``.logits``, like ``hf.layer_view.LayerSubsetModel``).
+    attention_mask`` and the cache (under ``hf.compat.cache_keyword``'s name) and returning ``.logits``, like ``hf.layer_view.LayerSubsetModel``).
 
     Parameters
     ----------
@@ -211,8 +212,8 @@ class ModelDrafter(BaseDrafter):
             input_ids=torch.as_tensor(ids, dtype=torch.long, device=self.device)[None],
             position_ids=torch.as_tensor(positions, dtype=torch.long, device=self.device)[None],
             attention_mask=mask,
-            past_key_values=self._cache,
             use_cache=True,
+            **{cache_keyword(self.model): self._cache},
             logits_to_keep=logits_to_keep,
         )
         return out.logits[0]

@@ -106,7 +106,7 @@ class LayerChooser:
 
     def _argmax(self, keep: tuple[int, ...]) -> torch.Tensor:
         view = LayerSubsetModel(self.model, keep)
-        logits = view(self.ids, self.pos, self.mask, past_key_values=None, use_cache=False).logits[0]
+        logits = view(self.ids, self.pos, self.mask, use_cache=False).logits[0]
         return logits[self.skip_first:].argmax(-1)
 
     @torch.inference_mode()

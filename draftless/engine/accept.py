@@ -49,7 +49,9 @@ def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
 
 
 class SamplingWarper:
-    """Temperature, then top-k, then top-p: the order and implementations of ``model.generate``'s warpers."""
+    """Temperature, then top-k, then top-p: the order and implementations of ``model.generate``'s warpers. The
+    engine itself samples from scores processed by the request's own processor list (``SOFTMAX``); this stays
+    as the reference the sampling tests compute exact distributions with."""
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
         if not temperature or temperature <= 0:
@@ -74,10 +76,23 @@ class SamplingWarper:
         return torch.softmax(scores, dim=-1).reshape(logits.shape)
 
 
+class _Softmax:
+    """The "warper" for scores that are already processed (warpers included, as ``model.generate`` builds them):
+    ``softmax`` in float32, what ``model.generate`` draws from."""
+
+    @staticmethod
+    def probs(scores: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(scores.float(), dim=-1)
+
+
+SOFTMAX = _Softmax()
+
+
 def accept_sampling(
-    tree: DraftTree, logits: torch.Tensor, warper: SamplingWarper, generator: torch.Generator | None = None
+    tree: DraftTree, logits: torch.Tensor, warper, generator: torch.Generator | None = None
 ) -> Acceptance:
-    """Sample-and-walk (see module docstring). ``logits``: float[n, V]."""
+    """Sample-and-walk (see module docstring). ``logits``: float[n, V]; ``warper``: a ``SamplingWarper`` on raw
+    logits, or ``SOFTMAX`` on scores the request's processors already warped."""
     child = _child_index(tree) if len(tree) > 1 else {}
     path = [0]
     node = 0

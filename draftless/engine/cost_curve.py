@@ -18,6 +18,7 @@ import torch
 from ..atomic import atomic_file
 from ..fastpath import available_paths, path_context
 from ..hf.attention import tree_attention_mask
+from ..hf.compat import cache_keyword
 from ..hf.kv_cache import keep_prefix_and, new_cache
 from ..paths import safe_filename, state_dir
 
@@ -106,7 +107,7 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
     cache = new_cache()
     with torch.inference_mode():
         prefix = torch.randint(0, vocab, (1, prefix_len), generator=gen).to(device)
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prefix, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
         inputs = []
         for n in sizes:
             chain = np.tril(np.ones((n, n), dtype=bool))
@@ -125,7 +126,7 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()
                     with path_context(path, device, dtype):
-                        model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache,
+                        model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache},
                               use_cache=True)
                     if device.type == "cuda":
                         torch.cuda.synchronize()

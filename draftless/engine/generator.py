@@ -16,63 +16,70 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .accept import Acceptance, SamplingWarper, accept_greedy, accept_sampling
+from .accept import SOFTMAX, Acceptance, accept_greedy, accept_sampling
 from .budget import best_tree_size
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
+from .processing import StopRule, tree_scores
 from .protocol import Drafter, StepFeedback
 from .stats import GenerationStats
 from .tree import DraftTree
 from ..fastpath import path_context
 from ..hf.attention import AttentionLayout, inspect_model, tree_attention_mask
+from ..hf.compat import cache_keyword
+from ..hf.generation import (DecodingPlan, decoder_only_output, plan_from_arguments, processors_for_row,
+                             split_criteria)
 from ..hf.kv_cache import keep_prefix_and, new_cache
 
 
 @dataclass
 class GenerationResult:
-    """``sequences``: int64 [1, prompt + new] like ``model.generate``; ``new_tokens``: the generated ids."""
+    """``sequences``: int64 [B, P + new] like ``model.generate`` (on the model's device; a batch keeps its left
+    padding and fills finished rows with ``pad_token_id``); ``new_tokens``: the generated ids (``list[int]`` for
+    one row, ``list[list[int]]`` for a batch); ``stats``: the run's ``GenerationStats`` (a batch's rows summed;
+    per row in ``row_stats``)."""
 
     sequences: torch.Tensor
-    new_tokens: list[int]
+    new_tokens: list
     stats: GenerationStats = field(default_factory=GenerationStats)
-
-
-def _eos_set(model, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        eos_token_id = getattr(model.generation_config, "eos_token_id", None)
-    if eos_token_id is None:
-        return set()
-    if isinstance(eos_token_id, (int, np.integer)):
-        return {int(eos_token_id)}
-    if isinstance(eos_token_id, torch.Tensor):
-        return {int(x) for x in eos_token_id.flatten().tolist()}
-    return {int(x) for x in eos_token_id}
+    row_stats: list[GenerationStats] = field(default_factory=list)
 
 
 @dataclass
 class RequestState:
-    """Everything one ``generate`` call owns; nothing of it outlives the call.
+    """Everything one row of one ``generate`` call owns; nothing of it outlives the call.
 
-    - ``context``: int64[P + max_new_tokens + 1] buffer; ``context[:length]`` are the committed tokens (prompt, then
-      output); the tail is scratch;
+    - ``full``: int64 buffer of the row as ``model.generate`` sees it: its left padding (``n_pad`` ids), then the
+      committed tokens (prompt, then output), then scratch. ``context`` is the view past the padding: what the
+      model and the drafter see; ``context[:length]`` are the committed tokens;
     - ``cache``: the KV cache of ``context[:length - 1]`` (see the module invariant);
-    - ``produced``: the generated ids so far; ``finished``: the token limit or an EOS was reached;
-    - ``eos``: ids that end generation; ``warper``: the sampling warper, None for greedy; ``generator``: the
+    - ``produced``: the generated ids so far; ``finished``: a stopping criterion (or the token limit) fired;
+    - ``processors``: the row's logits processors (empty: greedy on raw logits); ``sampling``: draw from the
+      processed scores instead of taking their argmax; ``stop``: the ``StopRule``; ``generator``: the
       ``torch.Generator`` sampling draws from (None: the global one); ``streamer``: an HF-style streamer or None;
-    - ``stats``: this request's ``GenerationStats``.
+    - ``scores`` / ``raw_logits``: float32 [V] rows per generated token when the caller asked for them (else None);
+    - ``stats``: this row's ``GenerationStats``.
     """
 
-    context: np.ndarray
+    full: np.ndarray
+    n_pad: int
     length: int
     cache: object
     max_new_tokens: int
-    eos: set[int]
-    warper: SamplingWarper | None
+    processors: object
+    sampling: bool
+    stop: StopRule
     generator: torch.Generator | None
     streamer: object | None
     stats: GenerationStats
+    scores: list | None = None
+    raw_logits: list | None = None
     produced: list[int] = field(default_factory=list)
     finished: bool = False
+
+    @property
+    def context(self) -> np.ndarray:
+        return self.full[self.n_pad:]
 
     @property
     def prefix_len(self) -> int:
@@ -87,13 +94,18 @@ class RequestState:
     def root(self) -> int:
         return int(self.context[self.length - 1])
 
+    @property
+    def history(self) -> np.ndarray:
+        """The row's committed ids with its padding: what ``model.generate``'s processors and criteria see."""
+        return self.full[: self.n_pad + self.length]
+
 
 def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
     """Run ``prompt[:-1]`` (int64[P]) through ``model`` into ``cache``; the last prompt token is left for the first
     tree's root. Only the last position's logits are computed (and dropped)."""
     if len(prompt) > 1:
         prefix = torch.from_numpy(prompt[:-1]).to(device)[None]
-        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prefix, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
 
 
 def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_len: int, want_hidden: bool,
@@ -114,33 +126,60 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
             input_ids=ids,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=cache,
             use_cache=True,
             output_hidden_states=want_hidden,
+            **{cache_keyword(model): cache},
         )
     hidden = out.hidden_states[-1][0] if want_hidden else None
     return out.logits[0], hidden
 
 
 def commit(state: RequestState, tree: DraftTree, acc: Acceptance, device: torch.device) -> list[int]:
-    """Commit an accepted path: its tokens after the root plus the bonus, cut at the token limit and after the
-    first EOS; compact the cache to the committed prefix plus the accepted nodes; append to the context.
+    """Commit an accepted path: its tokens after the root plus the bonus, cut by the stopping criteria exactly
+    where one-token decoding would stop (each token checked in turn, the one that fires kept, as
+    ``model.generate`` keeps its EOS); compact the cache to the committed prefix plus the accepted nodes.
 
     Returns the committed tokens and sets ``state.finished`` when generation is over."""
     committed = [int(t) for t in tree.tokens[acc.accepted[1:]]] + [acc.bonus]
     committed = committed[: state.remaining]
-    for i, tok in enumerate(committed):
-        if tok in state.eos:
-            committed = committed[: i + 1]
-            state.finished = True
-            break
-    if len(state.produced) + len(committed) >= state.max_new_tokens:
+    start = state.n_pad + state.length
+    state.full[start: start + len(committed)] = committed
+    kept, stop = state.stop.cut(state.full, start, committed)
+    committed = committed[:kept]
+    if stop or len(state.produced) + len(committed) >= state.max_new_tokens:
         state.finished = True
     keep_prefix_and(state.cache, state.prefix_len, torch.from_numpy(acc.accepted).to(device))
-    state.context[state.length: state.length + len(committed)] = committed
     state.length += len(committed)
     state.produced.extend(committed)
     return committed
+
+
+def check_tree(tree: DraftTree, root: int, vocab_size: int, drafter: str) -> None:
+    """O(n) checks of a drafted tree before it becomes a mask: aligned 1-D arrays, ``parents[0] == -1``,
+    ``0 <= parents[i] < i``, the root at ``root``, every token inside ``[0, vocab_size)``. A broken drafter gets a
+    ``ValueError`` naming it, never a wrong mask or an embedding ``IndexError``."""
+    def fail(why: str):
+        raise ValueError(f"drafter {drafter!r} returned an invalid tree: {why}")
+
+    tokens, parents = np.asarray(tree.tokens), np.asarray(tree.parents)
+    n = tokens.shape[0] if tokens.ndim == 1 else -1
+    if n < 1 or parents.shape != (n,) or np.asarray(tree.scores).shape != (n,) \
+            or np.asarray(tree.source_mask).shape != (n,):
+        fail(f"tokens, parents, scores and source_mask must be aligned 1-D arrays of n >= 1 nodes (tokens "
+             f"{tokens.shape}, parents {parents.shape})")
+    if not (np.issubdtype(tokens.dtype, np.integer) and np.issubdtype(parents.dtype, np.integer)):
+        fail(f"tokens and parents must be integer arrays (got {tokens.dtype}, {parents.dtype})")
+    if parents[0] != -1:
+        fail(f"parents[0] must be -1 (the root), got {int(parents[0])}")
+    bad = np.flatnonzero((parents[1:] < 0) | (parents[1:] >= np.arange(1, n)))
+    if len(bad):
+        i = int(bad[0]) + 1
+        fail(f"node {i} has parent {int(parents[i])}; parents must satisfy 0 <= parents[i] < i")
+    if int(tokens[0]) != root:
+        fail(f"rooted at token {int(tokens[0])}, expected the last committed token {root}")
+    out = np.flatnonzero((tokens < 0) | (tokens >= vocab_size))
+    if len(out):
+        fail(f"node {int(out[0])} holds token {int(tokens[out[0]])}, outside the vocabulary [0, {vocab_size})")
 
 
 class SpeculativeGenerator:
@@ -192,7 +231,11 @@ class SpeculativeGenerator:
         self._calibrate = calibrate
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # ids at or past the embedding's size would be an IndexError inside the model: checked before it sees them
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._running = False
+        self.last_stats: GenerationStats | None = None  # the latest run's stats (a batch's rows summed)
+        self.last_row_stats: list[GenerationStats] = []
         self.reset_learning()
 
     def reset_learning(self) -> None:
@@ -229,8 +272,7 @@ class SpeculativeGenerator:
         target wanted there), so a source whose guesses are all pruned still gets the observations that can
         bring it back.
         """
-        if tree.root_token != root:
-            raise ValueError(f"drafter {self.drafter.name!r} returned a tree rooted at {tree.root_token}, expected {root}")
+        check_tree(tree, root, self.vocab_size, self.drafter.name)
         if len(tree) == 1:
             return tree, None
         observation = None
@@ -257,9 +299,11 @@ class SpeculativeGenerator:
             view.flags.writeable = True
         return self._prepare_tree(tree, state.root, state.remaining)
 
+
     # ------------------------------------------------------------------ one step
     def _step(self, state: RequestState) -> None:
-        """One round: draft -> verify -> accept -> commit (compacting the cache) -> learn and feed back."""
+        """One round: draft -> verify -> score (the request's processors on every node) -> accept -> commit
+        (compacting the cache) -> learn and feed back."""
         stats = state.stats
         t0 = time.perf_counter()
         tree, observation = self._draft(state)
@@ -268,11 +312,19 @@ class SpeculativeGenerator:
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
                                      self.dtype, self.device, path=self._path_for(len(tree)))
         t2 = time.perf_counter()
-        if state.warper is None:
-            acc = accept_greedy(tree, logits)
+        if state.processors or state.sampling or state.scores is not None:
+            scores = tree_scores(state.processors, state.history, tree, logits)
         else:
-            acc = accept_sampling(tree, logits, state.warper, state.generator)
+            scores = logits  # greedy without processors: the argmax of the raw logits is the argmax of their cast
+        if state.sampling:
+            acc = accept_sampling(tree, scores, SOFTMAX, state.generator)
+        else:
+            acc = accept_greedy(tree, scores)
         committed = commit(state, tree, acc, self.device)
+        if state.scores is not None:
+            state.scores.extend(scores[acc.accepted[: len(committed)]].unbind(0))
+        if state.raw_logits is not None:
+            state.raw_logits.extend(logits[acc.accepted[: len(committed)]].float().unbind(0))
         t3 = time.perf_counter()
 
         self.draft_ms_estimate = 0.9 * self.draft_ms_estimate + 0.1 * (t1 - t0) * 1000
@@ -301,23 +353,31 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
-    def generate(
-        self,
-        input_ids,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id=None,
-        streamer=None,
-        generator: torch.Generator | None = None,
-    ) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (int64 [1, P] or [P]).
+    def generate(self, input_ids=None, generation_config=None, logits_processor=None, stopping_criteria=None, *,
+                 attention_mask=None, streamer=None, tokenizer=None, generator: torch.Generator | None = None,
+                 **kwargs):
+        """``model.generate``'s call, through the speculative loop: same arguments, same result.
 
-        Greedy output equals ``model.generate(do_sample=False)``; sampled output has the distribution of
-        ``model.generate(do_sample=True, temperature=..., top_k=..., top_p=...)``. ``eos_token_id`` defaults to the
-        model's generation config; generation stops after the first EOS it emits.
+        ``input_ids``: int [B, P] (or [P]; ``inputs=`` is accepted too) with left padding for B > 1;
+        ``attention_mask``: int/bool [B, P] of ones, or left padding (zeros then ones per row), else a
+        ``ValueError``. ``generation_config``, ``logits_processor``, ``stopping_criteria``, ``streamer``,
+        ``tokenizer`` (for ``stop_strings``) and every ``GenerationConfig`` keyword (``max_new_tokens``,
+        ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``repetition_penalty``, ...) mean
+        what they mean for ``model.generate``, resolved by the same transformers methods (``hf/generation.py``):
+        keyword > ``generation_config`` > ``model.generation_config`` > transformers' defaults. Options that change
+        the search (beams, contrastive search, ``num_return_sequences > 1``, assisted decoding, ...) raise
+        ``UnsupportedGenerationOption`` naming the option before any model work. ``generator``: a
+        ``torch.Generator`` for sampling (draftless' addition; default: torch's global one, like transformers).
+
+        Greedy output is token-identical to ``model.generate``; sampled output has its distribution. Returns a
+        ``GenerationResult`` (``sequences`` on the model's device, stats), or with ``return_dict_in_generate=True``
+        transformers' ``GenerateDecoderOnlyOutput`` (``sequences``, plus ``scores`` / ``logits`` when asked). The
+        run's stats are also in ``self.last_stats``. ``max_new_tokens=0`` returns the prompt (``model.generate``
+        refuses it).
+
+        Batches (B > 1) run row by row through the engine, each row without its padding, and are assembled as
+        ``model.generate`` assembles them (left padding kept, finished rows filled with ``pad_token_id``). Rows are
+        not yet verified together in one batched pass.
         """
         if self._running:
             raise RuntimeError("this SpeculativeGenerator is already generating: one engine serves one request at a "
@@ -325,55 +385,128 @@ class SpeculativeGenerator:
                                "request")
         self._running = True
         try:
-            return self._generate(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id,
-                                  streamer, generator)
+            if input_ids is None:
+                input_ids = kwargs.pop("inputs", None)
+            ids, mask = self._checked_inputs(input_ids, attention_mask)
+            if kwargs.get("max_new_tokens") == 0:
+                return self._empty_result(ids, streamer)
+            plan = plan_from_arguments(self.model, ids, mask, generation_config, logits_processor,
+                                       stopping_criteria, tokenizer, kwargs)
+            return self.decode(ids, mask, plan, streamer=streamer, generator=generator, as_result=True)
         finally:
             self._running = False
 
-    def _generate(self, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, streamer,
-                  generator) -> GenerationResult:
-        t_start = time.perf_counter()
-        prompt = _prompt_array(input_ids)
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        warper = SamplingWarper(temperature, top_k, top_p) if do_sample else None
-        eos = _eos_set(self.model, eos_token_id)
-        n_prompt = len(prompt)
-        stats = GenerationStats(prompt_tokens=n_prompt)
-
+    def _empty_result(self, ids: torch.Tensor, streamer) -> GenerationResult:
         if streamer is not None:
-            streamer.put(torch.from_numpy(prompt)[None])
-        if max_new_tokens == 0:
-            if streamer is not None:
-                streamer.end()
-            return GenerationResult(torch.from_numpy(prompt)[None], [], stats)
+            streamer.put(ids.cpu())
+            streamer.end()
+        rows = [GenerationStats(prompt_tokens=ids.shape[1]) for _ in range(ids.shape[0])]
+        self.last_stats, self.last_row_stats = GenerationStats.combined(rows), rows
+        new = [] if ids.shape[0] == 1 else [[] for _ in range(ids.shape[0])]
+        return GenerationResult(ids, new, self.last_stats, rows)
 
-        context = np.empty(n_prompt + max_new_tokens + 1, dtype=np.int64)
-        context[:n_prompt] = prompt
-        state = RequestState(context=context, length=n_prompt, cache=new_cache(), max_new_tokens=max_new_tokens,
-                             eos=eos, warper=warper, generator=generator, streamer=streamer, stats=stats)
-        t0 = time.perf_counter()
-        prefill(self.model, prompt, state.cache, self.device)
-        stats.prefill_ms = (time.perf_counter() - t0) * 1000
-        self.drafter.begin(prompt)
+    def _checked_inputs(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``input_ids`` as int64 [B, P] on the model's device and the mask as int64 [B, P] (or None), after the
+        checks ``model.generate`` leaves to an embedding ``IndexError`` or to silently wrong output."""
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids ([B, P] token ids)")
+        ids = torch.as_tensor(input_ids)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+            raise ValueError(f"input_ids must hold at least one token (shape [B, P] or [P], P >= 1), got shape "
+                             f"{tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.is_complex():
+            raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+        ids = ids.to(self.device, torch.int64)
+        outside = (ids < 0) | (ids >= self.vocab_size)
+        if bool(outside.any()):
+            row, col = (int(v) for v in outside.nonzero()[0])
+            raise ValueError(f"input_ids[{row}, {col}] = {int(ids[row, col])} is outside the model's vocabulary "
+                             f"[0, {self.vocab_size})")
+        if attention_mask is None:
+            return ids, None
+        mask = torch.as_tensor(attention_mask)
+        if mask.dim() != 2 or tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(f"attention_mask must be 2-D with the shape of input_ids {tuple(ids.shape)}, got "
+                             f"{tuple(mask.shape)}")
+        mask = mask.to(self.device, torch.int64)
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError("attention_mask must hold only 0 and 1")
+        # left padding: each row is zeros then ones, so it never decreases and ends in a 1
+        if bool((mask[:, 1:] < mask[:, :-1]).any()) or bool((mask[:, -1] == 0).any()):
+            bad = int(((mask[:, 1:] < mask[:, :-1]).any(dim=1) | (mask[:, -1] == 0)).nonzero()[0])
+            raise ValueError(f"attention_mask row {bad} is not left padding (zeros, then ones to the end): "
+                             "draftless supports all-ones masks and left-padded batches (padding_side='left')")
+        return ids, mask
 
-        while not state.finished:
-            self._step(state)
+    def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, plan: DecodingPlan,
+               streamer=None, generator: torch.Generator | None = None, put_prompt: bool = True,
+               as_result: bool = False):
+        """The loop for resolved arguments (both entry points end here): ``input_ids`` int64 [B, P] and
+        ``attention_mask`` int64 [B, P] or None, checked, on the model's device; ``plan``: a ``DecodingPlan``.
+
+        Each row runs alone without its padding; its processors and criteria see it with its padding, as
+        ``model.generate``'s do. Returns ``GenerateDecoderOnlyOutput`` when the plan asks for a dict, else the
+        ``sequences`` tensor (``as_result``: a ``GenerationResult``)."""
+        batch, length = input_ids.shape
+        if batch > 1 and streamer is not None:
+            raise ValueError("a streamer takes one sequence (transformers' streamers refuse batches too): pass one "
+                             "row, or no streamer")
+        if batch > 1 and (plan.output_scores or plan.output_logits):
+            raise ValueError("output_scores / output_logits are supported for one row only: rows run one after "
+                             "another, so a finished row has no scores for the steps the others still take")
+        if streamer is not None and put_prompt:
+            streamer.put(input_ids.cpu())
+        max_length, eos, others = split_criteria(plan.criteria)
+        n_pad = (length - attention_mask.sum(dim=1)).tolist() if attention_mask is not None else [0] * batch
+        rows_cpu = input_ids.cpu().numpy()
+        states = []
+        for r in range(batch):
+            stop = StopRule(max_length, eos, others, self.device)
+            processors = processors_for_row(plan.processors, r)
+            states.append(self._run_row(rows_cpu[r], int(n_pad[r]), plan, processors, stop, streamer, generator))
         if streamer is not None:
             streamer.end()
+
+        rows = [s.stats for s in states]
+        self.last_row_stats, self.last_stats = rows, GenerationStats.combined(rows)
+        new = max(len(s.produced) for s in states)
+        pad = plan.pad_token_id if plan.pad_token_id is not None else 0
+        sequences = torch.full((batch, length + new), pad, dtype=torch.int64)
+        for r, s in enumerate(states):
+            sequences[r, : length + len(s.produced)] = torch.from_numpy(s.full[: length + len(s.produced)])
+        sequences = sequences.to(self.device)
+        if plan.return_dict:
+            scores = tuple(x[None] for x in states[0].scores) if plan.output_scores else None
+            logits = tuple(x[None] for x in states[0].raw_logits) if plan.output_logits else None
+            return decoder_only_output(sequences, scores, logits)
+        if not as_result:
+            return sequences
+        produced = [s.produced for s in states]
+        return GenerationResult(sequences, produced[0] if batch == 1 else produced, self.last_stats, rows)
+
+    def _run_row(self, padded_row: np.ndarray, n_pad: int, plan: DecodingPlan, processors, stop: StopRule,
+                 streamer, generator) -> RequestState:
+        """Decode one row (``padded_row``: int64[P], ``n_pad`` leading padding ids) until a criterion stops it."""
+        t_start = time.perf_counter()
+        prompt = padded_row[n_pad:].copy()
+        max_new = max(0, plan.max_length - len(padded_row))
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        full = np.empty(len(padded_row) + max_new + 1, dtype=np.int64)
+        full[: len(padded_row)] = padded_row
+        state = RequestState(full=full, n_pad=n_pad, length=len(prompt), cache=new_cache(), max_new_tokens=max_new,
+                             processors=processors, sampling=plan.do_sample, stop=stop, generator=generator,
+                             streamer=streamer, stats=stats, scores=[] if plan.output_scores else None,
+                             raw_logits=[] if plan.output_logits else None)
+        state.finished = max_new == 0
+        if not state.finished:
+            t0 = time.perf_counter()
+            prefill(self.model, prompt, state.cache, self.device)
+            stats.prefill_ms = (time.perf_counter() - t0) * 1000
+            self.drafter.begin(prompt)
+        while not state.finished:
+            self._step(state)
         stats.new_tokens = len(state.produced)
         stats.total_ms = (time.perf_counter() - t_start) * 1000
-        sequences = torch.from_numpy(context[: state.length].copy())[None]
-        return GenerationResult(sequences, state.produced, stats)
-
-
-def _prompt_array(input_ids) -> np.ndarray:
-    """``input_ids`` (int [1, P] or [P], tensor or array-like) as a fresh int64[P] numpy array."""
-    prompt = torch.as_tensor(input_ids)
-    if prompt.dim() == 2:
-        if prompt.shape[0] != 1:
-            raise ValueError(f"batch size {prompt.shape[0]} is not supported yet: pass one sequence ([1, P])")
-        prompt = prompt[0]
-    if prompt.dim() != 1 or prompt.numel() == 0:
-        raise ValueError("input_ids must hold at least one token (shape [1, P] or [P], P >= 1)")
-    return prompt.to("cpu", torch.int64).numpy().copy()
+        return state

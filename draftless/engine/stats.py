@@ -62,6 +62,22 @@ class GenerationStats:
             entry.proposed += int(has.sum())
             entry.accepted += int((has & accepted_mask).sum())
 
+    @staticmethod
+    def combined(rows: list["GenerationStats"]) -> "GenerationStats":
+        """One run's stats over the rows of a batch (run one after another): counts and times summed."""
+        if len(rows) == 1:
+            return rows[0]
+        total = GenerationStats()
+        for row in rows:
+            for name in ("prompt_tokens", "new_tokens", "steps", "prefill_ms", "draft_ms", "verify_ms", "accept_ms",
+                         "feedback_ms", "total_ms", "tree_nodes"):
+                setattr(total, name, getattr(total, name) + getattr(row, name))
+            for source, counts in row.per_source.items():
+                entry = total.per_source.setdefault(source, SourceStats())
+                entry.proposed += counts.proposed
+                entry.accepted += counts.accepted
+        return total
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out["per_source"] = {

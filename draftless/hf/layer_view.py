@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from .attention import UnsupportedModel
+from .compat import cache_keyword
 
 
 @dataclass
@@ -91,13 +92,17 @@ class LayerSubsetModel:
         n = len(self._backbone.layers)
         return f"LayerSubsetModel({type(self.target).__name__}, keep {len(self.keep)}/{n}: {list(self.keep)})"
 
-    def __call__(self, input_ids, position_ids, attention_mask, past_key_values=None, use_cache=True,
-                 logits_to_keep: int = 0, **_ignored) -> SubsetOutput:
+    # the view takes its cache as ``cache=`` (transformers >= 5.24's spelling); ``past_key_values=`` still works
+    cache_keyword = "cache"
+
+    def __call__(self, input_ids, position_ids, attention_mask, cache=None, use_cache=True,
+                 logits_to_keep: int = 0, past_key_values=None, **_ignored) -> SubsetOutput:
         """``attention_mask``: an additive 4-D mask, or a dict of them keyed by layer type (as the engine builds)."""
         backbone = self._backbone
         hidden = backbone.embed_tokens(input_ids)
         rotary: dict = {}
-        cache = past_key_values if use_cache else None
+        cache = (cache if cache is not None else past_key_values) if use_cache else None
+        cache_arg = cache_keyword(backbone.layers[0]) if len(backbone.layers) else "cache"
         for i in self.keep:
             layer_type = self._layer_types[i] if self._layer_types is not None else None
             if layer_type not in rotary:
@@ -111,8 +116,8 @@ class LayerSubsetModel:
                 attention_mask=mask,
                 position_embeddings=rotary[layer_type],
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=use_cache,
+                **{cache_arg: cache},
             )
             if isinstance(hidden, tuple):  # older decoder layers return (hidden, ...)
                 hidden = hidden[0]
