@@ -1,8 +1,12 @@
 """draftless: training-free, lossless speculative decoding for Hugging Face causal LMs.
 
     import draftless
+    out = model.generate(**inputs, max_new_tokens=128, custom_generate=draftless.custom_generate, drafter="auto")
+
+or, holding the engine yourself (same arguments as ``model.generate``, plus per-run stats):
+
     fast = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer)
-    out = fast.generate(input_ids, max_new_tokens=128)
+    out = fast.generate(**inputs, max_new_tokens=128)
     out.sequences, out.stats.mean_accepted
 """
 from __future__ import annotations
@@ -18,11 +22,9 @@ __version__ = "0.1.0"
 
 def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, draft_model: str | None = None,
                **config) -> SpeculativeGenerator:
-    """Pair ``model`` with a drafter; returns an object whose ``.generate`` is a lossless fast path for one sequence.
-
-    Lossless: greedy output equals ``model.generate(do_sample=False)`` and sampled output has its distribution. Not
-    a drop-in for ``model.generate``: batch size 1 only, and only the arguments ``SpeculativeGenerator.generate``
-    lists (no generation config or logits processors).
+    """Pair ``model`` with a drafter; returns an engine whose ``.generate`` takes ``model.generate``'s arguments
+    and returns its result, losslessly: greedy output equals ``model.generate``'s, sampled output has its
+    distribution (see ``SpeculativeGenerator.generate`` for what is supported and what is refused).
 
     ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
     ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was
@@ -41,14 +43,16 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
 
 
 def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> GenerationResult:
-    """One-shot form of ``accelerate(model, drafter).generate(input_ids, **kwargs)``.
+    """One-shot form of ``accelerate(model, drafter).generate(input_ids, **kwargs)`` (a fresh engine each call: to
+    keep what an engine learns across calls, hold the engine, or use ``custom_generate``).
 
     Engine options (``max_nodes``, ``adaptive``, ...) may be mixed into ``kwargs``.
     """
     engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "min_gain", "verbose", "datastore",
                    "draft_model"}
     config = {k: kwargs.pop(k) for k in list(kwargs) if k in engine_keys}
-    return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, **kwargs)
+    return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, tokenizer=tokenizer,
+                                                                                  **kwargs)
 
 
 __all__ = [

@@ -63,6 +63,10 @@ def options(name, continuation, prompt_len):
         "bad_words_ids": dict(bad_words_ids=[[continuation[1]], [continuation[3], continuation[4]]]),
         "logits_processor": dict(logits_processor=LogitsProcessorList([BanSuccessor()])),
         "eos_list": dict(eos_token_id=eos),
+        "suppress_tokens": dict(suppress_tokens=[continuation[2], continuation[5]],
+                                begin_suppress_tokens=[continuation[0]]),
+        "forced_eos_token_id": dict(forced_eos_token_id=continuation[1], min_length=prompt_len + 4),
+        "sequence_bias": dict(sequence_bias={(continuation[3],): -20.0, (continuation[1], continuation[2]): -20.0}),
         "stopping_criteria": dict(stopping_criteria=StoppingCriteriaList([StopAfterToken(continuation[2],
                                                                                           prompt_len)])),
     }[name]
@@ -79,7 +83,8 @@ def spec_for(case: str) -> str:
 
 
 OPTIONS = ["plain", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens", "bad_words_ids",
-           "logits_processor", "eos_list", "stopping_criteria"]
+           "logits_processor", "eos_list", "suppress_tokens", "forced_eos_token_id", "sequence_bias",
+           "stopping_criteria"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

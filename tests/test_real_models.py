@@ -65,3 +65,28 @@ def test_skinny_path_logits_close_and_argmax_identical_on_real_text(name, packag
     scale = plain.abs().max()
     assert (fast - plain).abs().max() <= 1e-4 * scale
     assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,package,chat,text", CASES, ids=[c[0] for c in CASES])
+def test_real_model_custom_generate_identical(name, package, chat, text):
+    """The user's own call with one added argument: identical to it, with the model's own generation config and
+    with a prefix-reading processor (repetition penalty, no-repeat n-grams) on top."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} not installed")
+    from draftless.hf.loading import load_model
+
+    model, tokenizer = load_model(name)
+    inputs = {"input_ids": encode_prompt(tokenizer, text, chat)}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    for kw in ({}, dict(repetition_penalty=1.2, no_repeat_ngram_size=4)):
+        with torch.inference_mode():
+            want = model.generate(**inputs, max_new_tokens=40, do_sample=False, **kw)
+            got = model.generate(**inputs, max_new_tokens=40, do_sample=False, **kw,
+                                 custom_generate=draftless.custom_generate, drafter="auto",
+                                 drafter_options={"tokenizer": tokenizer, "cost_curve": GENEROUS_CURVES["torch"]})
+        assert torch.equal(got, want), kw
+    engine = draftless.custom_generate.engine_for(model, "auto", {"tokenizer": tokenizer,
+                                                                  "cost_curve": GENEROUS_CURVES["torch"]})
+    assert engine.last_stats.mean_accepted > 1.0
+    draftless.custom_generate.release(model)

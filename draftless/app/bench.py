@@ -61,7 +61,7 @@ class _Method:
         """Returns (new token ids, seconds, target forward passes, stats or None)."""
         if self.engine is not None:
             t0 = time.perf_counter()
-            out = self.engine.generate(ids, max_new_tokens=max_new_tokens)
+            out = self.engine.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
             return out.new_tokens, time.perf_counter() - t0, out.stats.steps, out.stats
         counter = _ForwardCounter(self.model)
         try:

@@ -32,18 +32,25 @@ def _child_index(tree: DraftTree) -> dict[tuple[int, int], int]:
     return {(int(p), int(t)): i for i, (p, t) in enumerate(zip(tree.parents[1:], tree.tokens[1:]), start=1)}
 
 
-def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
-    """``logits``: float[n, V] at the tree's nodes."""
-    targets = logits.argmax(dim=-1).tolist()
+def accept_greedy(tree: DraftTree, logits) -> Acceptance:
+    """``logits``: float[n, V] at the tree's nodes, or anything indexable by node that gives float[V] rows (a
+    ``processing.TreeScores``, which then scores only the nodes the walk reads)."""
+    if isinstance(logits, torch.Tensor):
+        targets = logits.argmax(dim=-1).tolist()
+        target = targets.__getitem__
+    else:
+        def target(node: int) -> int:
+            return int(logits[node].argmax())
     if len(tree) == 1:
-        return Acceptance(np.zeros(1, dtype=np.int64), int(targets[0]))
+        return Acceptance(np.zeros(1, dtype=np.int64), int(target(0)))
     child = _child_index(tree)
     path = [0]
     node = 0
     while True:
-        nxt = child.get((node, targets[node]))
+        best = int(target(node))
+        nxt = child.get((node, best))
         if nxt is None:
-            return Acceptance(np.asarray(path, dtype=np.int64), int(targets[node]))
+            return Acceptance(np.asarray(path, dtype=np.int64), best)
         path.append(nxt)
         node = nxt
 
@@ -91,7 +98,7 @@ SOFTMAX = _Softmax()
 def accept_sampling(
     tree: DraftTree, logits: torch.Tensor, warper, generator: torch.Generator | None = None
 ) -> Acceptance:
-    """Sample-and-walk (see module docstring). ``logits``: float[n, V]; ``warper``: a ``SamplingWarper`` on raw
+    """Sample-and-walk (see module docstring). ``logits``: float[n, V] (or a ``processing.TreeScores``); ``warper``: a ``SamplingWarper`` on raw
     logits, or ``SOFTMAX`` on scores the request's processors already warped."""
     child = _child_index(tree) if len(tree) > 1 else {}
     path = [0]

@@ -1,8 +1,9 @@
 """The speculative loop: draft -> verify -> accept -> compact -> feedback.
 
 Read it like gpt-fast's ``generate.py``: ``prefill`` fills the cache with the prompt, ``SpeculativeGenerator._step``
-runs one round (draft a tree, ``verify_tree`` through the model, accept a path, ``commit`` it), and ``generate`` loops
-steps until the token limit or EOS.
+runs one round (draft a tree, ``verify_tree`` through the model, score every node with the request's logits
+processors, accept a path, ``commit`` it up to where the stopping criteria fire), and ``generate`` resolves
+``model.generate``'s arguments (``hf/generation.py``) and loops steps per row until a criterion stops it.
 
 Invariant between steps: the KV cache holds every committed token but the last; the last committed token is the
 root of the next draft tree, so each verification pass also computes the root's own logits and no pass is spent
@@ -20,7 +21,7 @@ from .accept import SOFTMAX, Acceptance, accept_greedy, accept_sampling
 from .budget import best_tree_size
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
-from .processing import StopRule, tree_scores
+from .processing import StopRule, TreeScores
 from .protocol import Drafter, StepFeedback
 from .stats import GenerationStats
 from .tree import DraftTree
@@ -302,8 +303,8 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------ one step
     def _step(self, state: RequestState) -> None:
-        """One round: draft -> verify -> score (the request's processors on every node) -> accept -> commit
-        (compacting the cache) -> learn and feed back."""
+        """One round: draft -> verify -> accept (scoring with the request's processors the nodes the walk reads)
+        -> commit (compacting the cache) -> learn and feed back."""
         stats = state.stats
         t0 = time.perf_counter()
         tree, observation = self._draft(state)
@@ -313,7 +314,7 @@ class SpeculativeGenerator:
                                      self.dtype, self.device, path=self._path_for(len(tree)))
         t2 = time.perf_counter()
         if state.processors or state.sampling or state.scores is not None:
-            scores = tree_scores(state.processors, state.history, tree, logits)
+            scores = TreeScores(state.processors, state.history, tree, logits)  # scored as the walk reads nodes
         else:
             scores = logits  # greedy without processors: the argmax of the raw logits is the argmax of their cast
         if state.sampling:
@@ -322,7 +323,7 @@ class SpeculativeGenerator:
             acc = accept_greedy(tree, scores)
         committed = commit(state, tree, acc, self.device)
         if state.scores is not None:
-            state.scores.extend(scores[acc.accepted[: len(committed)]].unbind(0))
+            state.scores.extend(scores.rows(acc.accepted[: len(committed)]).unbind(0))
         if state.raw_logits is not None:
             state.raw_logits.extend(logits[acc.accepted[: len(committed)]].float().unbind(0))
         t3 = time.perf_counter()

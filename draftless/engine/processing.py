@@ -4,11 +4,18 @@ One-token decoding calls ``processors(input_ids, logits)`` with ``input_ids`` = 
 appends the chosen token and asks the stopping criteria. On a tree, node i at depth d predicts the token after the
 prefix plus node i's own root-to-node path, so its processors must see exactly ``history + path(i)``: a
 repetition penalty, a no-repeat n-gram ban, a min-new-tokens EOS ban or a user processor then scores node i as
-plain decoding would have scored that same position. Nodes at one depth have inputs of one length, so the
-processors run once per depth on a batch of that depth's nodes (processors are batch-aware).
+plain decoding would have scored that same position.
 
-Processors are treated as functions of ``(input_ids, scores)``; one that keeps state between calls (counts its
-calls, caches the last batch) sees more calls than under plain decoding and is not covered by the guarantee.
+Scores are computed lazily, node by node, as acceptance walks the tree (``TreeScores``): greedy and
+sample-and-walk only ever read the nodes on the path they take (the accepted nodes and the one that yields the
+bonus token), so the processors run on k + 1 rows a step instead of on every node. (Scoring every node up front
+would take one batched call per depth, since nodes at one depth have inputs of one length; the walk reads fewer
+rows than that in every case, and processors such as the n-gram ban cost per row.)
+
+A consequence: processors are called once per committed token, on one row, in the order plain decoding calls
+them, plus at most the rest of the accepted path when a stopping criterion cuts a step short. The guarantee is for
+processors that are functions of ``(input_ids, scores)``, as transformers' own are; one that keeps state between
+calls (counts them) may see those few extra calls.
 """
 from __future__ import annotations
 
@@ -18,39 +25,40 @@ import torch
 from .tree import DraftTree
 
 
-def path_tokens(tree: DraftTree) -> np.ndarray:
-    """int64[n, max_depth]: row i holds node i's root-to-node tokens (root excluded) in its first depth(i) cells."""
-    depths = tree.depths
-    out = np.zeros((len(tree), max(1, tree.max_depth)), dtype=np.int64)
-    for i in range(1, len(tree)):
-        d = depths[i]
-        out[i, : d - 1] = out[tree.parents[i], : d - 1]
-        out[i, d - 1] = tree.tokens[i]
-    return out
-
-
-def tree_scores(processors, history: np.ndarray, tree: DraftTree, logits: torch.Tensor) -> torch.Tensor:
-    """Processed scores float32[n, V] at every node of ``tree``.
+class TreeScores:
+    """Processed scores of a tree's nodes, computed on first access: ``scores[i]`` is float32[V], what
+    ``processors(history + path(i), logits[i])`` gives (cast to float32 first, as ``model.generate`` casts).
 
     ``history``: int64[L], every committed token including the root (for a left-padded batch row: its padding
-    too, as ``model.generate``'s processors see it); ``logits``: float[n, V] raw logits of the tree pass. Like
-    ``model.generate`` the logits are cast to float32 first. Without processors the cast logits are returned."""
-    logits = logits.float()
-    if not processors:
-        return logits
-    device = logits.device
-    depths = tree.depths
-    paths = path_tokens(tree)
-    base = torch.from_numpy(np.ascontiguousarray(history, dtype=np.int64)).to(device)
-    out = torch.empty_like(logits)
-    for d in range(int(depths.max()) + 1):
-        nodes = np.flatnonzero(depths == d)
-        idx = torch.from_numpy(nodes).to(device)
-        ids = base.expand(len(nodes), -1)
-        if d:
-            ids = torch.cat([ids, torch.from_numpy(paths[nodes, :d]).to(device)], dim=1)
-        out[idx] = processors(ids, logits[idx])  # logits[idx] is a copy: in-place processors touch nothing else
-    return out
+    too, as ``model.generate``'s processors see it); ``logits``: float[n, V], the tree pass's raw logits."""
+
+    def __init__(self, processors, history: np.ndarray, tree: DraftTree, logits: torch.Tensor):
+        self.processors = processors
+        self.history = history
+        self.tree = tree
+        self.logits = logits
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.tree)
+
+    def __getitem__(self, node: int) -> torch.Tensor:
+        node = int(node)
+        row = self._rows.get(node)
+        if row is None:
+            row = self.logits[node].float()[None]
+            if self.processors:
+                path = self.tree.tokens[self.tree.path_to(node)[1:]]
+                ids = np.concatenate([self.history, path]).astype(np.int64, copy=False)
+                # .clone(): a processor that edits scores in place must not reach the pass's logits
+                row = self.processors(torch.from_numpy(ids).to(self.logits.device)[None], row.clone())
+            row = row[0]
+            self._rows[node] = row
+        return row
+
+    def rows(self, nodes) -> torch.Tensor:
+        """float32[k, V]: the scores of ``nodes`` (indices), stacked."""
+        return torch.stack([self[i] for i in nodes])
 
 
 class StopRule:
