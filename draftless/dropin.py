@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
-
 from .hf.generation import plan_from_prepared
 
 
@@ -81,15 +79,8 @@ class CustomGenerate:
         the ``sequences`` tensor, or ``GenerateDecoderOnlyOutput`` with ``return_dict_in_generate=True``."""
         engine = self.engine_for(model, drafter, drafter_options)
         plan = plan_from_prepared(generation_config, logits_processor, stopping_criteria)
-        if engine._running:
-            raise RuntimeError("this model's draftless engine is already generating (one request at a time)")
-        engine._running = True
-        try:
-            with torch.inference_mode():
-                ids, mask = engine._checked_inputs(input_ids, model_kwargs.get("attention_mask"))
-                return engine.decode(ids, mask, plan, streamer=draftless_streamer)
-        finally:
-            engine._running = False
+        return engine.generate_from_plan(input_ids, model_kwargs.get("attention_mask"), plan,
+                                         streamer=draftless_streamer)
 
 
 custom_generate = CustomGenerate()

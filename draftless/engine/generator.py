@@ -12,6 +12,7 @@ on the bonus token alone.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -380,12 +381,7 @@ class SpeculativeGenerator:
         ``model.generate`` assembles them (left padding kept, finished rows filled with ``pad_token_id``). Rows are
         not yet verified together in one batched pass.
         """
-        if self._running:
-            raise RuntimeError("this SpeculativeGenerator is already generating: one engine serves one request at a "
-                               "time (its drafter and cache state are per request); use one engine per concurrent "
-                               "request")
-        self._running = True
-        try:
+        with self._one_request():
             if input_ids is None:
                 input_ids = kwargs.pop("inputs", None)
             ids, mask = self._checked_inputs(input_ids, attention_mask)
@@ -394,6 +390,26 @@ class SpeculativeGenerator:
             plan = plan_from_arguments(self.model, ids, mask, generation_config, logits_processor,
                                        stopping_criteria, tokenizer, kwargs)
             return self.decode(ids, mask, plan, streamer=streamer, generator=generator, as_result=True)
+
+    @torch.inference_mode()
+    def generate_from_plan(self, input_ids, attention_mask, plan: DecodingPlan, streamer=None,
+                           generator: torch.Generator | None = None):
+        """``generate`` for a caller that resolved ``model.generate``'s arguments itself (``custom_generate``:
+        transformers did). Same input checks and one-request guard; returns what ``decode`` returns."""
+        with self._one_request():
+            ids, mask = self._checked_inputs(input_ids, attention_mask)
+            return self.decode(ids, mask, plan, streamer=streamer, generator=generator)
+
+    @contextmanager
+    def _one_request(self):
+        """The one-request-at-a-time guard (see the class docstring)."""
+        if self._running:
+            raise RuntimeError("this SpeculativeGenerator is already generating: one engine serves one request at a "
+                               "time (its drafter and cache state are per request); use one engine per concurrent "
+                               "request")
+        self._running = True
+        try:
+            yield
         finally:
             self._running = False
 
@@ -442,8 +458,7 @@ class SpeculativeGenerator:
         return ids, mask
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, plan: DecodingPlan,
-               streamer=None, generator: torch.Generator | None = None, put_prompt: bool = True,
-               as_result: bool = False):
+               streamer=None, generator: torch.Generator | None = None, as_result: bool = False):
         """The loop for resolved arguments (both entry points end here): ``input_ids`` int64 [B, P] and
         ``attention_mask`` int64 [B, P] or None, checked, on the model's device; ``plan``: a ``DecodingPlan``.
 
@@ -457,7 +472,7 @@ class SpeculativeGenerator:
         if batch > 1 and (plan.output_scores or plan.output_logits):
             raise ValueError("output_scores / output_logits are supported for one row only: rows run one after "
                              "another, so a finished row has no scores for the steps the others still take")
-        if streamer is not None and put_prompt:
+        if streamer is not None:
             streamer.put(input_ids.cpu())
         max_length, eos, others = split_criteria(plan.criteria)
         n_pad = (length - attention_mask.sum(dim=1)).tolist() if attention_mask is not None else [0] * batch
