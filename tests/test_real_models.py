@@ -79,14 +79,14 @@ def test_real_model_custom_generate_identical(name, package, chat, text):
     model, tokenizer = load_model(name)
     inputs = {"input_ids": encode_prompt(tokenizer, text, chat)}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    options = {"tokenizer": tokenizer, "cost_curve": GENEROUS_CURVES["torch"]}
     for kw in ({}, dict(repetition_penalty=1.2, no_repeat_ngram_size=4)):
         with torch.inference_mode():
             want = model.generate(**inputs, max_new_tokens=40, do_sample=False, **kw)
             got = model.generate(**inputs, max_new_tokens=40, do_sample=False, **kw,
                                  custom_generate=draftless.custom_generate, drafter="auto",
-                                 drafter_options={"tokenizer": tokenizer, "cost_curve": GENEROUS_CURVES["torch"]})
+                                 drafter_options=options)
         assert torch.equal(got, want), kw
-    engine = draftless.custom_generate.engine_for(model, "auto", {"tokenizer": tokenizer,
-                                                                  "cost_curve": GENEROUS_CURVES["torch"]})
-    assert engine.last_stats.mean_accepted > 1.0
+        if not kw:  # (the n-gram ban forbids the repeats these prompts ask for: drafts are then rejected)
+            assert draftless.custom_generate.engine_for(model, "auto", options).last_stats.mean_accepted > 1.0
     draftless.custom_generate.release(model)
