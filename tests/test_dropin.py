@@ -311,3 +311,26 @@ def test_stop_strings_cut_where_model_generate_cuts(tiny_models):
         oracle = OracleDrafter(ids[0].tolist() + plain, VOCAB, seed=3)
         fast = draftless.accelerate(model, drafter=oracle, cost_curve=FLAT_CURVE)
         assert torch.equal(fast.generate(ids, max_new_tokens=MAX_NEW, pad_token_id=0, **kw).sequences, want)
+
+
+def test_sampling_defaults_resolve_as_in_model_generate(tiny_models):
+    """do_sample=True without top_k gets transformers' top-k 50; top_k=0 is off; max_length counts the prompt."""
+    from transformers import TopKLogitsWarper
+
+    from draftless.hf.generation import plan_from_arguments
+
+    model = tiny_models("qwen2")
+    ids = torch.tensor([prompt_for(9)])
+
+    def top_ks(**kw):
+        plan = plan_from_arguments(model, ids, None, None, None, None, None, dict(max_new_tokens=3, **kw))
+        return [p.top_k for p in plan.processors if isinstance(p, TopKLogitsWarper)]
+
+    assert top_ks(do_sample=True) == [50] and top_ks(do_sample=True, top_k=0) == []
+    assert top_ks(do_sample=True, top_k=7) == [7] and top_ks() == []
+    fast = draftless.accelerate(model, drafter="ngram")
+    out = fast.generate(ids, do_sample=True, top_k=0, max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    assert len(out.new_tokens) == 3
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=ids.shape[1] + 7, pad_token_id=0)
+    assert torch.equal(fast.generate(ids, max_length=ids.shape[1] + 7).sequences, want)
