@@ -21,6 +21,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 
 class UnsupportedGenerationOption(ValueError):
@@ -204,8 +205,6 @@ def split_criteria(criteria: StoppingCriteriaList) -> tuple[int | None, set[int]
     """``(max_length, eos_ids, others)``: the two criteria every request carries, read as plain values so the
     engine checks them without a tensor call per token, and the rest (max time, stop strings, the user's), which
     it calls as they are. ``max_length`` is the smallest of the ``MaxLengthCriteria`` (None without one)."""
-    from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
-
     max_length, eos, others = None, set(), StoppingCriteriaList()
     for criterion in criteria:
         if type(criterion) is MaxLengthCriteria:
