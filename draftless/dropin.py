@@ -72,7 +72,8 @@ class CustomGenerate:
         self.engines.clear()
 
     def __call__(self, model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                 drafter="auto", drafter_options: dict | None = None, draftless_streamer=None, **model_kwargs):
+                 drafter="auto", drafter_options: dict | None = None, draftless_streamer=None,
+                 namespace: str | None = None, **model_kwargs):
         """Called by ``model.generate``: ``input_ids`` int64 [B, P] (left padding for B > 1), the processors,
         criteria and resolved ``generation_config`` it built; ``model_kwargs`` holds ``attention_mask`` (None when
         it was all ones) and the cache and flags the engine does not use. Returns what ``model.generate`` returns:
@@ -80,7 +81,7 @@ class CustomGenerate:
         engine = self.engine_for(model, drafter, drafter_options)
         plan = plan_from_prepared(generation_config, logits_processor, stopping_criteria)
         return engine.generate_from_plan(input_ids, model_kwargs.get("attention_mask"), plan,
-                                         streamer=draftless_streamer)
+                                         streamer=draftless_streamer, namespace=namespace)
 
 
 custom_generate = CustomGenerate()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.calibration import SourceCalibrators
-from ..engine.protocol import BaseDrafter, Drafter, StepFeedback
+from ..engine.protocol import BaseDrafter, Drafter, RequestInfo, StepFeedback, begin_request, end_request
 from ..engine.tree import DraftTree, merge_nonempty
 
 
@@ -29,8 +29,15 @@ class FusedDrafter(BaseDrafter):
         self._calibration = SourceCalibrators(len(drafters))
 
     def begin(self, prompt_ids: np.ndarray) -> None:
+        self.begin_request(prompt_ids, RequestInfo())
+
+    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
         for d in self.drafters:
-            d.begin(prompt_ids)
+            begin_request(d, prompt_ids, info)
+
+    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
+        for d in self.drafters:
+            end_request(d, context, info)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         trees = [self._calibration.calibrate(i, drafter.draft(context, budget), drafter.name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.calibration import SourceCalibrators
-from ..engine.protocol import BaseDrafter, Drafter, StepFeedback
+from ..engine.protocol import BaseDrafter, Drafter, RequestInfo, StepFeedback, begin_request, end_request
 from .model_drafter import ModelDrafter
 from ..engine.tree import DraftTree, merge
 
@@ -56,8 +56,15 @@ class SelectiveDrafter(BaseDrafter):
         self.steps = 0
 
     def begin(self, prompt_ids: np.ndarray) -> None:
-        self.cheap.begin(prompt_ids)
-        self.expensive.begin(prompt_ids)
+        self.begin_request(prompt_ids, RequestInfo())
+
+    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
+        begin_request(self.cheap, prompt_ids, info)
+        begin_request(self.expensive, prompt_ids, info)
+
+    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
+        end_request(self.cheap, context, info)
+        end_request(self.expensive, context, info)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self.steps += 1
@@ -103,8 +110,15 @@ class HybridFusion(BaseDrafter):
         self.seed_pruned = 0  # ... and dropped by it
 
     def begin(self, prompt_ids: np.ndarray) -> None:
-        self.retrieval.begin(prompt_ids)
-        self.model.begin(prompt_ids)
+        self.begin_request(prompt_ids, RequestInfo())
+
+    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
+        begin_request(self.retrieval, prompt_ids, info)
+        begin_request(self.model, prompt_ids, info)
+
+    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
+        end_request(self.retrieval, context, info)
+        end_request(self.model, context, info)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         seed = self.retrieval.draft(context, budget)

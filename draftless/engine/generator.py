@@ -23,7 +23,7 @@ from .budget import best_tree_size
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
 from .processing import StopRule, TreeScores
-from .protocol import Drafter, StepFeedback
+from .protocol import Drafter, RequestInfo, StepFeedback, begin_request, end_request
 from .stats import GenerationStats
 from .tree import DraftTree
 from ..fastpath import path_context
@@ -357,7 +357,7 @@ class SpeculativeGenerator:
     @torch.inference_mode()
     def generate(self, input_ids=None, generation_config=None, logits_processor=None, stopping_criteria=None, *,
                  attention_mask=None, streamer=None, tokenizer=None, generator: torch.Generator | None = None,
-                 **kwargs):
+                 namespace: str | None = None, **kwargs):
         """``model.generate``'s call, through the speculative loop: same arguments, same result.
 
         ``input_ids``: int [B, P] (or [P]; ``inputs=`` is accepted too) with left padding for B > 1;
@@ -370,6 +370,8 @@ class SpeculativeGenerator:
         the search (beams, contrastive search, ``num_return_sequences > 1``, assisted decoding, ...) raise
         ``UnsupportedGenerationOption`` naming the option before any model work. ``generator``: a
         ``torch.Generator`` for sampling (draftless' addition; default: torch's global one, like transformers).
+        ``namespace``: whose memory across requests this call reads and extends (draftless' addition; see
+        ``RequestInfo``); outputs never depend on it, only speed does.
 
         Greedy output is token-identical to ``model.generate``; sampled output has its distribution. Returns a
         ``GenerationResult`` (``sequences`` on the model's device, stats), or with ``return_dict_in_generate=True``
@@ -389,16 +391,18 @@ class SpeculativeGenerator:
                 return self._empty_result(ids, streamer)
             plan = plan_from_arguments(self.model, ids, mask, generation_config, logits_processor,
                                        stopping_criteria, tokenizer, kwargs)
-            return self.decode(ids, mask, plan, streamer=streamer, generator=generator, as_result=True)
+            return self.decode(ids, mask, plan, streamer=streamer, generator=generator, as_result=True,
+                               info=RequestInfo(namespace=namespace))
 
     @torch.inference_mode()
     def generate_from_plan(self, input_ids, attention_mask, plan: DecodingPlan, streamer=None,
-                           generator: torch.Generator | None = None):
+                           generator: torch.Generator | None = None, namespace: str | None = None):
         """``generate`` for a caller that resolved ``model.generate``'s arguments itself (``custom_generate``:
         transformers did). Same input checks and one-request guard; returns what ``decode`` returns."""
         with self._one_request():
             ids, mask = self._checked_inputs(input_ids, attention_mask)
-            return self.decode(ids, mask, plan, streamer=streamer, generator=generator)
+            return self.decode(ids, mask, plan, streamer=streamer, generator=generator,
+                               info=RequestInfo(namespace=namespace))
 
     @contextmanager
     def _one_request(self):
@@ -458,7 +462,8 @@ class SpeculativeGenerator:
         return ids, mask
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, plan: DecodingPlan,
-               streamer=None, generator: torch.Generator | None = None, as_result: bool = False):
+               streamer=None, generator: torch.Generator | None = None, as_result: bool = False,
+               info: RequestInfo = RequestInfo()):
         """The loop for resolved arguments (both entry points end here): ``input_ids`` int64 [B, P] and
         ``attention_mask`` int64 [B, P] or None, checked, on the model's device; ``plan``: a ``DecodingPlan``.
 
@@ -481,7 +486,8 @@ class SpeculativeGenerator:
         for r in range(batch):
             stop = StopRule(max_length, eos, others, self.device)
             processors = processors_for_row(plan.processors, r)
-            states.append(self._run_row(rows_cpu[r], int(n_pad[r]), plan, processors, stop, streamer, generator))
+            states.append(self._run_row(rows_cpu[r], int(n_pad[r]), plan, processors, stop, streamer, generator,
+                                        info))
         if streamer is not None:
             streamer.end()
 
@@ -503,7 +509,7 @@ class SpeculativeGenerator:
         return GenerationResult(sequences, produced[0] if batch == 1 else produced, self.last_stats, rows)
 
     def _run_row(self, padded_row: np.ndarray, n_pad: int, plan: DecodingPlan, processors, stop: StopRule,
-                 streamer, generator) -> RequestState:
+                 streamer, generator, info: RequestInfo = RequestInfo()) -> RequestState:
         """Decode one row (``padded_row``: int64[P], ``n_pad`` leading padding ids) until a criterion stops it."""
         t_start = time.perf_counter()
         prompt = padded_row[n_pad:].copy()
@@ -520,9 +526,11 @@ class SpeculativeGenerator:
             t0 = time.perf_counter()
             prefill(self.model, prompt, state.cache, self.device)
             stats.prefill_ms = (time.perf_counter() - t0) * 1000
-            self.drafter.begin(prompt)
+            begin_request(self.drafter, prompt, info)
         while not state.finished:
             self._step(state)
+        if max_new > 0:
+            end_request(self.drafter, state.context[: state.length].copy(), info)
         stats.new_tokens = len(state.produced)
         stats.total_ms = (time.perf_counter() - t_start) * 1000
         return state

@@ -37,6 +37,36 @@ class StepFeedback:
     hidden: Optional[torch.Tensor] = None
 
 
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the engine tells drafters about one request (one row of one ``generate`` call) besides its tokens.
+
+    - ``namespace``: whose memory the request may read and extend (a user, a tenant, a task; ``generate(...,
+      namespace=...)``). Sources that remember across requests (the history store) draft for a namespace only
+      from that namespace's own past requests; None is a namespace of its own (the default one).
+    """
+
+    namespace: str | None = None
+
+
+def begin_request(drafter, prompt_ids: np.ndarray, info: RequestInfo) -> None:
+    """Start a request on ``drafter``: its ``begin_request(prompt_ids, info)`` when it has one, else the protocol's
+    ``begin(prompt_ids)`` (drafters written against the minimal protocol need neither hook)."""
+    hook = getattr(drafter, "begin_request", None)
+    if hook is None:
+        drafter.begin(prompt_ids)
+    else:
+        hook(prompt_ids, info)
+
+
+def end_request(drafter, context: np.ndarray, info: RequestInfo) -> None:
+    """Tell ``drafter`` a request finished (``context``: int64[L], prompt + every committed output token, a copy
+    the drafter may keep); a no-op for drafters without an ``end_request`` hook."""
+    hook = getattr(drafter, "end_request", None)
+    if hook is not None:
+        hook(context, info)
+
+
 @runtime_checkable
 class Drafter(Protocol):
     """Anything with these members can draft for the engine.
@@ -50,6 +80,13 @@ class Drafter(Protocol):
     - ``wants_hidden_states``: True to receive ``StepFeedback.hidden`` (costs memory, not compute);
     - ``calibrates_scores``: True when the drafter already calibrates its own sources' scores (a fusion), so the
       engine applies only a neutral residual correction on top.
+
+    Optional request hooks (the engine calls them through ``begin_request`` / ``end_request`` above):
+
+    - ``begin_request(prompt_ids, info: RequestInfo)``: in place of ``begin`` when present (``BaseDrafter``'s calls
+      ``begin``); composite drafters forward it to their sources;
+    - ``end_request(context, info)``: once per finished request with its whole committed context (what a memory
+      across requests records).
 
     ``runtime_checkable`` checks only that the members exist, not their types.
     """
@@ -74,6 +111,12 @@ class BaseDrafter:
     calibrates_scores = False
 
     def begin(self, prompt_ids: np.ndarray) -> None:
+        pass
+
+    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
+        self.begin(prompt_ids)
+
+    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
         pass
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:  # pragma: no cover - abstract
