@@ -160,8 +160,25 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                 entry["cost_curve_rel"] = {str(k): v for k, v in r.engine.cost_curve.relative().items()}
                 report.setdefault("cost_curve_ms", dict(zip(map(str, r.engine.cost_curve.sizes),
                                                             [round(x, 3) for x in r.engine.cost_curve.ms])))
+            reports = drafter_reports(r.engine.drafter)
+            if reports:
+                entry["drafter_reports"] = reports
+                window = sum(x.get("window_nodes_verified", 0) for x in reports.values())
+                if window and t.passes and r.engine.adaptive:
+                    # what the pinned window added to a mean pass: t(tree) - t(tree without the window)
+                    curve, size, per_pass = r.engine.cost_curve, t.tree_nodes / t.passes, window / t.passes
+                    extra = float(curve.cost(size)) - float(curve.cost(max(1.0, size - per_pass)))
+                    entry["window_nodes_per_pass"] = round(per_pass, 3)
+                    entry["window_cost_per_pass_rel"] = round(extra / float(curve.cost(1)), 4)
         report["methods"][r.name] = entry
     return report
+
+
+def drafter_reports(drafter) -> dict:
+    """``{source name: counters}`` of every source of ``drafter`` (a fusion's too) that keeps a ``report()``
+    (lookahead: pool hit rate, window nodes verified and accepted). Counters include the warm-up run."""
+    sources = getattr(drafter, "drafters", None) or [drafter]
+    return {d.name: d.report() for d in sources if callable(getattr(d, "report", None))}
 
 
 def markdown_table(report: dict) -> str:

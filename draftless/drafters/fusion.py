@@ -26,6 +26,8 @@ class FusedDrafter(BaseDrafter):
         self.drafters = list(drafters)
         self.name = "+".join(names)
         self.wants_hidden_states = any(d.wants_hidden_states for d in drafters)
+        # nodes the engine verifies whatever their scores (a lookahead window): the union of the sources' own
+        self.pinned_sources = tuple(s for d in drafters for s in getattr(d, "pinned_sources", ()))
         self._calibration = SourceCalibrators(len(drafters))
 
     def begin(self, prompt_ids: np.ndarray) -> None:
@@ -42,7 +44,7 @@ class FusedDrafter(BaseDrafter):
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         trees = [self._calibration.calibrate(i, drafter.draft(context, budget), drafter.name)
                  for i, drafter in enumerate(self.drafters)]
-        return merge_nonempty(int(context[-1]), [t for t in trees if t is not None], budget)
+        return merge_nonempty(int(context[-1]), [t for t in trees if t is not None], budget, self.pinned_sources)
 
     def feedback(self, step: StepFeedback) -> None:
         self._calibration.observe(step.new_tokens)

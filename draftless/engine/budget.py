@@ -16,7 +16,7 @@ from .tree import DraftTree
 
 
 def best_tree_size(tree: DraftTree, curve: CostCurve, draft_ms: float = 0.0, max_nodes: int | None = None,
-                   min_gain: float = 1.0) -> int:
+                   min_gain: float = 1.0, extra_nodes: int = 0) -> int:
     """Node count (root included) that maximises expected tokens per millisecond for this tree.
 
     ``min_gain``: a tree is verified only when its expected rate beats plain decoding by this factor, a margin for
@@ -24,16 +24,26 @@ def best_tree_size(tree: DraftTree, curve: CostCurve, draft_ms: float = 0.0, max
 
     Assumes scores never increase from parent to child, so the best n-node subtree is the n best-scored nodes
     (ties to the lower index, i.e. ancestors first), as ``DraftTree.prune`` picks them.
+
+    ``extra_nodes``: nodes verified in the same pass whatever the size chosen (pinned nodes, not in ``tree``):
+    every candidate size is costed with them, and their expected acceptance is not counted.
     """
-    limit = len(tree) if max_nodes is None else min(len(tree), max_nodes)
+    return best_size_for_scores(tree.scores[1:], curve, draft_ms, max_nodes, min_gain, extra_nodes)
+
+
+def best_size_for_scores(scores: np.ndarray, curve: CostCurve, draft_ms: float = 0.0, max_nodes: int | None = None,
+                         min_gain: float = 1.0, extra_nodes: int = 0) -> int:
+    """``best_tree_size`` for a tree given by its non-root nodes' calibrated scores (float[n - 1]): the same rule
+    for a set of nodes that need not form a tree on their own (a tree less its pinned nodes)."""
+    limit = len(scores) + 1 if max_nodes is None else min(len(scores) + 1, max_nodes)
     if limit <= 1:
         return 1
-    gains = np.sort(tree.scores[1:].astype(np.float64))[::-1][: limit - 1]
+    gains = np.sort(np.asarray(scores, dtype=np.float64))[::-1][: limit - 1]
     expected = 1.0 + np.concatenate([[0.0], np.cumsum(gains)])  # expected tokens for n = 1..limit
     # Only measured sizes (and the whole tree) are candidates: interpolating between measurements can hide a
     # size whose kernels are slow.
     sizes = np.asarray(sorted({s for s in curve.sizes if s <= limit} | {limit}), dtype=np.int64)
-    rate = expected[sizes - 1] / (np.asarray(curve.cost(sizes)) + draft_ms)
+    rate = expected[sizes - 1] / (np.asarray(curve.cost(sizes + int(extra_nodes))) + draft_ms)
     best = int(np.argmax(rate))
     if sizes[best] > 1 and rate[best] < min_gain * rate[0]:
         return 1

@@ -79,7 +79,9 @@ class Drafter(Protocol):
 
     - ``wants_hidden_states``: True to receive ``StepFeedback.hidden`` (costs memory, not compute);
     - ``calibrates_scores``: True when the drafter already calibrates its own sources' scores (a fusion), so the
-      engine applies only a neutral residual correction on top.
+      engine applies only a neutral residual correction on top;
+    - ``pinned_sources``: source names whose nodes the engine verifies whatever their scores, on top of the
+      budget (a Jacobi window: verified for what its logits teach the drafter); ``()`` by default.
 
     Optional request hooks (the engine calls them through ``begin_request`` / ``end_request`` above):
 
@@ -109,6 +111,7 @@ class BaseDrafter:
     name = "base"
     wants_hidden_states = False
     calibrates_scores = False
+    pinned_sources: tuple[str, ...] = ()
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         pass

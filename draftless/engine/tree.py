@@ -169,32 +169,58 @@ class DraftTree:
             source_names=self.source_names,
         )
 
-    def prune_indices(self, budget: int, max_depth: int | None = None) -> np.ndarray:
+    def pinned_mask(self, sources) -> np.ndarray | None:
+        """bool[n]: the nodes any of ``sources`` (names) proposed, which pruning keeps whatever their scores (a
+        drafter's ``pinned_sources``: tokens verified for what their logits teach, e.g. a Jacobi window). None
+        when no node is pinned. Pinned nodes must be closed under parents (a pinned node's parent is pinned or
+        the root), as a pinned source's own chain is."""
+        bits = 0
+        for name in sources:
+            if name in self.source_names:
+                bits |= 1 << self.source_names.index(name)
+        if not bits:
+            return None
+        mask = (self.source_mask & np.uint32(bits)) != 0
+        mask[0] = False
+        return mask if mask.any() else None
+
+    def prune_indices(self, budget: int, max_depth: int | None = None,
+                      pinned: np.ndarray | None = None) -> np.ndarray:
         """Sorted indices of the nodes ``prune`` keeps (see there)."""
         budget = max(1, int(budget))
         depth_ok = None if max_depth is None else self.depths <= max_depth
-        if len(self) <= budget and (depth_ok is None or depth_ok.all()):
+        n_pinned = 0 if pinned is None else int(pinned.sum())
+        if len(self) <= budget + n_pinned and (depth_ok is None or depth_ok.all()):
             return np.arange(len(self))
         kids = self.children()
         chosen = [0]
+        extra: list[int] = []  # pinned nodes taken: outside the budget
         frontier: list[tuple[float, int]] = []
-        for c in kids[0]:
-            heapq.heappush(frontier, (-float(self.scores[c]), c))
+
+        def push_children(node: int) -> None:
+            for c in kids[node]:
+                if depth_ok is not None and not depth_ok[c]:
+                    continue  # its whole subtree is deeper still
+                if pinned is not None and pinned[c]:
+                    extra.append(c)
+                    push_children(c)
+                else:
+                    heapq.heappush(frontier, (-float(self.scores[c]), c))
+
+        push_children(0)
         while frontier and len(chosen) < budget:
             _, node = heapq.heappop(frontier)
-            if depth_ok is not None and not depth_ok[node]:
-                continue
             chosen.append(node)
-            for c in kids[node]:
-                heapq.heappush(frontier, (-float(self.scores[c]), c))
-        return np.sort(np.asarray(chosen, dtype=np.int64))
+            push_children(node)
+        return np.sort(np.asarray(chosen + extra, dtype=np.int64))
 
-    def prune(self, budget: int, max_depth: int | None = None) -> "DraftTree":
+    def prune(self, budget: int, max_depth: int | None = None, pinned: np.ndarray | None = None) -> "DraftTree":
         """Keep at most ``budget`` nodes (root included): best-first by score, always a connected tree.
 
         Nodes deeper than ``max_depth`` are dropped. Ties go to the lower index (the proposer's order).
+        ``pinned`` (bool[n], see ``pinned_mask``): nodes kept on top of the budget while within ``max_depth``.
         """
-        keep = self.prune_indices(budget, max_depth)
+        keep = self.prune_indices(budget, max_depth, pinned)
         return self if len(keep) == len(self) else self.subset(keep)
 
     def with_source(self, name: str) -> "DraftTree":
@@ -285,15 +311,14 @@ def top_of_trie(root: int, node_tokens: np.ndarray, parents: np.ndarray, scores:
     return DraftTree.from_arrays(root, node_tokens, parents, scores, source).subset(keep)
 
 
-def merge_nonempty(root_token: int, trees: list[DraftTree], budget: int) -> DraftTree:
-    """Merge the trees that hold guesses (root-only trees carry nothing) and prune to ``budget``; root-only when
-    none does."""
+def merge_nonempty(root_token: int, trees: list[DraftTree], budget: int, pinned_sources=()) -> DraftTree:
+    """Merge the trees that hold guesses (root-only trees carry nothing) and prune to ``budget``, keeping the
+    nodes of ``pinned_sources`` on top of it; root-only when none holds guesses."""
     trees = [t for t in trees if len(t) > 1]
     if not trees:
         return DraftTree.root_only(root_token)
-    if len(trees) == 1:
-        return trees[0].prune(budget)
-    return merge(*trees).prune(budget)
+    tree = trees[0] if len(trees) == 1 else merge(*trees)
+    return tree.prune(budget, pinned=tree.pinned_mask(pinned_sources) if pinned_sources else None)
 
 
 def merge(*trees: DraftTree) -> DraftTree:
