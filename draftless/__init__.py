@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 
 def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, draft_model: str | None = None,
-               **config) -> SpeculativeGenerator:
+               history=None, **config) -> SpeculativeGenerator:
     """Pair ``model`` with a drafter; returns an engine whose ``.generate`` takes ``model.generate``'s arguments
     and returns its result, losslessly: greedy output equals ``model.generate``'s, sampled output has its
     distribution (see ``SpeculativeGenerator.generate`` for what is supported and what is refused).
@@ -29,14 +29,24 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
     ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was
     built with the same tokenizer. ``datastore``: a store ``auto`` adds as a source; ``draft_model``: a model
-    drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
+    drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``history``: memory
+    across this engine's requests, per ``generate(namespace=...)`` (README, "History"): ``True`` (in memory), a
+    directory (kept there, reloaded at start; needs ``tokenizer``), a ``HistoryStore``, or None (off); it adds a
+    ``history`` source to a spec string (``auto`` included). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
     ``min_gain``, ``verbose`` (see ``SpeculativeGenerator``).
     """
     from .drafters.spec import DrafterContext, build_drafter
 
     if isinstance(drafter, str):
-        drafter = build_drafter(drafter, DrafterContext(model=model, tokenizer=tokenizer), datastore=datastore,
-                                draft_model=draft_model)
+        from .drafters.history import history_store_for
+        from .drafters.spec import with_history
+
+        store = history_store_for(history, tokenizer)
+        spec = with_history(drafter) if store is not None else drafter
+        context = DrafterContext(model=model, tokenizer=tokenizer, history=store)
+        drafter = build_drafter(spec, context, datastore=datastore, draft_model=draft_model)
+    elif history is not None:
+        raise ValueError("history= needs a spec string drafter; to a Drafter object add a HistoryDrafter yourself")
     elif not isinstance(drafter, Drafter):
         raise TypeError(f"drafter must be a spec string or implement the Drafter protocol, got {type(drafter).__name__}")
     return SpeculativeGenerator(model, drafter, **config)

@@ -18,18 +18,28 @@ FUSED_SPEC = "ngram+sam+recycle"
 # shipped models (SmolLM2 chat 1.25x vs 1.19x, Gemma 3 raw 2.24x vs 2.11x, 26 dev prompts). Only curves steeper
 # than that take `sam` alone.
 STEEP_COST_AT_8 = 2.0
+# A curve this flat at 16 tokens (t(16) / t(1), GPUs) makes a Jacobi window nearly free: there ``auto`` adds the
+# ``lookahead`` source, which guesses where nothing repeats. On this 2-core CPU t(16)/t(1) is 1.6-1.9 and the window
+# did not pay (README, "Lookahead").
+FLAT_COST_AT_16 = 1.2
 
 
-def _steep(model, curve=None) -> bool:
+def _curve(model):
+    """The model's measured verification cost curve (measured once per model and device, then cached)."""
     from ..hf.attention import inspect_model
     from ..engine.cost_curve import cost_curve_for
 
-    curve = curve if curve is not None else cost_curve_for(model, inspect_model(model))
+    return cost_curve_for(model, inspect_model(model))
+
+
+def _steep(model, curve=None) -> bool:
+    curve = curve if curve is not None else _curve(model)
     return curve.cost(8) / curve.cost(1) > STEEP_COST_AT_8
 
 
 def auto_spec(model, draft_model: str | None = None, curve=None) -> str:
-    """What ``auto`` means for this model on this device: ``sam`` on steep cost curves, else the fused mix.
+    """What ``auto`` means for this model on this device: ``sam`` on steep cost curves, else the fused mix, with the
+    ``lookahead`` source added on flat ones (t(16)/t(1) <= ``FLAT_COST_AT_16``).
 
     With a model drafter configured (``draft_model``: ``"self"``, a path or a shipped name) it is combined with
     retrieval: on steep curves by selection (``select:``, the model drafts only where retrieval is weak: measured
@@ -39,7 +49,10 @@ def auto_spec(model, draft_model: str | None = None, curve=None) -> str:
     if draft_model:
         draft = draft_model if draft_model == "self" or draft_model.startswith("self:") else f"model:{draft_model}"
         return f"{'select' if steep else 'hybrid'}:{draft}"
-    return "sam" if steep else FUSED_SPEC
+    if steep:
+        return "sam"
+    curve = curve if curve is not None else _curve(model)
+    return f"{FUSED_SPEC}+lookahead" if curve.cost(16) / curve.cost(1) <= FLAT_COST_AT_16 else FUSED_SPEC
 
 
 @dataclass
@@ -48,6 +61,7 @@ class DrafterContext:
 
     model: object
     tokenizer: object | None = None
+    history: object | None = None  # a HistoryStore: ``history`` sources read it, and ``auto`` then includes one
 
 
 def _named(kind: str, arg: str | None) -> str | None:
@@ -88,6 +102,34 @@ def _recycle(arg, ctx):
     from .recycle import RecycleDrafter
 
     return RecycleDrafter.for_model(ctx.model)
+
+
+def _history(arg, ctx):
+    """``history`` (the context's store, else a fresh in-memory one) | ``history:DIR`` (a store kept in DIR)."""
+    from .history import HistoryDrafter, history_store_for
+
+    # The store lands in the context, so every drafter later built from it (one per batch row) shares it.
+    if ctx.history is None:
+        ctx.history = history_store_for(arg or True, ctx.tokenizer)
+    elif arg:
+        raise ValueError(f"'history:{arg}' given while a history is already configured (history=...): use one")
+    return HistoryDrafter(ctx.history)
+
+
+def _lookahead(arg, ctx):
+    """``lookahead`` (window width from the measured cost curve) | ``lookahead:W`` (a window of W tokens)."""
+    from .lookahead import LookaheadDrafter, window_for_curve
+
+    if arg:
+        try:
+            window = int(arg)
+        except ValueError:
+            raise ValueError(f"'lookahead:{arg}': the argument is the Jacobi window width, an integer") from None
+        if window < 1:
+            raise ValueError(f"'lookahead:{arg}': the window needs at least 1 token")
+    else:
+        window = window_for_curve(_curve(ctx.model))
+    return LookaheadDrafter(window=window)
 
 
 def _none(arg, ctx):
@@ -136,6 +178,8 @@ FACTORIES: dict[str, Callable[[str | None, DrafterContext], Drafter]] = {
     "rest": _rest,
     "dense": _dense,
     "none": _none,
+    "lookahead": _lookahead,
+    "history": _history,
     "model": _model,
     "self": _self,
     "select": _select,
@@ -168,6 +212,14 @@ def parse_spec(spec: str) -> list[tuple[str, str | None]]:
     return parts
 
 
+def with_history(spec: str) -> str:
+    """``spec`` with a ``history`` source: as it is when it names one or is ``auto`` (which adds one itself)."""
+    parts = parse_spec(spec)
+    if parts[0][0] in NESTING_KINDS:
+        raise ValueError(f"a history cannot join {spec!r}: use a fused spec (e.g. 'auto', 'sam+history')")
+    return spec if any(kind in ("history", "auto") for kind, _ in parts) else f"{spec}+history"
+
+
 def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
                   draft_model: str | None = None) -> Drafter:
     """Instantiate the drafter a spec names. ``datastore``: a store directory that ``auto`` adds as a source;
@@ -183,6 +235,8 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
             for auto_kind, auto_arg in parse_spec(auto_spec(ctx.model)):
                 # a datastore joins through the sam source, which then matches both the context and the corpus
                 expanded.append((auto_kind, datastore if auto_kind == "sam" and datastore else auto_arg))
+            if ctx.history is not None and all(k != "history" for k, _ in parts):
+                expanded.append(("history", None))  # a configured history is a source of auto's
         else:
             expanded.append((kind, arg))
     drafters = []

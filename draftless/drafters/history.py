@@ -1,0 +1,129 @@
+"""``history``: drafts from what earlier requests of the same namespace held (SuffixDecoding-like).
+
+At ``begin_request`` the drafter takes the request's namespace and that namespace's segments from a
+``HistoryStore`` (draftless.history) and matches the prompt in each segment's suffix automaton; every step extends
+those matches by the newly committed tokens (amortized O(1) per token and segment). A draft comes from the
+segments with the longest matches (ties: the newest, so recent requests win), each a best-first tree over the
+segment's transitions scored from occurrence counts (how often a continuation followed the match, see
+``SuffixAutomaton.draft_tree``), merged by longest prefix. At ``end_request`` the finished context is recorded into
+the namespace's history (and saved, when the store has a path).
+
+Nodes carry the source name ``history``, so the engine calibrates them apart from the request's own ``sam`` nodes.
+Drafts never depend on another namespace: only ``store.segments(namespace)`` is read. Outputs never depend on the
+history at all (verification keeps only what the target model produces); only speed does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine.protocol import BaseDrafter, RequestInfo, StepFeedback
+from ..engine.tree import DraftTree, merge_nonempty
+from ..history.segment import SEPARATOR, Segment
+from ..history.store import HistoryStore
+
+
+class HistoryDrafter(BaseDrafter):
+    """Draft trees from a ``HistoryStore`` (see the module docstring).
+
+    - ``store``: the history (None: a fresh in-memory ``HistoryStore()``), shared by every request this drafter sees;
+    - ``min_match``: shortest match (tokens) that drafts; ``max_segments``: segments whose trees are merged;
+    - depth limit ``clip(depth_per_match * match_length, min_depth, max_depth)``, ``top_k``, ``smoothing``,
+      ``min_score``: as ``SamDrafter``'s.
+    """
+
+    name = "history"
+
+    def __init__(self, store: HistoryStore | None = None, *, min_match: int = 3, max_segments: int = 2,
+                 min_depth: int = 4, max_depth: int = 16, depth_per_match: float = 2.0, top_k: int = 3,
+                 smoothing: float = 1.0, min_score: float = 0.02, record: bool = True):
+        self.store = store if store is not None else HistoryStore()
+        self.min_match = max(1, int(min_match))
+        self.max_segments = max(1, int(max_segments))
+        self.min_depth, self.max_depth = int(min_depth), int(max_depth)
+        self.depth_per_match = float(depth_per_match)
+        self.top_k = int(top_k)
+        self.smoothing = float(smoothing)
+        self.min_score = float(min_score)
+        self.record = bool(record)
+        self._segments: list[Segment] = []
+        self._matches: list[tuple[int, int]] = []
+        self._n_seen = 0
+        self._last_token = -1
+        self._namespace: str | None = None
+
+    # ------------------------------------------------------------------------------------------ request hooks
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        self.begin_request(prompt_ids, RequestInfo())
+
+    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
+        self._namespace = info.namespace
+        # A snapshot: records happen only at end_request, so these segments do not change during the request.
+        self._segments = self.store.segments(info.namespace)
+        self._match_from_start(np.asarray(prompt_ids, dtype=np.int64).reshape(-1))
+
+    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
+        if self.record and len(context):
+            self.store.record(info.namespace, context)
+        self._segments, self._matches = [], []
+
+    def _match_from_start(self, tokens: np.ndarray) -> None:
+        self._matches = [seg.sam.match(tokens) for seg in self._segments]
+        self._n_seen = len(tokens)
+        self._last_token = int(tokens[-1]) if len(tokens) else -1
+
+    def _sync(self, context: np.ndarray) -> None:
+        """Advance every segment's match over the tokens of ``context`` not seen yet; a context that does not
+        continue the one seen so far is matched again from the start."""
+        have = self._n_seen
+        if have > len(context) or (have and int(context[have - 1]) != self._last_token):
+            self._match_from_start(np.asarray(context))
+            return
+        if have < len(context) and self._segments:
+            new = np.asarray(context[have:])
+            self._matches = [seg.sam.match(new, s, n) for seg, (s, n) in zip(self._segments, self._matches)]
+        self._n_seen = len(context)
+        self._last_token = int(context[-1]) if len(context) else -1
+
+    def feedback(self, step: StepFeedback) -> None:
+        self._sync(step.context)
+
+    # ------------------------------------------------------------------------------------------ drafting
+    def _depth(self, match_len: int) -> int:
+        return int(min(self.max_depth, max(self.min_depth, round(self.depth_per_match * match_len))))
+
+    def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        self._sync(context)
+        root = int(context[-1])
+        # Segments are newest first; a stable sort by decreasing match length keeps the newest among equals.
+        order = sorted(range(len(self._segments)), key=lambda i: -self._matches[i][1])
+        trees = []
+        for i in order[: self.max_segments]:
+            state, length = self._matches[i]
+            if length < self.min_match:
+                break
+            tokens, parents, scores = self._segments[i].sam.draft_tree(
+                state, length, budget, self._depth(length), self.top_k, self.smoothing, self.min_score, SEPARATOR)
+            trees.append(DraftTree.from_arrays(root, tokens, parents, scores, self.name))
+        return merge_nonempty(root, trees, budget)
+
+
+def history_store_for(history, tokenizer=None) -> HistoryStore | None:
+    """What ``accelerate(history=...)`` means: None/False -> None (off); True -> a fresh in-memory store; a
+    ``HistoryStore`` -> itself; a directory -> the store kept there (``HistoryStore.open``: reloaded now, saved
+    after every request; ``tokenizer`` required, its identity is checked against the saved one)."""
+    import os
+
+    if history is None or history is False:
+        return None
+    if history is True:
+        return HistoryStore()
+    if isinstance(history, HistoryStore):
+        return history
+    if isinstance(history, (str, os.PathLike)):
+        if tokenizer is None:
+            raise ValueError(f"history={str(history)!r} keeps the history on disk and needs tokenizer=... (its "
+                             f"identity is recorded and checked on reload)")
+        from ..stores.datastore import tokenizer_identity
+
+        return HistoryStore.open(history, tokenizer_identity(tokenizer))
+    raise TypeError(f"history must be None, True, a directory or a HistoryStore, not {type(history).__name__}")

@@ -1,0 +1,256 @@
+"""The history store (draftless.history) and its drafter: isolation, eviction, bounds, persistence, exactness."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import draftless
+from draftless.drafters.history import HistoryDrafter
+from draftless.engine.accept import SamplingWarper
+from draftless.engine.protocol import RequestInfo
+from draftless.history import HistoryError, HistoryStore
+
+from conftest import VOCAB
+from test_sampling import PROMPT, chi_square_pvalue, exact_two_token_distribution, sample_pairs
+
+IDENTITY = {"name": "tiny", "vocab_hash": "a" * 64, "vocab_size": 48}
+OTHER_IDENTITY = {"name": "tiny", "vocab_hash": "b" * 64, "vocab_size": 48}
+
+
+def synthetic_requests(n, seed, vocab=500, motifs=8):
+    """``n`` contexts that reuse a few motifs (so histories have something to draft) with random filler."""
+    rng = np.random.default_rng(seed)
+    pool = [rng.integers(0, vocab, int(rng.integers(5, 30))) for _ in range(motifs)]
+    out = []
+    for _ in range(n):
+        parts = [pool[int(rng.integers(0, motifs))] if rng.random() < 0.6 else rng.integers(0, vocab, 6)
+                 for _ in range(int(rng.integers(1, 6)))]
+        out.append(np.concatenate(parts).astype(np.int64))
+    return out
+
+
+def draft_of(store, namespace, query, budget=24):
+    d = HistoryDrafter(store, record=False)
+    d.begin_request(query, RequestInfo(namespace))
+    t = d.draft(query, budget)
+    return t.tokens.tolist(), t.parents.tolist(), np.round(t.scores, 6).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- isolation
+def test_drafts_never_come_from_another_namespace():
+    store = HistoryStore()
+    secret = np.arange(100, 160)
+    store.record("alice", secret)
+    query = secret[:12]
+    tokens, _, _ = draft_of(store, "alice", query)
+    assert tokens[1:5] == secret[12:16].tolist()  # the test can fail: alice's own history does draft
+    for other in ("bob", None):
+        assert draft_of(store, other, query)[0] == [int(query[-1])]  # root only: nothing from alice
+
+
+def test_engine_isolates_namespaces(tiny_models):
+    model = tiny_models("llama")
+    fast = draftless.accelerate(model, drafter="history", cost_curve=draftless.engine.cost_curve.CostCurve(
+        (1, 8, 64), (1.0, 1.1, 1.5)))
+    prompt = torch.tensor([[3, 7, 11, 3, 7, 11, 5]])
+    first = fast.generate(prompt, max_new_tokens=40, namespace="a")
+    again = fast.generate(prompt, max_new_tokens=40, namespace="a")
+    other = fast.generate(prompt, max_new_tokens=40, namespace="b")
+    assert torch.equal(first.sequences, again.sequences) and torch.equal(first.sequences, other.sequences)
+    assert again.stats.per_source["history"].proposed > 0  # a's second request drafts from a's first
+    assert "history" not in other.stats.per_source or other.stats.per_source["history"].proposed == 0
+    assert fast.drafter.store.namespaces() == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------------- eviction, bounds
+def test_eviction_keeps_recent_segments_like_a_rebuilt_store():
+    config = dict(max_tokens=3000, segment_requests=7)
+    store = HistoryStore(**config)
+    requests = synthetic_requests(120, seed=1)
+    for r in requests:
+        store.record("ns", r)
+    assert store.n_evicted_segments > 0 and store.n_tokens <= 3000
+    kept = store.requests("ns")
+    assert 0 < len(kept) < len(requests)
+    for got, want in zip(kept, requests[len(requests) - len(kept):]):  # the most recent requests, in order
+        assert np.array_equal(got, want)
+    oracle = HistoryStore(**config)
+    for r in kept:
+        oracle.record("ns", r)
+    assert [s.n_requests for s in oracle.segments("ns")] == [s.n_requests for s in store.segments("ns")]
+    rng = np.random.default_rng(2)
+    drafted = 0
+    for r in requests[-40:] + synthetic_requests(20, seed=1):
+        cut = int(rng.integers(3, len(r) + 1))
+        want = draft_of(oracle, "ns", r[:cut])
+        assert draft_of(store, "ns", r[:cut]) == want
+        drafted += len(want[0]) > 1
+    assert drafted > 10  # the comparison covers real trees, not only empty ones
+    # an evicted request's unique text is gone: it cannot be drafted any more
+    dropped = requests[0]
+    assert not any(np.array_equal(dropped, k) for k in kept)
+
+
+def test_memory_stays_under_the_bound_over_10000_requests():
+    bound = 1 << 20
+    store = HistoryStore(max_bytes=bound, segment_requests=200)
+    rng = np.random.default_rng(3)
+    peak = 0
+    for i in range(10_000):
+        n = int(rng.integers(20, 120))
+        context = rng.integers(0, 2000, n) if i % 3 else np.tile(rng.integers(0, 2000, 8), n // 8 + 1)
+        store.record(f"user{i % 5}", context)
+        peak = max(peak, store.nbytes())
+        assert store.nbytes() <= bound
+    assert store.n_evicted_segments > 10 and peak > bound // 2  # the bound was reached and held
+    assert store.nbytes() == sum(s.sam.nbytes() for ns in store.namespaces() for s in store.segments(ns))
+
+
+def test_a_request_larger_than_the_bound_is_not_kept():
+    store = HistoryStore(max_bytes=4096)
+    store.record(None, np.arange(5000) % 300)
+    assert store.nbytes() <= 4096 and store.n_requests == 0
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+def test_persistence_round_trip(tmp_path):
+    path = tmp_path / "hist"
+    store = HistoryStore.open(path, IDENTITY, segment_requests=4)
+    reqs = synthetic_requests(30, seed=4)
+    for i, r in enumerate(reqs):
+        store.record(["x", "y", None][i % 3], r)
+    again = HistoryStore.open(path, IDENTITY, segment_requests=4)
+    assert sorted(again.namespaces(), key=str) == sorted(store.namespaces(), key=str)
+    assert again.nbytes() == store.nbytes()
+    for ns in store.namespaces():
+        assert [r.tolist() for r in again.requests(ns)] == [r.tolist() for r in store.requests(ns)]
+        assert [s.seq for s in again.segments(ns)] == [s.seq for s in store.segments(ns)]
+        for r in reqs[:10]:
+            assert draft_of(again, ns, r[:5]) == draft_of(store, ns, r[:5])
+    again.record("x", reqs[0])  # a reloaded store keeps growing and saving
+    assert HistoryStore.open(path, IDENTITY).n_requests == store.n_requests + 1
+    assert sorted(p.name for p in path.iterdir()) == ["CURRENT", "gen-00000030"]  # old generations removed
+
+
+def test_save_every_and_flush(tmp_path):
+    store = HistoryStore.open(tmp_path / "h", IDENTITY, save_every=5)
+    for r in synthetic_requests(7, seed=5):
+        store.record(None, r)
+    assert HistoryStore.open(tmp_path / "h", IDENTITY).n_requests == 5
+    store.flush()
+    assert HistoryStore.open(tmp_path / "h", IDENTITY).n_requests == 7
+
+
+def test_leftovers_of_a_crashed_save_are_ignored(tmp_path):
+    path = tmp_path / "h"
+    store = HistoryStore.open(path, IDENTITY)
+    for r in synthetic_requests(3, seed=6):
+        store.record(None, r)
+    # a save killed after writing the next generation (half of it) but before the pointer moved
+    (path / "gen-00000099").mkdir()
+    (path / "gen-00000099" / "tokens.npy").write_bytes(b"half")
+    (path / ".gen-00000100.tmp-xyz").mkdir()
+    loaded = HistoryStore.open(path, IDENTITY)
+    assert [r.tolist() for r in loaded.requests(None)] == [r.tolist() for r in store.requests(None)]
+    loaded.record(None, np.arange(10))
+    assert sorted(p.name for p in path.iterdir()) == ["CURRENT", "gen-00000003"]
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from draftless.history import HistoryStore
+    store = HistoryStore.open(sys.argv[1], {"name": "tiny", "vocab_hash": "a" * 64, "vocab_size": 48})
+    rng = np.random.default_rng(0)
+    for i in range(100000):
+        store.record(None, rng.integers(0, 40000, 5000))  # every record saves: big saves, easy to interrupt
+        print(store.n_requests, flush=True)
+""")
+
+
+def test_kill_9_during_saves_leaves_the_last_complete_store(tmp_path):
+    path = tmp_path / "h"
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        seen = 0
+        while seen < 8:  # a few complete saves first, then kill in the middle of a later one
+            line = proc.stdout.readline()
+            assert line, "the writer died on its own"
+            seen = int(line)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        rest = proc.stdout.read().split()
+        seen = int(rest[-1]) if rest else seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    loaded = HistoryStore.open(path, IDENTITY)
+    assert seen <= loaded.n_requests <= seen + 1  # the last save that completed (or the one that just did)
+    rng = np.random.default_rng(0)
+    for got in loaded.requests(None):
+        assert np.array_equal(got, rng.integers(0, 40000, 5000))
+
+
+def test_foreign_tokenizer_history_is_refused(tmp_path):
+    store = HistoryStore.open(tmp_path / "h", IDENTITY)
+    store.record(None, np.arange(10))
+    with pytest.raises(HistoryError, match="tokenizer"):
+        HistoryStore.open(tmp_path / "h", OTHER_IDENTITY)
+
+
+def test_corrupt_history_is_refused(tmp_path):
+    path = tmp_path / "h"
+    store = HistoryStore.open(path, IDENTITY)
+    store.record(None, np.arange(50))
+    tokens = path / "gen-00000000" / "tokens.npy"
+    data = bytearray(tokens.read_bytes())
+    data[-1] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    with pytest.raises(HistoryError, match="corrupt"):
+        HistoryStore.open(path, IDENTITY)
+    (path / "CURRENT").write_text("../../etc")
+    with pytest.raises(HistoryError, match="corrupt"):
+        HistoryStore.open(path, IDENTITY)
+    other = tmp_path / "not-a-history"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(HistoryError, match="not a draftless history"):
+        HistoryStore.open(other, IDENTITY)
+
+
+def test_history_directory_needs_a_tokenizer(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="tokenizer"):
+        draftless.accelerate(tiny_models("llama"), drafter="auto", history=str(tmp_path / "h"))
+
+
+# ---------------------------------------------------------------------------------------------- integration
+def test_auto_includes_history_only_when_configured(tiny_models):
+    model = tiny_models("llama")
+    assert "history" not in draftless.accelerate(model, drafter="auto").drafter.name
+    assert "history" in draftless.accelerate(model, drafter="auto", history=True).drafter.name
+    assert draftless.accelerate(model, drafter="sam", history=True).drafter.name == "sam+history"
+    with pytest.raises(ValueError, match="history"):
+        draftless.accelerate(model, drafter="select:self", history=True)
+
+
+def test_sampling_with_history_follows_the_exact_target_distribution(tiny_models):
+    model = tiny_models("llama")
+    kw = dict(temperature=1.0)
+    exact = exact_two_token_distribution(model, SamplingWarper(**kw))
+    fast = draftless.accelerate(model, drafter="history", adaptive=False, calibrate=False)
+    counts = sample_pairs(fast, 600, seed=7, **kw)
+    assert fast.drafter.store.n_requests == 600
+    assert chi_square_pvalue(counts.sum(1), exact.sum(1)) > 1e-3
+    assert chi_square_pvalue(counts, exact) > 1e-3
+    out = fast.generate(torch.tensor([PROMPT]), max_new_tokens=3, do_sample=True, **kw)
+    assert out.stats.per_source["history"].proposed > 0  # the samples above drafted from earlier samples
