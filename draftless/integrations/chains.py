@@ -1,0 +1,268 @@
+"""Per-request chain drafting for serving engines that verify one chain per request (vLLM's proposer interface).
+
+draftless's own engine verifies a *tree*; an engine like vLLM verifies one *chain* of at most ``k`` tokens per running
+request and step. ``ChainDrafter`` bridges the two without knowing anything about the engine:
+
+- each running request (a *row* of the engine's batch) gets a ``RequestState``: its own copy of the tokens seen so
+  far and its own context drafters (the suffix automaton ``sam`` and ``ngram`` by default), so two requests never
+  share an index;
+- each step every source drafts a tree for the request's context; the trees are calibrated by one ``Calibrator``
+  per source (shared by all requests: what a source's scores are worth is learned across requests, as the engine
+  does), fused by longest prefix, and cut to a chain: from the root, always the child with the highest calibrated
+  score, extended while that score (the estimated probability that the node is reached *and* accepted, i.e. the
+  expected tokens the extra draft token adds) is at least ``min_gain``, the cost of verifying one more token in
+  units of a step's output, up to ``k`` tokens;
+- the next call shows what the engine accepted: the request's context has grown by the accepted drafts plus one
+  token the target chose (the "bonus"), and those tokens are fed back to the calibrators;
+- engines reuse and compact rows: a row may hold another request than last step, and a request may move to another
+  row. A state is matched to a row only when its tokens are a prefix of the row's context and the context grew by
+  at most ``k + 1`` tokens since (one verification step); otherwise the request is new and gets a fresh state.
+
+Nothing here imports a serving engine (or transformers): ``draftless.integrations.vllm`` is the thin glue.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..engine.calibration import Calibrator
+from ..engine.protocol import Drafter
+from ..engine.tree import DraftTree, merge_nonempty
+
+
+def _sam_factory() -> Drafter:
+    from ..drafters.sam import SamDrafter
+
+    return SamDrafter()
+
+
+def _ngram_factory() -> Drafter:
+    from ..drafters.ngram import NGramDrafter
+
+    return NGramDrafter()
+
+
+# Context-only sources (no datastore, no model): what runs inside a serving engine without extra files.
+SOURCE_FACTORIES: dict[str, Callable[[], Drafter]] = {"sam": _sam_factory, "ngram": _ngram_factory}
+
+
+def best_chain(tree: DraftTree, max_len: int, min_gain: float) -> tuple[list[int], list[float]]:
+    """The chain an engine that verifies chains should check from ``tree``: tokens and their scores.
+
+    From the root, take the child with the highest score (ties: the lower node index, the proposer's order) while
+    the chain is shorter than ``max_len`` and that child's score is at least ``min_gain``. With calibrated
+    cumulative scores (a node's estimated probability of being reached and accepted) the chosen node is the most
+    likely continuation and its score the expected tokens it adds. Returns ``(tokens, scores)``, both of length
+    0..max_len, as Python lists (int token ids, float scores).
+    """
+    if max_len < 0:
+        raise ValueError(f"max_len must be >= 0, got {max_len}")
+    kids = tree.children()
+    tokens: list[int] = []
+    scores: list[float] = []
+    node = 0
+    while len(tokens) < max_len and kids[node]:
+        best = max(kids[node], key=lambda c: (float(tree.scores[c]), -c))
+        score = float(tree.scores[best])
+        if score < min_gain:
+            break
+        tokens.append(int(tree.tokens[best]))
+        scores.append(score)
+        node = best
+    return tokens, scores
+
+
+class RequestState:
+    """One running request: the tokens it has committed (a private int64 copy) and its own drafters.
+
+    ``context``: int64[L] (any integer dtype accepted), the request's prompt plus output so far, L >= 1.
+    ``sources``: ``(name, drafter factory)`` pairs; each factory builds a fresh drafter for this request only.
+    """
+
+    def __init__(self, context: np.ndarray, sources: Sequence[tuple[str, Callable[[], Drafter]]]):
+        context = _as_context(context)
+        self._buf = np.empty(max(256, 2 * len(context)), dtype=np.int64)
+        self._buf[: len(context)] = context
+        self._n = len(context)
+        self.drafters = [(name, factory()) for name, factory in sources]
+        for _, drafter in self.drafters:
+            drafter.begin(self.tokens)
+        # What the last proposal was, to learn from once the engine has verified it: per source (index, calibrated
+        # tree, calibration keys), the context length it was drafted at, and the chain handed to the engine.
+        self.pending: list[tuple[int, DraftTree, list]] = []
+        self.pending_at = -1
+        self.last_chain: list[int] = []
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """int64[n] view of the committed tokens (read-only by convention: drafters get this view)."""
+        return self._buf[: self._n]
+
+    def continues(self, context: np.ndarray, max_growth: int) -> bool:
+        """True when ``context`` is this request one step later: it starts with every token held here and is at
+        most ``max_growth`` tokens longer."""
+        n = self._n
+        return n <= len(context) <= n + max_growth and bool(np.array_equal(context[:n], self._buf[:n]))
+
+    def absorb(self, context: np.ndarray) -> np.ndarray:
+        """Append the tokens of ``context`` past the ones held (call only when ``continues``); returns them."""
+        new = np.asarray(context[self._n:], dtype=np.int64)
+        end = self._n + len(new)
+        if end > len(self._buf):
+            grown = np.empty(max(2 * len(self._buf), end), dtype=np.int64)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n: end] = new
+        self._n = end
+        return new
+
+    def draft_trees(self, budget: int) -> list[DraftTree]:
+        """Each source's raw tree for the current context (root = last committed token), in source order."""
+        context = self.tokens
+        return [drafter.draft(context, budget) for _, drafter in self.drafters]
+
+
+def _as_context(context) -> np.ndarray:
+    arr = np.asarray(context)
+    if arr.ndim != 1 or len(arr) == 0:
+        raise ValueError(f"a context is a non-empty 1-D token array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"a context holds integer token ids, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+class ChainDrafter:
+    """Chains for every running request of an engine that verifies chains (see the module docstring).
+
+    - ``max_tokens``: the most draft tokens per request and step (vLLM's ``num_speculative_tokens``), >= 1;
+    - ``sources``: names in ``SOURCE_FACTORIES`` (``"sam"``, ``"ngram"``); several are fused;
+    - ``min_gain``: the smallest calibrated score (expected accepted tokens) worth one more draft token;
+    - ``tree_budget``: nodes each source may draft before the chain is cut from the fused tree;
+    - ``calibrate``: False uses the sources' raw scores (then ``min_gain`` applies to those);
+    - ``max_states``: states kept for rows that are not running (a request may come back to another row).
+
+    ``propose(contexts, limits)`` is the whole interface; ``stats`` counts what happened.
+    """
+
+    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), min_gain: float = 0.1,
+                 tree_budget: int = 32, calibrate: bool = True, max_states: int = 1024):
+        if int(max_tokens) < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        unknown = [s for s in sources if s not in SOURCE_FACTORIES]
+        if unknown or not sources:
+            raise ValueError(f"sources must be a non-empty subset of {sorted(SOURCE_FACTORIES)}, got {list(sources)}")
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"sources repeat a name: {list(sources)}")
+        if not 0.0 <= float(min_gain) <= 1.0:
+            raise ValueError(f"min_gain must be in [0, 1], got {min_gain}")
+        self.max_tokens = int(max_tokens)
+        self.sources = [(name, SOURCE_FACTORIES[name]) for name in sources]
+        self.min_gain = float(min_gain)
+        self.tree_budget = max(2, int(tree_budget))
+        self.calibrators = [Calibrator() for _ in sources] if calibrate else None
+        self.max_states = int(max_states)
+        self._states: dict[int, RequestState] = {}  # row -> state of the request last seen in that row
+        self.stats = {"calls": 0, "proposals": 0, "proposed": 0, "accepted": 0, "new_requests": 0, "moved": 0}
+
+    # ------------------------------------------------------------------------------------------ rows
+    def _claim(self, contexts: Sequence[np.ndarray | None]) -> dict[int, RequestState]:
+        """Match every row that wants a draft to the state of its request, or a fresh state."""
+        growth = self.max_tokens + 1
+        free = dict(self._states)
+        claimed: dict[int, RequestState] = {}
+        unmatched: list[int] = []
+        for row, ctx in enumerate(contexts):
+            if ctx is None:
+                continue
+            state = free.get(row)
+            if state is not None and state.continues(ctx, growth):
+                claimed[row] = free.pop(row)
+            else:
+                unmatched.append(row)
+        for row in unmatched:
+            ctx = contexts[row]
+            # A request the engine moved to another row (batch compaction) brings its state along.
+            moved = next((r for r, s in free.items() if s.continues(ctx, growth)), None)
+            if moved is not None:
+                claimed[row] = free.pop(moved)
+                self.stats["moved"] += 1
+            else:
+                claimed[row] = RequestState(ctx, self.sources)
+                self.stats["new_requests"] += 1
+        # Rows that are not drafting this call keep their state (a request in a prefill chunk, one that comes
+        # back); a state displaced by another request is dropped.
+        kept = {r: s for r, s in free.items() if r not in claimed and (r >= len(contexts) or contexts[r] is None)}
+        if len(kept) > self.max_states:
+            kept = dict(list(kept.items())[-self.max_states:])
+        self._states = {**kept, **claimed}
+        return claimed
+
+    # ------------------------------------------------------------------------------------------ one step
+    def _learn(self, state: RequestState, committed: np.ndarray) -> None:
+        """Feed what the engine committed after the last proposal (accepted drafts + bonus) to the calibrators."""
+        if state.pending_at < 0 or len(committed) == 0:
+            return
+        chain = state.last_chain
+        hits = 0
+        while hits < min(len(chain), len(committed)) and chain[hits] == int(committed[hits]):
+            hits += 1
+        self.stats["accepted"] += hits
+        if self.calibrators is not None:
+            for i, tree, keys in state.pending:
+                self.calibrators[i].observe(tree, keys, committed)
+        state.pending, state.pending_at, state.last_chain = [], -1, []
+
+    def _chain(self, state: RequestState, limit: int) -> list[int]:
+        root = int(state.tokens[-1])
+        trees = []
+        pending = []
+        for i, tree in enumerate(state.draft_trees(self.tree_budget)):
+            if len(tree) <= 1:
+                continue
+            if tree.root_token != root:
+                raise ValueError(f"source {self.sources[i][0]!r} drafted from root {tree.root_token}, not {root}")
+            if self.calibrators is not None:
+                tree = tree if tree.source_names else tree.with_source(self.sources[i][0])
+                tree, keys = self.calibrators[i].calibrate(tree)
+                pending.append((i, tree, keys))
+            trees.append(tree)
+        fused = merge_nonempty(root, trees, self.tree_budget * len(self.sources))
+        chain, _ = best_chain(fused, min(self.max_tokens, limit), self.min_gain)
+        state.pending, state.pending_at, state.last_chain = pending, state.n, chain
+        return chain
+
+    def propose(self, contexts: Sequence[np.ndarray | None], limits: Sequence[int] | None = None) -> list[list[int]]:
+        """One chain per row.
+
+        ``contexts[row]``: int[L] every token the row's request has committed (prompt + output, including what the
+        last step accepted), or None for a row that gets no draft this step. ``limits[row]``: the most draft tokens
+        that row may take (room left before a length limit; default ``max_tokens``). Returns a list per row of
+        0..min(max_tokens, limit) int token ids (empty for a None row).
+        """
+        if limits is not None and len(limits) != len(contexts):
+            raise ValueError(f"{len(limits)} limits for {len(contexts)} rows")
+        self.stats["calls"] += 1
+        contexts = [None if c is None else _as_context(c) for c in contexts]
+        claimed = self._claim(contexts)
+        out: list[list[int]] = [[] for _ in contexts]
+        for row, state in claimed.items():
+            committed = state.absorb(contexts[row])
+            self._learn(state, committed)
+            limit = self.max_tokens if limits is None else int(limits[row])
+            if limit <= 0:
+                continue
+            chain = self._chain(state, limit)
+            if chain:
+                self.stats["proposals"] += 1
+                self.stats["proposed"] += len(chain)
+            out[row] = chain
+        return out
+
+    def state_of(self, row: int) -> RequestState | None:
+        """The state last matched to ``row`` (tests and diagnostics)."""
+        return self._states.get(row)

@@ -1,0 +1,203 @@
+"""The vLLM proposer's engine-free part (``draftless.integrations.chains``) and its glue, without vLLM installed.
+
+A tiny simulated engine plays vLLM's role: every row holds a request whose "target" continuation is known, a step
+accepts the longest prefix of the draft that matches it plus one bonus token, and the next ``propose`` call sees the
+grown context, as vLLM's ``token_ids_cpu`` / ``num_tokens_no_spec`` show it.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from draftless.drafters.sam import SamDrafter
+from draftless.engine.tree import DraftTree
+from draftless.integrations.chains import ChainDrafter, best_chain
+from draftless.integrations.vllm import DraftlessProposer, options_from_env
+
+
+def oracle_chain(context: np.ndarray, k: int, budget: int = 32, min_gain: float = 0.0) -> list[int]:
+    """What a fresh SamDrafter drafts for ``context``, cut to a chain the same way (raw scores)."""
+    drafter = SamDrafter()
+    drafter.begin(context)
+    return best_chain(drafter.draft(context, budget), k, min_gain)[0]
+
+
+def step(context: np.ndarray, draft: list[int], target: np.ndarray) -> np.ndarray:
+    """One simulated verification: accept the draft's prefix that agrees with ``target`` (the full text the model
+    would produce), then commit one more target token. Returns the grown context."""
+    n = len(context)
+    hits = 0
+    while hits < len(draft) and n + hits < len(target) and draft[hits] == target[n + hits]:
+        hits += 1
+    return target[: min(len(target), n + hits + 1)]
+
+
+def repeated_text(seed: int, period: int = 23, copies: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    unit = rng.integers(100, 400, size=period)
+    return np.concatenate([unit] * copies).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ best_chain
+def test_best_chain_follows_the_best_child_and_stops_at_min_gain():
+    tree = DraftTree.from_paths(7, [[1, 2, 3], [4, 5]], [[0.9, 0.5, 0.05], [0.6, 0.55]], "x")
+    assert best_chain(tree, 8, 0.0)[0] == [1, 2, 3]
+    assert best_chain(tree, 8, 0.1)[0] == [1, 2]          # 0.05 is not worth a token
+    assert best_chain(tree, 1, 0.0) == ([1], [pytest.approx(0.9)])
+    assert best_chain(tree, 8, 0.95)[0] == []
+    assert best_chain(DraftTree.root_only(7), 8, 0.0)[0] == []
+    with pytest.raises(ValueError):
+        best_chain(tree, -1, 0.0)
+
+
+# ------------------------------------------------------------------------------------------ identity to sam
+def test_chains_equal_a_fresh_sam_drafter_on_every_step_and_row():
+    k = 6
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0)
+    targets = [repeated_text(s) for s in range(3)]
+    contexts = [t[:30] for t in targets]
+    for _ in range(25):
+        drafts = drafter.propose(contexts)
+        for row, (ctx, draft) in enumerate(zip(contexts, drafts)):
+            assert draft == oracle_chain(ctx, k), f"row {row} at length {len(ctx)}"
+        contexts = [step(c, d, t) for c, d, t in zip(contexts, drafts, targets)]
+    assert drafter.stats["new_requests"] == 3 and drafter.stats["moved"] == 0
+
+
+def test_calibrated_drafting_keeps_the_sources_raw_trees_and_learns_acceptance():
+    k = 8
+    drafter = ChainDrafter(k)  # sam + ngram, calibrated
+    target = repeated_text(5, period=17, copies=8)
+    ctx = target[:40]
+    lengths = []
+    while len(ctx) + k < len(target):
+        draft = drafter.propose([ctx])[0]
+        state = drafter.state_of(0)
+        sam_tree = state.draft_trees(drafter.tree_budget)[0]
+        fresh = SamDrafter()
+        fresh.begin(ctx)
+        ref = fresh.draft(ctx, drafter.tree_budget)
+        assert np.array_equal(sam_tree.tokens, ref.tokens) and np.array_equal(sam_tree.parents, ref.parents)
+        assert draft == target[len(ctx): len(ctx) + len(draft)].tolist()   # periodic text: every draft is right
+        lengths.append(len(draft))
+        ctx = step(ctx, draft, target)
+    # The cautious prior starts short; acceptance it observes lengthens the chains up to k.
+    assert lengths[0] < k and max(lengths) == k
+    # Every draft but the last (not verified yet) was accepted in full.
+    assert drafter.stats["accepted"] == drafter.stats["proposed"] - lengths[-1] > 0
+
+
+# ------------------------------------------------------------------------------------------ rows
+def test_a_new_request_in_a_reused_row_gets_a_fresh_state():
+    k = 4
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0)
+    a, b = repeated_text(1), repeated_text(2)
+    ctx = a[:40]
+    for _ in range(5):
+        ctx = step(ctx, drafter.propose([ctx])[0], a)
+    old = drafter.state_of(0)
+    draft = drafter.propose([b[:35]])[0]                   # request b now holds row 0
+    state = drafter.state_of(0)
+    assert state is not old and np.array_equal(state.tokens, b[:35])
+    assert draft == oracle_chain(b[:35], k)
+    assert drafter.stats["new_requests"] == 2
+
+
+def test_a_longer_prompt_that_extends_an_old_context_is_not_taken_for_it():
+    k = 4
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False)
+    a = repeated_text(3)
+    drafter.propose([a[:30]])
+    old = drafter.state_of(0)
+    drafter.propose([a[:30 + k + 2]])                      # more than one step's growth: a new request
+    assert drafter.state_of(0) is not old and drafter.stats["new_requests"] == 2
+    drafter.propose([a[:30 + k + 2 + k + 1]])             # exactly one step's most: the same request
+    assert drafter.stats["new_requests"] == 2
+
+
+def test_a_request_moved_to_another_row_keeps_its_state():
+    drafter = ChainDrafter(4, sources=("sam",), calibrate=False)
+    a, b = repeated_text(1), repeated_text(2)
+    drafter.propose([a[:30], b[:30]])
+    b_state = drafter.state_of(1)
+    drafter.propose([b[:31]])                              # a finished; vLLM compacted b into row 0
+    assert drafter.state_of(0) is b_state and drafter.stats["moved"] == 1
+    assert drafter.state_of(1) is None
+
+
+def test_rows_without_a_draft_keep_their_state_and_get_nothing():
+    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0)
+    a, b = repeated_text(1), repeated_text(2)
+    drafter.propose([a[:40], b[:40]])
+    a_state = drafter.state_of(0)
+    out = drafter.propose([None, b[:41]])
+    assert out[0] == [] and drafter.state_of(0) is a_state
+    out = drafter.propose([a[:41], b[:42]], limits=[0, 2])
+    assert out[0] == [] and len(out[1]) <= 2 and drafter.state_of(0) is a_state
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError):
+        ChainDrafter(0)
+    with pytest.raises(ValueError):
+        ChainDrafter(4, sources=("sam", "nope"))
+    with pytest.raises(ValueError):
+        ChainDrafter(4, sources=("sam", "sam"))
+    with pytest.raises(ValueError):
+        ChainDrafter(4, min_gain=2.0)
+    drafter = ChainDrafter(4)
+    with pytest.raises(ValueError):
+        drafter.propose([np.zeros((2, 3), dtype=np.int64)])
+    with pytest.raises(ValueError):
+        drafter.propose([np.zeros(3, dtype=np.float32)])
+    with pytest.raises(ValueError):
+        drafter.propose([np.arange(3)], limits=[1, 2])
+
+
+# ------------------------------------------------------------------------------------------ vLLM glue
+def fake_config(k: int = 4, max_model_len: int = 64):
+    return SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=k),
+                           model_config=SimpleNamespace(max_model_len=max_model_len))
+
+
+def test_proposer_reads_vllm_arrays_and_respects_the_length_limit():
+    k, max_len = 4, 64
+    proposer = DraftlessProposer(fake_config(k, max_len), env={})
+    a = repeated_text(4, period=11, copies=8)
+    token_ids = np.zeros((8, max_len), dtype=np.int32)    # vLLM's int32 [max_num_reqs, max_model_len]
+    num_tokens = np.zeros(8, dtype=np.int32)
+    token_ids[0, :40], num_tokens[0] = a[:40], 40
+    token_ids[1, :20], num_tokens[1] = a[:20], 20
+    token_ids[2, :61], num_tokens[2] = a[:61], 61          # room for 2 drafts before max_model_len
+    out = proposer.propose([[5], [], [7]], num_tokens, token_ids)
+    assert len(out) == 3 and out[1] == []
+    assert out[0] == a[40:40 + len(out[0])].tolist() and len(out[0]) >= 1
+    assert len(out[2]) <= max_len - 61 - 1
+    assert all(isinstance(t, int) for t in out[0])
+
+
+def test_proposer_options_and_refusals():
+    assert options_from_env({}) == {}
+    assert options_from_env({"DRAFTLESS_VLLM_SOURCES": "sam", "DRAFTLESS_VLLM_MIN_GAIN": "0.3"}) == {
+        "sources": ("sam",), "min_gain": 0.3}
+    with pytest.raises(ValueError):
+        options_from_env({"DRAFTLESS_VLLM_MIN_GAIN": "high"})
+    with pytest.raises(ValueError):
+        DraftlessProposer(SimpleNamespace(speculative_config=None, model_config=None), env={})
+    proposer = DraftlessProposer(fake_config(), env={"DRAFTLESS_VLLM_SOURCES": "ngram"})
+    assert [name for name, _ in proposer.drafter.sources] == ["ngram"]
+
+
+def test_the_glue_does_not_import_vllm():
+    import draftless.integrations.chains as chains
+    import draftless.integrations.vllm as glue
+
+    for module in (glue, chains):
+        tree = ast.parse(inspect.getsource(module))
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not [m for m in imported if m.split(".")[0] in ("vllm", "transformers")], module.__name__
