@@ -33,7 +33,8 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     across this engine's requests, per ``generate(namespace=...)`` (README, "History"): ``True`` (in memory), a
     directory (kept there, reloaded at start; needs ``tokenizer``), a ``HistoryStore``, or None (off); it adds a
     ``history`` source to a spec string (``auto`` included). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
-    ``min_gain``, ``verbose`` (see ``SpeculativeGenerator``).
+    ``min_gain``, ``verbose``, ``drafter_factory`` (see ``SpeculativeGenerator``; a spec string gets a factory of
+    its own, so the rows of a batch are verified together, each with its own drafter).
     """
     from .drafters.spec import DrafterContext, build_drafter
 
@@ -45,6 +46,9 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
         spec = with_history(drafter) if store is not None else drafter
         context = DrafterContext(model=model, tokenizer=tokenizer, history=store)
         drafter = build_drafter(spec, context, datastore=datastore, draft_model=draft_model)
+        # more rows of a batch get drafters of their own, built from the same spec
+        config.setdefault("drafter_factory",
+                          lambda: build_drafter(spec, context, datastore=datastore, draft_model=draft_model))
     elif history is not None:
         raise ValueError("history= needs a spec string drafter; to a Drafter object add a HistoryDrafter yourself")
     elif not isinstance(drafter, Drafter):
@@ -59,7 +63,7 @@ def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> Gene
     Engine options (``max_nodes``, ``adaptive``, ...) may be mixed into ``kwargs``.
     """
     engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "min_gain", "verbose", "datastore",
-                   "draft_model"}
+                   "draft_model", "drafter_factory"}
     config = {k: kwargs.pop(k) for k in list(kwargs) if k in engine_keys}
     return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, tokenizer=tokenizer,
                                                                                   **kwargs)

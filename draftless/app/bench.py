@@ -57,17 +57,19 @@ class _Method:
             self.engine = draftless.accelerate(model, drafter=name, tokenizer=tokenizer, datastore=datastore,
                                                draft_model=draft_model, max_nodes=max_nodes)
 
-    def run(self, ids: torch.Tensor, max_new_tokens: int):
-        """Returns (new token ids, seconds, target forward passes, stats or None)."""
+    def run(self, ids: torch.Tensor, max_new_tokens: int, sampling: dict | None = None):
+        """Returns (new token ids, seconds, target forward passes, stats or None). ``sampling``: ``temperature`` /
+        ``top_k`` / ``top_p`` (None values left out) to sample, else greedy."""
+        decoding = sampling_options(sampling)
         if self.engine is not None:
             t0 = time.perf_counter()
-            out = self.engine.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+            out = self.engine.generate(ids, max_new_tokens=max_new_tokens, **decoding)
             return out.new_tokens, time.perf_counter() - t0, out.stats.steps, out.stats
         counter = _ForwardCounter(self.model)
         try:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                seq = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                seq = self.model.generate(ids, attention_mask=torch.ones_like(ids), **decoding,
                                           max_new_tokens=max_new_tokens, **HF_METHODS[self.name])
             elapsed = time.perf_counter() - t0
         finally:
@@ -75,11 +77,20 @@ class _Method:
         return seq[0, ids.shape[1]:].tolist(), elapsed, counter.count, None
 
 
+def sampling_options(sampling: dict | None) -> dict:
+    """``generate`` keywords for a bench run: greedy, or sampling with the given settings (None values left out)."""
+    if not sampling:
+        return {"do_sample": False}
+    return {"do_sample": True, **{k: v for k, v in sampling.items() if v is not None}}
+
+
 def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], max_new_tokens: int = 128,
               chat: bool = False, datastore: str | None = None, max_nodes: int = 32, model_name: str = "",
               draft_model: str | None = None,
-              progress: bool = True) -> dict:
-    """Run ``methods`` over ``prompts`` and return the report dict (schema in ARCHITECTURE.md)."""
+              progress: bool = True, sampling: dict | None = None) -> dict:
+    """Run ``methods`` over ``prompts`` and return the report dict (schema in ARCHITECTURE.md). ``sampling``:
+    ``{"temperature", "top_k", "top_p"}`` to sample in every method (outputs then differ: ``identical_to_hf`` is
+    None), else greedy."""
     if "hf" not in methods:
         methods = ["hf"] + list(methods)
     runners = [_Method(m, model, tokenizer, datastore, max_nodes, draft_model) for m in methods]
@@ -96,14 +107,14 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
     for prompt, ids in zip(prompts, encoded):
         reference = None
         for r in runners:
-            tokens, seconds, passes, stats = r.run(ids, max_new_tokens)
+            tokens, seconds, passes, stats = r.run(ids, max_new_tokens, sampling)
             if r.name == "hf":
                 reference = tokens
             for bucket in (totals[r.name], per_cat.setdefault(prompt.category, {}).setdefault(r.name, MethodTotals())):
                 bucket.wall_s += seconds
                 bucket.new_tokens += len(tokens)
                 bucket.passes += passes
-                bucket.identical &= tokens == reference
+                bucket.identical &= sampling is not None or tokens == reference
                 if stats is not None:
                     bucket.tree_nodes += stats.tree_nodes
                     bucket.draft_ms += stats.draft_ms
@@ -128,6 +139,7 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
         "n_prompts": len(prompts),
         "chat": chat,
         "torch_threads": torch.get_num_threads(),
+        "sampling": sampling_options(sampling) if sampling else None,
         "methods": {},
     }
     hf_rate = rate(totals["hf"])
@@ -139,7 +151,7 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
             "new_tokens": t.new_tokens,
             "mean_accepted": round(mean_acc(t), 4),
             "speedup_vs_hf": round(rate(t) / hf_rate, 4) if hf_rate else 0.0,
-            "identical_to_hf": bool(t.identical),
+            "identical_to_hf": None if sampling else bool(t.identical),
             "per_category": {},
         }
         for cat, methods_totals in per_cat.items():
@@ -149,7 +161,7 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                 "tokens_per_s": round(rate(c), 3),
                 "speedup_vs_hf": round(rate(c) / hf_c, 4) if hf_c else 0.0,
                 "mean_accepted": round(mean_acc(c), 4),
-                "identical_to_hf": bool(c.identical),
+                "identical_to_hf": None if sampling else bool(c.identical),
             }
         if r.engine is not None:
             entry["mean_tree_size"] = round(t.tree_nodes / t.passes, 3) if t.passes else 0.0
@@ -189,7 +201,7 @@ def markdown_table(report: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in methods.items():
         row = [f"`{name}`", f"{m['tokens_per_s']:.1f}", f"{m['speedup_vs_hf']:.2f}x", f"{m['mean_accepted']:.2f}",
-               "yes" if m["identical_to_hf"] else "**no**"]
+               "n/a (sampled)" if m["identical_to_hf"] is None else "yes" if m["identical_to_hf"] else "**no**"]
         row += [f"{m['per_category'][c]['speedup_vs_hf']:.2f}x" for c in cats]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -78,13 +78,34 @@ def cmd_bench(args) -> int:
         prompts = [p for p in prompts if p.category in wanted]
     print(f"[draftless] bench: {len(prompts)} prompts x {len(methods)} methods, {args.max_new_tokens} new tokens",
           flush=True)
+    if (args.top_k is not None or args.top_p is not None) and args.temperature is None:
+        raise SystemExit("--top-k / --top-p need --temperature (the bench samples only when given one)")
+    sampling = None if args.temperature is None else {"temperature": args.temperature, "top_k": args.top_k,
+                                                      "top_p": args.top_p}
+    if args.batch_size:
+        return _batch_bench(args, model, tokenizer, prompts, methods, sampling)
     report = run_bench(model, tokenizer, prompts, methods, max_new_tokens=args.max_new_tokens, chat=args.chat,
                        datastore=args.datastore, draft_model=args.draft_model, max_nodes=args.max_nodes,
-                       model_name=args.model or "smollm2-135m")
+                       model_name=args.model or "smollm2-135m", sampling=sampling)
     write_report(report, args.json, args.markdown, args.plot)
     print(markdown_table(report))
     if args.verbose and "cost_curve_ms" in report:
         print(f"[draftless] cost curve (ms): {report['cost_curve_ms']}")
+    return 0
+
+
+def _batch_bench(args, model, tokenizer, prompts, methods, sampling) -> int:
+    from .batch_bench import batch_markdown_table, run_batch_bench, write_batch_report
+
+    try:
+        sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"--batch-size takes comma-separated integers, got {args.batch_size!r}")
+    report = run_batch_bench(model, tokenizer, prompts, methods, sizes, max_new_tokens=args.max_new_tokens,
+                             chat=args.chat, sampling=sampling, datastore=args.datastore, max_nodes=args.max_nodes,
+                             draft_model=args.draft_model, model_name=args.model or "smollm2-135m")
+    write_batch_report(report, args.json, args.markdown)
+    print(batch_markdown_table(report))
     return 0
 
 
@@ -164,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", required=True, help="write the report here")
     b.add_argument("--markdown", default=None, help="also write a markdown table here")
     b.add_argument("--plot", default=None, help="also write a PNG of speedups per category here")
+    b.add_argument("--batch-size", default=None, metavar="B[,B...]",
+                   help="left-padded batches of B prompts (e.g. 1,4,8), against model.generate at the same B")
+    b.add_argument("--temperature", type=float, default=None,
+                   help="sample at this temperature in every method (default: greedy; outputs then differ)")
+    b.add_argument("--top-k", type=int, default=None, help="with --temperature: top-k for every method")
+    b.add_argument("--top-p", type=float, default=None, help="with --temperature: top-p for every method")
     b.add_argument("--verbose", action="store_true")
     _add_model_args(b)
     b.set_defaults(func=cmd_bench)

@@ -102,6 +102,22 @@ class RequestState:
         return self.full[: self.n_pad + self.length]
 
 
+def new_row_state(padded_row: np.ndarray, n_pad: int, plan: DecodingPlan, processors, stop: StopRule, streamer,
+                  generator: torch.Generator | None, cache) -> RequestState:
+    """A row's ``RequestState`` before its prefill (``padded_row``: int64[P] with ``n_pad`` leading padding ids;
+    ``cache``: the row's own cache, or None when the row lives in a batch's shared one)."""
+    prompt_len = len(padded_row) - n_pad
+    max_new = max(0, plan.max_length - len(padded_row))
+    full = np.empty(len(padded_row) + max_new + 1, dtype=np.int64)
+    full[: len(padded_row)] = padded_row
+    state = RequestState(full=full, n_pad=n_pad, length=prompt_len, cache=cache, max_new_tokens=max_new,
+                         processors=processors, sampling=plan.do_sample, stop=stop, generator=generator,
+                         streamer=streamer, stats=GenerationStats(prompt_tokens=prompt_len),
+                         scores=[] if plan.output_scores else None, raw_logits=[] if plan.output_logits else None)
+    state.finished = max_new == 0
+    return state
+
+
 def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
     """Run ``prompt[:-1]`` (int64[P]) through ``model`` into ``cache``; the last prompt token is left for the first
     tree's root. Only the last position's logits are computed (and dropped)."""
@@ -136,10 +152,10 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
     return out.logits[0], hidden
 
 
-def commit(state: RequestState, tree: DraftTree, acc: Acceptance, device: torch.device) -> list[int]:
-    """Commit an accepted path: its tokens after the root plus the bonus, cut by the stopping criteria exactly
-    where one-token decoding would stop (each token checked in turn, the one that fires kept, as
-    ``model.generate`` keeps its EOS); compact the cache to the committed prefix plus the accepted nodes.
+def commit(state: RequestState, tree: DraftTree, acc: Acceptance) -> list[int]:
+    """Commit an accepted path: its tokens after the root plus the bonus, cut by the stopping
+    criteria exactly where one-token decoding would stop (each token checked in turn, the one that fires kept, as
+    ``model.generate`` keeps its EOS), appended to the row. The cache is the caller's to compact.
 
     Returns the committed tokens and sets ``state.finished`` when generation is over."""
     committed = [int(t) for t in tree.tokens[acc.accepted[1:]]] + [acc.bonus]
@@ -150,7 +166,6 @@ def commit(state: RequestState, tree: DraftTree, acc: Acceptance, device: torch.
     committed = committed[:kept]
     if stop or len(state.produced) + len(committed) >= state.max_new_tokens:
         state.finished = True
-    keep_prefix_and(state.cache, state.prefix_len, torch.from_numpy(acc.accepted).to(device))
     state.length += len(committed)
     state.produced.extend(committed)
     return committed
@@ -190,7 +205,10 @@ class SpeculativeGenerator:
     ``max_nodes``: the most tree nodes (root included) one pass may verify. ``adaptive``: choose each step's tree
     size from the measured cost curve and calibrated scores (see ``budget.py``); when False every step verifies up
     to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring. ``min_gain``: verify a tree only when its
-    expected speed beats plain decoding by this factor (a margin for misestimated scores).
+    expected speed beats plain decoding by this factor (a margin for misestimated scores). ``drafter_factory``: a
+    callable returning a fresh, independent drafter like ``drafter``; with one, the rows of a batch are verified
+    together (``engine/batch.py``), each row drafting with its own instance (built on first need, then kept for
+    later calls); without one (a ``Drafter`` object passed alone) a batch runs row by row through ``drafter``.
 
     State that outlives a request (learned across ``generate`` calls, on purpose: later requests start from what
     earlier ones measured; ``reset_learning()`` forgets it):
@@ -216,12 +234,19 @@ class SpeculativeGenerator:
         calibrate: bool = True,
         min_gain: float = 1.03,
         verbose: bool = False,
+        drafter_factory=None,
     ):
         if not isinstance(drafter, Drafter):
             raise TypeError(f"{type(drafter).__name__} does not implement the Drafter protocol (name, begin, draft, "
                             "feedback, wants_hidden_states, calibrates_scores; BaseDrafter provides the defaults)")
         self.model = model
         self.drafter = drafter
+        if drafter_factory is not None and not callable(drafter_factory):
+            raise TypeError("drafter_factory must be a callable that returns a fresh Drafter")
+        self.drafter_factory = drafter_factory
+        # one drafter per batch row (row 0 is ``drafter``), built by the factory on first need and kept, so a
+        # drafter that loads a store or a model does so once per row slot, not once per call
+        self._row_drafters: list[Drafter] = [drafter]
         self.layout: AttentionLayout = inspect_model(model)
         self.max_nodes = int(max_nodes)
         if self.max_nodes < 1:
@@ -238,6 +263,7 @@ class SpeculativeGenerator:
         self._running = False
         self.last_stats: GenerationStats | None = None  # the latest run's stats (a batch's rows summed)
         self.last_row_stats: list[GenerationStats] = []
+        self.last_batched = False  # whether the latest run verified its rows together (engine/batch.py)
         self.reset_learning()
 
     def reset_learning(self) -> None:
@@ -266,7 +292,8 @@ class SpeculativeGenerator:
         return self.cost_curve.path_for(n)
 
     # ------------------------------------------------------------------ draft
-    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int) -> tuple[DraftTree, tuple | None]:
+    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int,
+                      drafter: Drafter | None = None) -> tuple[DraftTree, tuple | None]:
         """Calibrate and prune a drafted tree.
 
         Returns the tree to verify and, when calibrating, ``(calibrated full tree, its keys)`` for ``observe``:
@@ -274,7 +301,7 @@ class SpeculativeGenerator:
         target wanted there), so a source whose guesses are all pruned still gets the observations that can
         bring it back.
         """
-        check_tree(tree, root, self.vocab_size, self.drafter.name)
+        check_tree(tree, root, self.vocab_size, (drafter or self.drafter).name)
         if len(tree) == 1:
             return tree, None
         observation = None
@@ -291,22 +318,37 @@ class SpeculativeGenerator:
             tree = tree.subset(keep)
         return tree, observation
 
-    def _draft(self, state: RequestState) -> tuple[DraftTree, tuple | None]:
-        """Ask the drafter for a tree on a read-only view of the committed tokens, then calibrate and prune it."""
+    def _draft(self, state: RequestState, drafter: Drafter | None = None) -> tuple[DraftTree, tuple | None]:
+        """Ask the row's drafter (default: ``self.drafter``) for a tree on a read-only view of the committed tokens,
+        then calibrate and prune it."""
+        drafter = drafter or self.drafter
         view = state.context[: state.length]
         view.flags.writeable = False
         try:
-            tree = self.drafter.draft(view, self.max_nodes)
+            tree = drafter.draft(view, self.max_nodes)
         finally:
             view.flags.writeable = True
-        return self._prepare_tree(tree, state.root, state.remaining)
+        return self._prepare_tree(tree, state.root, state.remaining, drafter)
+
+    def row_drafters(self, batch: int) -> list[Drafter] | None:
+        """``batch`` independent drafters, one per row (the first is ``self.drafter``), or None when the engine has
+        no ``drafter_factory`` to build more (a ``Drafter`` object was passed alone): then a batch runs row by
+        row through ``self.drafter``."""
+        if batch > len(self._row_drafters):
+            if self.drafter_factory is None:
+                return None
+            while len(self._row_drafters) < batch:
+                drafter = self.drafter_factory()
+                if not isinstance(drafter, Drafter):
+                    raise TypeError(f"drafter_factory returned {type(drafter).__name__}, not a Drafter")
+                self._row_drafters.append(drafter)
+        return self._row_drafters[:batch]
 
 
     # ------------------------------------------------------------------ one step
     def _step(self, state: RequestState) -> None:
         """One round: draft -> verify -> accept (scoring with the request's processors the nodes the walk reads)
         -> commit (compacting the cache) -> learn and feed back."""
-        stats = state.stats
         t0 = time.perf_counter()
         tree, observation = self._draft(state)
         t1 = time.perf_counter()
@@ -314,6 +356,17 @@ class SpeculativeGenerator:
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
                                      self.dtype, self.device, path=self._path_for(len(tree)))
         t2 = time.perf_counter()
+        prefix_len = state.prefix_len
+        acc, committed = self._accept_and_commit(state, tree, logits)
+        keep_prefix_and(state.cache, prefix_len, torch.from_numpy(acc.accepted).to(self.device))
+        t3 = time.perf_counter()
+        self._learn(state, self.drafter, tree, acc, committed, observation, logits, hidden,
+                    draft_ms=(t1 - t0) * 1000, verify_ms=(t2 - t1) * 1000, accept_ms=(t3 - t2) * 1000)
+
+    def _accept_and_commit(self, state: RequestState, tree: DraftTree, logits: torch.Tensor
+                           ) -> tuple[Acceptance, list[int]]:
+        """Score (the row's processors, lazily), accept and commit the row's tokens for one verified tree
+        (``logits``: float[n, V]); the cache is the caller's to compact."""
         if state.processors or state.sampling or state.scores is not None:
             scores = TreeScores(state.processors, state.history, tree, logits)  # scored as the walk reads nodes
         else:
@@ -322,18 +375,23 @@ class SpeculativeGenerator:
             acc = accept_sampling(tree, scores, SOFTMAX, state.generator)
         else:
             acc = accept_greedy(tree, scores)
-        committed = commit(state, tree, acc, self.device)
+        committed = commit(state, tree, acc)
         if state.scores is not None:
             state.scores.extend(scores.rows(acc.accepted[: len(committed)]).unbind(0))
         if state.raw_logits is not None:
             state.raw_logits.extend(logits[acc.accepted[: len(committed)]].float().unbind(0))
-        t3 = time.perf_counter()
+        return acc, committed
 
-        self.draft_ms_estimate = 0.9 * self.draft_ms_estimate + 0.1 * (t1 - t0) * 1000
+    def _learn(self, state: RequestState, drafter: Drafter, tree: DraftTree, acc: Acceptance, committed: list[int],
+               observation, logits: torch.Tensor, hidden: torch.Tensor | None, draft_ms: float, verify_ms: float,
+               accept_ms: float) -> None:
+        """After a row's commit: its stats, the calibrator's observation, the streamer, the drafter's feedback."""
+        stats = state.stats
+        self.draft_ms_estimate = 0.9 * self.draft_ms_estimate + 0.1 * draft_ms
         stats.steps += 1
-        stats.draft_ms += (t1 - t0) * 1000
-        stats.verify_ms += (t2 - t1) * 1000
-        stats.accept_ms += (t3 - t2) * 1000
+        stats.draft_ms += draft_ms
+        stats.verify_ms += verify_ms
+        stats.accept_ms += accept_ms
         stats.record_tree(tree, acc.accepted)
         if observation is not None:
             self.calibrator.observe(*observation, committed)
@@ -341,7 +399,7 @@ class SpeculativeGenerator:
             state.streamer.put(torch.tensor(committed, dtype=torch.long))
         if not state.finished:
             t4 = time.perf_counter()
-            self.drafter.feedback(
+            drafter.feedback(
                 StepFeedback(
                     tree=tree,
                     accepted=acc.accepted,
@@ -379,9 +437,10 @@ class SpeculativeGenerator:
         run's stats are also in ``self.last_stats``. ``max_new_tokens=0`` returns the prompt (``model.generate``
         refuses it).
 
-        Batches (B > 1) run row by row through the engine, each row without its padding, and are assembled as
-        ``model.generate`` assembles them (left padding kept, finished rows filled with ``pad_token_id``). Rows are
-        not yet verified together in one batched pass.
+        Batches (B > 1) are verified together, one model pass per step over every unfinished row's tree, each row
+        with its own drafter (``engine/batch.py``; needs a ``drafter_factory``, else the rows run one after
+        another), and are assembled as ``model.generate`` assembles them (left padding kept, finished rows filled
+        with ``pad_token_id``).
         """
         with self._one_request():
             if input_ids is None:
@@ -467,7 +526,8 @@ class SpeculativeGenerator:
         """The loop for resolved arguments (both entry points end here): ``input_ids`` int64 [B, P] and
         ``attention_mask`` int64 [B, P] or None, checked, on the model's device; ``plan``: a ``DecodingPlan``.
 
-        Each row runs alone without its padding; its processors and criteria see it with its padding, as
+        B > 1 with one drafter per row (``row_drafters``): the batched loop (``engine/batch.py``); else each row
+        runs alone without its padding. A row's processors and criteria see it with its padding, as
         ``model.generate``'s do. Returns ``GenerateDecoderOnlyOutput`` when the plan asks for a dict, else the
         ``sequences`` tensor (``as_result``: a ``GenerationResult``)."""
         batch, length = input_ids.shape
@@ -475,19 +535,27 @@ class SpeculativeGenerator:
             raise ValueError("a streamer takes one sequence (transformers' streamers refuse batches too): pass one "
                              "row, or no streamer")
         if batch > 1 and (plan.output_scores or plan.output_logits):
-            raise ValueError("output_scores / output_logits are supported for one row only: rows run one after "
-                             "another, so a finished row has no scores for the steps the others still take")
+            raise ValueError("output_scores / output_logits are supported for one row only: rows commit different "
+                             "numbers of tokens per step, so a batch has no per-step [B, V] scores to return")
         if streamer is not None:
             streamer.put(input_ids.cpu())
         max_length, eos, others = split_criteria(plan.criteria)
         n_pad = (length - attention_mask.sum(dim=1)).tolist() if attention_mask is not None else [0] * batch
         rows_cpu = input_ids.cpu().numpy()
-        states = []
-        for r in range(batch):
-            stop = StopRule(max_length, eos, others, self.device)
-            processors = processors_for_row(plan.processors, r)
-            states.append(self._run_row(rows_cpu[r], int(n_pad[r]), plan, processors, stop, streamer, generator,
-                                        info))
+        drafters = self.row_drafters(batch) if batch > 1 else None
+        self.last_batched = drafters is not None
+        if drafters is not None:
+            from .batch import run_batch  # the batched loop; one row keeps the single-row path (cheaper there)
+
+            states = run_batch(self, rows_cpu, [int(p) for p in n_pad], plan, drafters, generator, info,
+                               lambda: StopRule(max_length, eos, others, self.device))
+        else:
+            states = []
+            for r in range(batch):
+                stop = StopRule(max_length, eos, others, self.device)
+                processors = processors_for_row(plan.processors, r)
+                states.append(self._run_row(rows_cpu[r], int(n_pad[r]), plan, processors, stop, streamer,
+                                            generator, info))
         if streamer is not None:
             streamer.end()
 
@@ -512,16 +580,8 @@ class SpeculativeGenerator:
                  streamer, generator, info: RequestInfo = RequestInfo()) -> RequestState:
         """Decode one row (``padded_row``: int64[P], ``n_pad`` leading padding ids) until a criterion stops it."""
         t_start = time.perf_counter()
-        prompt = padded_row[n_pad:].copy()
-        max_new = max(0, plan.max_length - len(padded_row))
-        stats = GenerationStats(prompt_tokens=len(prompt))
-        full = np.empty(len(padded_row) + max_new + 1, dtype=np.int64)
-        full[: len(padded_row)] = padded_row
-        state = RequestState(full=full, n_pad=n_pad, length=len(prompt), cache=new_cache(), max_new_tokens=max_new,
-                             processors=processors, sampling=plan.do_sample, stop=stop, generator=generator,
-                             streamer=streamer, stats=stats, scores=[] if plan.output_scores else None,
-                             raw_logits=[] if plan.output_logits else None)
-        state.finished = max_new == 0
+        state = new_row_state(padded_row, n_pad, plan, processors, stop, streamer, generator, new_cache())
+        prompt, stats, max_new = state.context[: state.length].copy(), state.stats, state.max_new_tokens
         if not state.finished:
             t0 = time.perf_counter()
             prefill(self.model, prompt, state.cache, self.device)

@@ -98,3 +98,67 @@ def tree_attention_mask(
     if layout.layer_types is None:
         return sliding
     return {kind: (sliding if kind == "sliding_attention" else full) for kind in layout.layer_types}
+
+
+# ---------------------------------------------------------------------------- batches with ragged rows
+# A batch shares one cache whose slots hold different rows' entries at different places: row b's committed
+# entries are the slots [start[b], end[b]) (left padding before them, garbage from rejected or shorter rows after
+# them), so every row gets its own positions and its own visible keys. These builders say, per row, which keys a
+# query may see and where each key sits; ``ragged_attention_mask`` turns that into transformers' additive masks.
+
+
+def ragged_attention_mask(layout: AttentionLayout, allowed: torch.Tensor, query_pos: torch.Tensor,
+                          key_pos: torch.Tensor, dtype: torch.dtype):
+    """Additive mask(s) for a batch whose rows sit at positions of their own.
+
+    ``allowed``: bool [B, n, K] (query i of row b may see key slot j, before any sliding window; every query must
+    see at least one key, or its softmax has no support); ``query_pos``: int64 [B, n]; ``key_pos``: int64 [B, K]
+    (read only where ``allowed``). Returns float ``dtype`` [B, 1, n, K] (0 = attend, dtype minimum = blocked), or a
+    dict ``{layer_type: mask}`` for models with ``layer_types``; a sliding-window layer also blocks keys
+    ``window`` or more positions behind the query."""
+    blocked_value = torch.finfo(dtype).min
+
+    def additive(allow: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allow.shape, dtype=dtype, device=allow.device)
+        mask.masked_fill_(~allow, blocked_value)
+        return mask[:, None]
+
+    full = additive(allowed)
+    if layout.sliding_window is None:
+        return full if layout.layer_types is None else {kind: full for kind in layout.layer_types}
+    in_window = key_pos[:, None, :] > query_pos[:, :, None] - layout.sliding_window
+    sliding = additive(allowed & in_window)
+    if layout.layer_types is None:
+        return sliding
+    return {kind: (sliding if kind == "sliding_attention" else full) for kind in layout.layer_types}
+
+
+def padded_prefill_mask(layout: AttentionLayout, starts: torch.Tensor, length: int, dtype: torch.dtype):
+    """Mask(s) and ``position_ids`` int64 [B, length] for a causal pass over a left-padded batch: row b's tokens
+    are the slots [starts[b], length), at positions 0, 1, ... (transformers' ``cumsum(mask) - 1``).
+
+    ``starts``: int64 [B] (the rows' padding lengths). A padding query sees only itself (its output is never read,
+    and its key is never seen by a real token)."""
+    slots = torch.arange(length, device=starts.device)
+    real = slots[None, :] >= starts[:, None]  # [B, length]
+    causal = slots[None, :] <= slots[:, None]  # [length(query), length(key)]
+    allowed = causal[None] & real[:, None, :]
+    allowed |= torch.eye(length, dtype=torch.bool, device=starts.device)[None]
+    positions = (slots[None, :] - starts[:, None]).clamp_min(0)
+    return ragged_attention_mask(layout, allowed, positions, positions, dtype), positions
+
+
+def batch_tree_mask(layout: AttentionLayout, ancestors: torch.Tensor, depths: torch.Tensor, starts: torch.Tensor,
+                    ends: torch.Tensor, width: int, dtype: torch.dtype):
+    """Mask(s) and ``position_ids`` int64 [B, n] for verifying one tree per row after a shared cache of ``width``
+    slots, row b's committed entries being the slots [starts[b], ends[b]).
+
+    ``ancestors``: bool [B, n, n] (a row's tree padded to n nodes: a padding node sees only itself); ``depths``:
+    int64 [B, n]. Node i of row b sits at position ``ends[b] - starts[b] + depths[b, i]``."""
+    batch, n = depths.shape
+    slots = torch.arange(width, device=depths.device)
+    cached = (slots[None, :] >= starts[:, None]) & (slots[None, :] < ends[:, None])  # [B, width]
+    query_pos = (ends - starts)[:, None] + depths
+    key_pos = torch.cat([slots[None, :] - starts[:, None], query_pos], dim=1)
+    allowed = torch.cat([cached[:, None, :].expand(batch, n, width), ancestors], dim=2)
+    return ragged_attention_mask(layout, allowed, query_pos, key_pos, dtype), query_pos

@@ -72,6 +72,20 @@ class PreallocatedLayer(DynamicLayer):
         else:
             super().crop(tokens_to_remove)
 
+    def move_entries(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Per row b, copy the entries at slots ``src[b]`` to slots ``dst[b]`` (int64 [B, k] each, the ``dst``
+        slots of a row distinct). Every source is read before any destination is written, so they may overlap."""
+        rows = torch.arange(src.shape[0], device=src.device)[:, None]
+        for buffer in (self._key_buffer, self._value_buffer):
+            moved = buffer[rows, :, src]  # [B, k, H, D]: advanced indices around a slice come first
+            buffer[rows, :, dst] = moved
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (int64 [b], in that order); copies the buffers."""
+        self._key_buffer = self._key_buffer.index_select(0, rows)
+        self._value_buffer = self._value_buffer.index_select(0, rows)
+        self.truncate(self._length)
+
     def reset(self) -> None:
         super().reset()
         self._key_buffer = self._value_buffer = None
@@ -111,3 +125,35 @@ def keep_prefix_and(cache: DynamicCache, prefix_len: int, kept: torch.Tensor) ->
         else:
             layer.keys = layer.keys[..., : prefix_len + k, :]
             layer.values = layer.values[..., : prefix_len + k, :]
+
+
+# ---------------------------------------------------------------------------- a batch of ragged rows
+# One cache holds a whole batch: every pass appends its [B, n] new entries at the common write pointer (the
+# layers' length), so after acceptance each row moves its own accepted entries down to just after its committed
+# ones (``move_row_entries``); what lies between a row's end and the write pointer is masked out by the attention
+# mask (``hf/attention.py``, ``batch_tree_mask``), never read.
+
+
+def _filled_layers(cache: DynamicCache) -> list[PreallocatedLayer]:
+    layers = [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
+    for layer in layers:
+        if not isinstance(layer, PreallocatedLayer):
+            raise TypeError(f"a batch cache needs PreallocatedLayer layers (new_cache()), got {type(layer).__name__}")
+    return layers
+
+
+def move_row_entries(cache: DynamicCache, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
+    """In every layer, per row b, copy slots ``src[b]`` to slots ``dst[b]`` (int64 [B, k]), then cut every row to
+    ``length`` slots (the new write pointer)."""
+    for layer in _filled_layers(cache):
+        if src.shape[1]:
+            layer.move_entries(src, dst)
+        layer.truncate(length)
+
+
+def select_batch_rows(cache: DynamicCache, rows: torch.Tensor, length: int) -> None:
+    """Keep the batch rows ``rows`` (int64 [b]) of every layer and cut them to ``length`` slots: finished rows
+    leave the batch, so later passes stop computing them."""
+    for layer in _filled_layers(cache):
+        layer.select_rows(rows)
+        layer.truncate(length)

@@ -1,0 +1,179 @@
+"""The batched loop: the rows of a left-padded batch verified together, one model pass per step.
+
+Each row keeps what the single-row loop (``generator.py``) gives a request: its own ``RequestState`` (buffer,
+processors, stopping rule, stats), its own drafter (one instance per row, so drafter state never mixes rows) and its
+own tree each step. What the rows share is the model pass and one KV cache:
+
+- **prefill**: one causal pass over the padded prompts minus their last token, padding masked and positions
+  counted from each row's first real token (``hf/attention.py``, ``padded_prefill_mask``);
+- **verify** (``verify_batch``): the b active rows' trees padded to one node count n (a padding node sees only
+  itself and is never accepted) go through the model as [b, n] ids with per-row ``position_ids`` and a 4-D mask
+  [b, 1, n, width + n];
+- **the ragged cache**: every layer holds [b, H, width, D]. Row i's committed entries are the slots
+  ``[starts[i], starts[i] + prefix_len)``; a pass appends every row's n nodes at the common write pointer
+  ``width``; after acceptance each row moves its accepted nodes down to just after its own committed entries
+  (``hf/kv_cache.py``, ``move_row_entries``), and the slots between a row's end and the write pointer, like its
+  left padding, are masked out of every later pass. The new write pointer is the longest row's end, so the cache is
+  never wider than the longest row plus one tree;
+- **finished rows** leave the batch (``select_batch_rows``): later passes, drafts and masks cover only rows still
+  decoding.
+
+Tree sizes: each row's tree is sized by the engine's budget on the single-row cost curve, as a lone request would
+be, and the pass is padded to the largest. Greedy output is token-identical to ``model.generate`` on the same
+batch; sampling draws every row from the one ``torch.Generator``, rows in batch order, so a seed reproduces a run
+but not the row-by-row path's draws.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .generator import RequestState, new_row_state
+from .protocol import Drafter, RequestInfo, begin_request, end_request
+from .tree import DraftTree
+from ..fastpath import path_context
+from ..hf.attention import AttentionLayout, batch_tree_mask, padded_prefill_mask
+from ..hf.compat import cache_keyword
+from ..hf.generation import DecodingPlan, processors_for_row
+from ..hf.kv_cache import move_row_entries, new_cache, select_batch_rows
+
+
+@dataclass
+class BatchState:
+    """The rows still decoding and where their entries sit in the shared cache.
+
+    - ``active``: indices (into the call's rows) of the rows still decoding, in the cache's batch order;
+    - ``starts``: int64[b], per active row the slot of its first committed entry (its left padding before it);
+    - ``width``: slots every row of the cache holds (the write pointer of the next pass).
+
+    Row i's entries end at ``starts[i] + rows[active[i]].prefix_len``."""
+
+    cache: object
+    active: list[int]
+    starts: np.ndarray
+    width: int
+
+    def ends(self, rows: list[RequestState]) -> np.ndarray:
+        """int64[b]: the slot after each active row's last committed entry."""
+        return self.starts + np.array([rows[r].prefix_len for r in self.active], dtype=np.int64)
+
+
+def prefill_batch(model, layout: AttentionLayout, padded: np.ndarray, n_pad: list[int], cache,
+                  dtype: torch.dtype, device: torch.device) -> BatchState:
+    """Run every row's prompt minus its last token (``padded``: int64 [B, P], row b with ``n_pad[b]`` leading
+    padding ids) through ``model`` into ``cache`` in one pass; the last tokens are the first trees' roots."""
+    batch, length = padded.shape
+    starts = np.asarray(n_pad, dtype=np.int64)
+    if length > 1:
+        ids = torch.from_numpy(padded[:, :-1]).to(device)
+        mask, positions = padded_prefill_mask(layout, torch.from_numpy(starts).to(device), length - 1, dtype)
+        model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1,
+              **{cache_keyword(model): cache})
+    return BatchState(cache=cache, active=list(range(batch)), starts=starts, width=length - 1)
+
+
+def verify_batch(model, layout: AttentionLayout, batch: BatchState, trees: list[DraftTree], ends: np.ndarray,
+                 want_hidden: bool, dtype: torch.dtype, device: torch.device, path: str = "torch",
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward over every active row's tree, padded to n = the largest tree's node count; appends the [b, n]
+    nodes' keys/values at slots ``[width, width + n)``.
+
+    Returns logits float [b, n, V] (row i's node j predicts the token after it; padding nodes' rows are garbage)
+    and, when ``want_hidden``, last-layer hidden states float [b, n, H]."""
+    b, n = len(trees), max(len(t) for t in trees)
+    tokens = np.empty((b, n), dtype=np.int64)
+    depths = np.zeros((b, n), dtype=np.int64)
+    ancestors = np.zeros((b, n, n), dtype=bool)
+    ancestors[:, np.arange(n), np.arange(n)] = True  # a padding node sees only itself
+    for i, tree in enumerate(trees):
+        m = len(tree)
+        tokens[i, :m] = tree.tokens
+        tokens[i, m:] = tree.tokens[0]  # any id inside the vocabulary: padding nodes are never read
+        depths[i, :m] = tree.depths
+        ancestors[i, :m, :m] = tree.ancestor_mask()
+    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    mask, positions = batch_tree_mask(layout, to(ancestors), to(depths), to(batch.starts), to(ends), batch.width,
+                                      dtype)
+    with path_context(path, device, dtype):
+        out = model(input_ids=to(tokens), position_ids=positions, attention_mask=mask, use_cache=True,
+                    output_hidden_states=want_hidden, **{cache_keyword(model): batch.cache})
+    return out.logits, (out.hidden_states[-1] if want_hidden else None)
+
+
+def commit_batch(batch: BatchState, rows: list[RequestState], accepted: list[np.ndarray], ends: np.ndarray,
+                 device: torch.device) -> None:
+    """Compact the shared cache after a pass: row i's accepted nodes (``accepted[i]``: int64[k_i] node indices,
+    root first) move from slots ``width + accepted[i]`` to ``ends[i] + [0, k_i)``, its ends before the commit;
+    rows whose ``RequestState`` is now finished leave the batch. Call after ``generator.commit`` updated the rows."""
+    n_rows = len(accepted)
+    k_max = max(len(a) for a in accepted)
+    src = np.full((n_rows, k_max), batch.width, dtype=np.int64)
+    dst = ends[:, None] + np.arange(k_max, dtype=np.int64)[None, :]  # distinct per row; the extras are past its end
+    for i, acc in enumerate(accepted):
+        src[i, : len(acc)] = batch.width + acc
+    keep = [i for i, r in enumerate(batch.active) if not rows[r].finished]
+    if not keep:
+        batch.active = []
+        return
+    new_ends = ends + np.array([len(a) for a in accepted], dtype=np.int64)
+    width = int(new_ends[keep].max())
+    move_row_entries(batch.cache, torch.from_numpy(src).to(device), torch.from_numpy(dst).to(device), width)
+    if len(keep) < n_rows:
+        select_batch_rows(batch.cache, torch.tensor(keep, dtype=torch.int64, device=device), width)
+        batch.starts = batch.starts[keep]
+        batch.active = [batch.active[i] for i in keep]
+    batch.width = width
+
+
+def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, drafters: list[Drafter],
+              generator: torch.Generator | None, info: RequestInfo, new_stop) -> list[RequestState]:
+    """Decode a left-padded batch (``padded``: int64 [B, P]; ``n_pad``: each row's padding length) with one
+    drafter per row (``drafters``: B independent instances) until every row is finished; ``engine``: the
+    ``SpeculativeGenerator`` whose drafting, scoring and learning each row goes through; ``new_stop()``: a fresh
+    ``StopRule`` per row. Returns the rows' ``RequestState``s (their caches are None: the rows shared one)."""
+    t_start = time.perf_counter()
+    rows = [new_row_state(padded[r], n_pad[r], plan, processors_for_row(plan.processors, r), new_stop(), None,
+                          generator, None) for r in range(len(padded))]
+    if all(r.finished for r in rows):  # the token limit leaves nothing to generate
+        return rows
+    t0 = time.perf_counter()
+    batch = prefill_batch(engine.model, engine.layout, padded, n_pad, new_cache(), engine.dtype, engine.device)
+    prefill_ms = (time.perf_counter() - t0) * 1000 / len(rows)
+    for state, drafter in zip(rows, drafters):
+        state.stats.prefill_ms = prefill_ms
+        begin_request(drafter, state.context[: state.length].copy(), info)
+    want_hidden = any(d.wants_hidden_states for d in drafters)
+    while batch.active:
+        drafted, draft_ms = [], []
+        for r in batch.active:
+            t0 = time.perf_counter()
+            drafted.append(engine._draft(rows[r], drafters[r]))
+            draft_ms.append((time.perf_counter() - t0) * 1000)
+        trees = [tree for tree, _ in drafted]
+        ends = batch.ends(rows)
+        t1 = time.perf_counter()
+        logits, hidden = verify_batch(engine.model, engine.layout, batch, trees, ends, want_hidden, engine.dtype,
+                                      engine.device, path=engine._path_for(sum(len(t) for t in trees)))
+        verify_ms = (time.perf_counter() - t1) * 1000 / len(trees)
+        t2 = time.perf_counter()
+        steps = []
+        for i, r in enumerate(list(batch.active)):
+            n = len(trees[i])
+            acc, committed = engine._accept_and_commit(rows[r], trees[i], logits[i, :n])
+            steps.append((r, i, acc, committed))
+        commit_batch(batch, rows, [acc.accepted for _, _, acc, _ in steps], ends, engine.device)
+        accept_ms = (time.perf_counter() - t2) * 1000 / len(trees)
+        for r, i, acc, committed in steps:
+            n = len(trees[i])
+            engine._learn(rows[r], drafters[r], trees[i], acc, committed, drafted[i][1], logits[i, :n],
+                          hidden[i, :n] if hidden is not None else None, draft_ms=draft_ms[i], verify_ms=verify_ms,
+                          accept_ms=accept_ms)
+            if rows[r].finished:
+                end_request(drafters[r], rows[r].context[: rows[r].length].copy(), info)
+                rows[r].stats.total_ms = (time.perf_counter() - t_start) * 1000
+    for state in rows:
+        state.stats.new_tokens = len(state.produced)
+    return rows
