@@ -36,7 +36,8 @@ def cmd_generate(args) -> int:
     chat = args.chat if args.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     ids = encode_prompt(tokenizer, args.prompt, chat).to(next(model.parameters()).device)
     fast = draftless.accelerate(model, drafter=args.drafter, tokenizer=tokenizer, datastore=args.datastore,
-                                draft_model=args.draft_model, max_nodes=args.max_nodes, verbose=args.verbose)
+                                draft_model=args.draft_model, max_nodes=args.max_nodes, verbose=args.verbose,
+                                history=args.history)
     if args.verbose:
         print(f"[draftless] cost curve t(n)/t(1): {fast.cost_curve.relative()}", flush=True)
     sample = args.temperature is not None and args.temperature > 0
@@ -47,7 +48,7 @@ def cmd_generate(args) -> int:
         fast.generate(ids, max_new_tokens=8)
         with torch.inference_mode():
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
-    out = fast.generate(ids, **gen_kwargs)
+    out = fast.generate(ids, namespace=args.namespace, **gen_kwargs)
     print(tokenizer.decode(out.new_tokens, skip_special_tokens=True))
     print(f"[draftless] drafter={fast.drafter.name} {out.stats.summary()}")
     if args.compare:
@@ -70,6 +71,12 @@ def cmd_bench(args) -> int:
     from .bench import markdown_table, run_bench, write_report
     from .prompts import load_prompt_file
 
+    if args.stream:
+        from .stream_bench import cmd_stream_bench
+
+        return cmd_stream_bench(args, *_load(args))
+    if not args.prompts:
+        raise SystemExit("bench needs --prompts FILE (or --stream for the stream of related requests)")
     model, tokenizer = _load(args)
     prompts = load_prompt_file(args.prompts, per_category=args.per_category, limit=args.limit)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -168,11 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-nodes", type=int, default=32, help="largest tree one pass may verify")
     g.add_argument("--compare", action="store_true", help="also run plain model.generate and print the speedup")
     g.add_argument("--verbose", action="store_true")
+    g.add_argument("--history", default=None, metavar="DIR",
+                   help="remember requests across runs in DIR (reloaded first, this request added after)")
+    g.add_argument("--namespace", default=None, help="whose history the request reads and extends")
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="benchmark methods against model.generate on a prompt file")
-    b.add_argument("--prompts", required=True, help="Spec-Bench style jsonl (question_id, category, turns)")
+    b.add_argument("--prompts", default=None, help="Spec-Bench style jsonl (question_id, category, turns)")
     b.add_argument("--methods", default="hf,hf-pld,ngram", help="comma-separated: hf, hf-pld, drafter specs")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--per-category", type=int, default=None, help="first K prompts of each category")
@@ -192,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top-k", type=int, default=None, help="with --temperature: top-k for every method")
     b.add_argument("--top-p", type=float, default=None, help="with --temperature: top-p for every method")
     b.add_argument("--verbose", action="store_true")
+    b.add_argument("--stream", action="store_true",
+                   help="a stream of related requests through one engine, auto with and without a history "
+                        "(app/stream_bench.py; --workload, --requests, --history)")
+    b.add_argument("--workload", default="gsm8k", help="--stream: gsm8k or mbpp (from --data)")
+    b.add_argument("--requests", type=int, default=32, help="--stream: requests in the stream")
+    b.add_argument("--data", default="../shared/bench", help="--stream: folder with gsm8k_train.jsonl, mbpp_train.jsonl")
+    b.add_argument("--history", default=None, metavar="DIR",
+                   help="--stream: keep the history in DIR (reloaded first, saved after each request)")
     _add_model_args(b)
     b.set_defaults(func=cmd_bench)
 

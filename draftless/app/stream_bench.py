@@ -1,0 +1,209 @@
+"""``draftless bench --stream``: a stream of related requests through one engine, with and without a history.
+
+A deployment sees requests one after another, and they repeat themselves (one instruction over many inputs, one
+output format). This benchmark builds such a stream from the public data in ``../shared/bench`` and runs it in
+order through two engines of the same model: ``auto`` without a history and ``auto`` with one (``history=True``,
+or a directory). Each request runs plain greedy ``model.generate`` first (the reference every output must equal),
+then both engines (alternating which goes first), back to back, so drifts of the machine hit all three alike. The report gives the speedup of the
+history per request index, by bucket of request indices and by half of the stream: the warm-up curve.
+
+Workloads (``--workload``):
+
+- ``gsm8k``: GSM8K training problems answered one after another under one fixed instruction with two worked
+  examples (the GSM8K answer format: ``<<...>>`` calculations and ``#### N``);
+- ``mbpp``: MBPP training tasks in sequence under one instruction.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .prompts import encode_prompt
+
+WORKLOADS = ("gsm8k", "mbpp")
+GSM8K_INSTRUCTION = ("Solve the math word problem. Work it out step by step, one calculation per line, then give "
+                     "the final answer on its own line as '#### <number>'.")
+MBPP_INSTRUCTION = "Write a Python function for the task below. Reply with the code only."
+N_SHOTS = 2
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One request of a stream: an id (``gsm8k/17``) and its prompt text."""
+
+    request_id: str
+    text: str
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (the stream workloads read ../shared/bench; pass --data DIR)")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) -> list[StreamRequest]:
+    """``n`` requests of ``workload`` (see the module docstring); the worked examples are the file's first rows and
+    the requests start after them (plus ``offset``), so no request is its own example."""
+    data_dir = Path(data_dir)
+    if workload == "gsm8k":
+        rows = _read_jsonl(data_dir / "gsm8k_train.jsonl")
+        shots = "\n\n".join(f"Problem: {r['question']}\nSolution:\n{r['answer']}" for r in rows[:N_SHOTS])
+        head = f"{GSM8K_INSTRUCTION}\n\n{shots}\n\n"
+        picked = rows[N_SHOTS + offset: N_SHOTS + offset + n]
+        reqs = [StreamRequest(f"gsm8k/{N_SHOTS + offset + i}", f"{head}Problem: {r['question']}\nSolution:\n")
+                for i, r in enumerate(picked)]
+    elif workload == "mbpp":
+        rows = _read_jsonl(data_dir / "mbpp_train.jsonl")
+        picked = rows[offset: offset + n]
+        reqs = [StreamRequest(f"mbpp/{r.get('task_id', offset + i)}",
+                              f"{MBPP_INSTRUCTION}\n\nTask: {r['text']}\n")
+                for i, r in enumerate(picked)]
+    else:
+        raise ValueError(f"unknown stream workload {workload!r}; known: {', '.join(WORKLOADS)}")
+    if len(reqs) < n:
+        raise ValueError(f"{workload} has only {len(reqs)} requests from offset {offset}, {n} asked")
+    return reqs
+
+
+def _hf_greedy(model, ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], float]:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        seq = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens)
+    return seq[0, ids.shape[1]:].tolist(), time.perf_counter() - t0
+
+
+def _engine_run(engine, ids: torch.Tensor, max_new_tokens: int, namespace: str | None) -> dict:
+    t0 = time.perf_counter()
+    out = engine.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, namespace=namespace)
+    seconds = time.perf_counter() - t0
+    src = {k: [v.accepted, v.proposed] for k, v in out.stats.per_source.items()}
+    return {"tokens": out.new_tokens, "seconds": seconds, "passes": out.stats.steps, "per_source": src}
+
+
+def _totals(rows: list[dict], key: str) -> dict:
+    tokens = sum(r[key]["new_tokens"] for r in rows)
+    seconds = sum(r[key]["seconds"] for r in rows)
+    passes = sum(r[key]["passes"] for r in rows)
+    return {"new_tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 3) if seconds else 0.0,
+            "tokens_per_pass": round(tokens / passes, 4) if passes else 0.0}
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Totals of a slice of the stream for each method, and the ratios that matter."""
+    out = {m: _totals(rows, m) for m in ("hf", "auto", "auto+history")}
+    out["n_requests"] = len(rows)
+    hist, base, hf = out["auto+history"]["seconds"], out["auto"]["seconds"], out["hf"]["seconds"]
+    # time ratios over the same tokens (every output is the same): the throughput ratio of the slice
+    out["history_vs_auto"] = round(base / hist, 4) if hist else 0.0
+    out["auto_vs_hf"] = round(hf / base, 4) if base else 0.0
+    out["history_vs_hf"] = round(hf / hist, 4) if hist else 0.0
+    return out
+
+
+def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_tokens: int = 128,
+                     chat: bool = False, history=True, namespace: str | None = "stream", buckets: int = 4,
+                     max_nodes: int = 32, model_name: str = "", workload: str = "", progress=None) -> dict:
+    """Run the stream (see the module docstring) and return the report dict (schema in ARCHITECTURE.md)."""
+    import draftless
+
+    if len(requests) < 2:
+        raise ValueError("a stream needs at least two requests")
+    base = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes)
+    hist = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes, history=history)
+    store = hist.drafter.store if hasattr(hist.drafter, "store") else next(
+        d.store for d in hist.drafter.drafters if hasattr(d, "store"))
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(tokenizer, r.text, chat).to(device) for r in requests]
+
+    # Warm-up (kernels, numba, cost curve) on a prompt outside the stream, in a namespace of its own, so the
+    # stream's history starts from whatever the store held before (nothing, or a reloaded directory).
+    warm = encode_prompt(tokenizer, "Warm-up: count from one to ten.", chat).to(device)
+    _hf_greedy(model, warm, 32)
+    for engine in (base, hist):
+        engine.generate(warm, max_new_tokens=32, do_sample=False, namespace="warm-up")
+
+    rows = []
+    for i, (req, ids) in enumerate(zip(requests, encoded)):
+        ref, hf_s = _hf_greedy(model, ids, max_new_tokens)
+        row = {"index": i, "request_id": req.request_id, "prompt_tokens": int(ids.shape[1]),
+               "hf": {"new_tokens": len(ref), "seconds": hf_s, "passes": len(ref)}}
+        # the two engines alternate which runs first, so neither always gets the warmer caches
+        for key, engine in (("auto", base), ("auto+history", hist))[:: 1 if i % 2 == 0 else -1]:
+            run = _engine_run(engine, ids, max_new_tokens, namespace)
+            row[key] = {"new_tokens": len(run["tokens"]), "seconds": run["seconds"], "passes": run["passes"],
+                        "identical_to_hf": run["tokens"] == ref, "per_source": run["per_source"]}
+        row["history_vs_auto"] = round(row["auto"]["seconds"] / row["auto+history"]["seconds"], 4)
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+
+    half = len(rows) // 2
+    size = -(-len(rows) // buckets)
+    report = {
+        "model": model_name or str(getattr(model.config, "_name_or_path", "")),
+        "workload": workload,
+        "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "max_new_tokens": max_new_tokens,
+        "chat": chat,
+        "n_requests": len(rows),
+        "drafters": {"auto": base.drafter.name, "auto+history": hist.drafter.name},
+        "identical_to_hf": all(r[m]["identical_to_hf"] for r in rows for m in ("auto", "auto+history")),
+        "history_store": {"requests": store.n_requests, "tokens": store.n_tokens, "nbytes": store.nbytes()},
+        "all": _summary(rows),
+        "first_half": _summary(rows[:half]),
+        "second_half": _summary(rows[half:]),
+        "buckets": [dict(_summary(rows[a: a + size]), first=a, last=min(a + size, len(rows)) - 1)
+                    for a in range(0, len(rows), size)],
+        "requests": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+    }
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    """The per-bucket table the README shows."""
+    lines = ["| requests | hf tok/s | auto tok/s | auto+history tok/s | tokens/pass auto | tokens/pass +history | "
+             "history vs auto |", "|---|---|---|---|---|---|---|"]
+    for name, part in [(f"{b['first']}-{b['last']}", b) for b in report["buckets"]] + [
+            ("first half", report["first_half"]), ("second half", report["second_half"]), ("all", report["all"])]:
+        lines.append(f"| {name} | {part['hf']['tokens_per_s']:.1f} | {part['auto']['tokens_per_s']:.1f} | "
+                     f"{part['auto+history']['tokens_per_s']:.1f} | {part['auto']['tokens_per_pass']:.2f} | "
+                     f"{part['auto+history']['tokens_per_pass']:.2f} | {part['history_vs_auto']:.2f}x |")
+    return "\n".join(lines)
+
+
+def cmd_stream_bench(args, model, tokenizer) -> int:
+    """``draftless bench --stream ...`` (the parser is in app/cli.py)."""
+    from ..atomic import atomic_file
+
+    requests = load_stream(args.workload, args.data, args.requests)
+    print(f"[draftless] stream bench: {len(requests)} {args.workload} requests, {args.max_new_tokens} new tokens, "
+          f"history {args.history or 'in memory'}", flush=True)
+
+    def progress(row):
+        print(f"[draftless] request {row['index']}: {row['hf']['new_tokens']} tokens, history vs auto "
+              f"{row['history_vs_auto']:.2f}x, identical {row['auto']['identical_to_hf'] and row['auto+history']['identical_to_hf']}",
+              flush=True)
+
+    report = run_stream_bench(model, tokenizer, requests, max_new_tokens=args.max_new_tokens, chat=args.chat,
+                              history=args.history or True, max_nodes=args.max_nodes,
+                              model_name=args.model or "smollm2-135m", workload=args.workload,
+                              progress=progress)
+    with atomic_file(args.json) as fh:
+        json.dump(report, fh, indent=1)
+    table = markdown_table(report)
+    if args.markdown:
+        with atomic_file(args.markdown) as fh:
+            fh.write(table + "\n")
+    print(table)
+    if not report["identical_to_hf"]:
+        print("[draftless] WARNING: some output differs from plain model.generate", flush=True)
+        return 1
+    return 0
