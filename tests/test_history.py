@@ -254,3 +254,44 @@ def test_sampling_with_history_follows_the_exact_target_distribution(tiny_models
     assert chi_square_pvalue(counts, exact) > 1e-3
     out = fast.generate(torch.tensor([PROMPT]), max_new_tokens=3, do_sample=True, **kw)
     assert out.stats.per_source["history"].proposed > 0  # the samples above drafted from earlier samples
+
+
+# ---------------------------------------------------------------------------------------------- command line
+from test_cli import WORDS, private_cache, tiny_folder  # noqa: E402,F401 (fixtures: a tiny model folder, temp dirs)
+
+
+def test_generate_keeps_a_history_across_runs(tiny_folder, tmp_path, capsys):
+    from draftless.app.cli import main
+    from draftless.hf.loading import load_tokenizer
+    from draftless.stores.datastore import tokenizer_identity
+
+    history = tmp_path / "hist"
+    prompt = " ".join(WORDS[3:9] * 2)
+    args = ["generate", "--model", str(tiny_folder), "--prompt", prompt, "--raw", "--drafter", "ngram",
+            "--max-new-tokens", "24", "--history", str(history), "--namespace", "me"]
+    assert main(args) == 0 and main(args) == 0
+    out = capsys.readouterr().out
+    assert "drafter=ngram+history" in out
+    store = HistoryStore.open(history, tokenizer_identity(load_tokenizer(str(tiny_folder))))
+    assert store.namespaces() == ["me"] and store.n_requests == 2
+
+
+def test_stream_bench_reports_the_warm_up_curve(tiny_folder, tmp_path):
+    import json
+
+    from draftless.app.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"question": " ".join(WORDS[i: i + 6]), "answer": " ".join(WORDS[i + 1: i + 8])} for i in range(10)]
+    (data / "gsm8k_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "s.json"
+    code = main(["bench", "--stream", "--model", str(tiny_folder), "--data", str(data), "--requests", "6",
+                 "--max-new-tokens", "12", "--json", str(out), "--markdown", str(tmp_path / "s.md")])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["identical_to_hf"] is True and report["n_requests"] == 6
+    assert report["drafters"]["auto+history"].endswith("history")
+    assert report["history_store"]["requests"] == 7  # the stream's 6 and the warm-up (in a namespace of its own)
+    assert [r["index"] for r in report["requests"]] == list(range(6))
+    assert {"first_half", "second_half", "buckets"} <= set(report)
+    assert "second half" in (tmp_path / "s.md").read_text()
