@@ -57,7 +57,7 @@ def test_best_chain_follows_the_best_child_and_stops_at_min_gain():
 # ------------------------------------------------------------------------------------------ identity to sam
 def test_chains_equal_a_fresh_sam_drafter_on_every_step_and_row():
     k = 6
-    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0)
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0)
     targets = [repeated_text(s) for s in range(3)]
     contexts = [t[:30] for t in targets]
     for _ in range(25):
@@ -94,7 +94,7 @@ def test_calibrated_drafting_keeps_the_sources_raw_trees_and_learns_acceptance()
 # ------------------------------------------------------------------------------------------ rows
 def test_a_new_request_in_a_reused_row_gets_a_fresh_state():
     k = 4
-    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0)
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0)
     a, b = repeated_text(1), repeated_text(2)
     ctx = a[:40]
     for _ in range(5):
@@ -130,7 +130,7 @@ def test_a_request_moved_to_another_row_keeps_its_state():
 
 
 def test_rows_without_a_draft_keep_their_state_and_get_nothing():
-    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0)
+    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0)
     a, b = repeated_text(1), repeated_text(2)
     drafter.propose([a[:40], b[:40]])
     a_state = drafter.state_of(0)
@@ -138,6 +138,13 @@ def test_rows_without_a_draft_keep_their_state_and_get_nothing():
     assert out[0] == [] and drafter.state_of(0) is a_state
     out = drafter.propose([a[:41], b[:42]], limits=[0, 2])
     assert out[0] == [] and len(out[1]) <= 2 and drafter.state_of(0) is a_state
+
+
+def test_the_threshold_rises_with_the_rows_that_draft():
+    drafter = ChainDrafter(4, token_cost=0.1, min_gain=0.05)
+    assert drafter.threshold(1) == pytest.approx(0.1 / 1.1)
+    assert drafter.threshold(16) == pytest.approx(1.6 / 2.6)
+    assert ChainDrafter(4, token_cost=0.0, min_gain=0.2).threshold(16) == 0.2
 
 
 def test_bad_input_is_refused():
@@ -149,6 +156,8 @@ def test_bad_input_is_refused():
         ChainDrafter(4, sources=("sam", "sam"))
     with pytest.raises(ValueError):
         ChainDrafter(4, min_gain=2.0)
+    with pytest.raises(ValueError):
+        ChainDrafter(4, token_cost=-1.0)
     drafter = ChainDrafter(4)
     with pytest.raises(ValueError):
         drafter.propose([np.zeros((2, 3), dtype=np.int64)])
@@ -182,8 +191,9 @@ def test_proposer_reads_vllm_arrays_and_respects_the_length_limit():
 
 def test_proposer_options_and_refusals():
     assert options_from_env({}) == {}
-    assert options_from_env({"DRAFTLESS_VLLM_SOURCES": "sam", "DRAFTLESS_VLLM_MIN_GAIN": "0.3"}) == {
-        "sources": ("sam",), "min_gain": 0.3}
+    assert options_from_env({"DRAFTLESS_VLLM_SOURCES": "sam", "DRAFTLESS_VLLM_MIN_GAIN": "0.3",
+                             "DRAFTLESS_VLLM_TOKEN_COST": "0.2"}) == {
+        "sources": ("sam",), "min_gain": 0.3, "token_cost": 0.2}
     with pytest.raises(ValueError):
         options_from_env({"DRAFTLESS_VLLM_MIN_GAIN": "high"})
     with pytest.raises(ValueError):

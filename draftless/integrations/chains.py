@@ -10,8 +10,12 @@ request and step. ``ChainDrafter`` bridges the two without knowing anything abou
   per source (shared by all requests: what a source's scores are worth is learned across requests, as the engine
   does), fused by longest prefix, and cut to a chain: from the root, always the child with the highest calibrated
   score, extended while that score (the estimated probability that the node is reached *and* accepted, i.e. the
-  expected tokens the extra draft token adds) is at least ``min_gain``, the cost of verifying one more token in
-  units of a step's output, up to ``k`` tokens;
+  expected tokens the extra draft token adds) pays for verifying one more token, up to ``k`` tokens. What a token
+  costs depends on the batch: a step's time is about ``a + b * T`` for T tokens in the batch (``a`` reading the
+  weights, ``b`` one token's compute), and it yields about R tokens for R running requests, so one more draft
+  token of expected gain ``s`` raises throughput when ``s / b > R / (a + b R)``, i.e.
+  ``s > token_cost * R / (1 + token_cost * R)`` with ``token_cost = b / a``. One request drafts nearly whatever
+  it finds (threshold 0.09 at ``token_cost`` 0.1); sixteen draft only what is likely (0.62);
 - the next call shows what the engine accepted: the request's context has grown by the accepted drafts plus one
   token the target chose (the "bonus"), and those tokens are fed back to the calibrators;
 - engines reuse and compact rows: a row may hold another request than last step, and a request may move to another
@@ -141,7 +145,9 @@ class ChainDrafter:
 
     - ``max_tokens``: the most draft tokens per request and step (vLLM's ``num_speculative_tokens``), >= 1;
     - ``sources``: names in ``SOURCE_FACTORIES`` (``"sam"``, ``"ngram"``); several are fused;
-    - ``min_gain``: the smallest calibrated score (expected accepted tokens) worth one more draft token;
+    - ``token_cost``: one token's verification compute relative to a step's fixed cost (``b / a`` in the module
+      docstring), >= 0; sets the smallest calibrated score worth a draft token from the number of rows drafting;
+    - ``min_gain``: a floor under that threshold;
     - ``tree_budget``: nodes each source may draft before the chain is cut from the fused tree;
     - ``calibrate``: False uses the sources' raw scores (then ``min_gain`` applies to those);
     - ``max_states``: states kept for rows that are not running (a request may come back to another row).
@@ -149,7 +155,8 @@ class ChainDrafter:
     ``propose(contexts, limits)`` is the whole interface; ``stats`` counts what happened.
     """
 
-    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), min_gain: float = 0.1,
+    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.1,
+                 min_gain: float = 0.05,
                  tree_budget: int = 32, calibrate: bool = True, max_states: int = 1024):
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -162,6 +169,9 @@ class ChainDrafter:
             raise ValueError(f"min_gain must be in [0, 1], got {min_gain}")
         self.max_tokens = int(max_tokens)
         self.sources = [(name, SOURCE_FACTORIES[name]) for name in sources]
+        if not float(token_cost) >= 0.0:
+            raise ValueError(f"token_cost must be >= 0, got {token_cost}")
+        self.token_cost = float(token_cost)
         self.min_gain = float(min_gain)
         self.tree_budget = max(2, int(tree_budget))
         self.calibrators = [Calibrator() for _ in sources] if calibrate else None
@@ -217,7 +227,12 @@ class ChainDrafter:
                 self.calibrators[i].observe(tree, keys, committed)
         state.pending, state.pending_at, state.last_chain = [], -1, []
 
-    def _chain(self, state: RequestState, limit: int) -> list[int]:
+    def threshold(self, n_rows: int) -> float:
+        """Smallest calibrated score worth one more draft token when ``n_rows`` requests draft this step."""
+        load = self.token_cost * max(1, int(n_rows))
+        return max(self.min_gain, load / (1.0 + load))
+
+    def _chain(self, state: RequestState, limit: int, min_gain: float) -> list[int]:
         root = int(state.tokens[-1])
         trees = []
         pending = []
@@ -232,7 +247,7 @@ class ChainDrafter:
                 pending.append((i, tree, keys))
             trees.append(tree)
         fused = merge_nonempty(root, trees, self.tree_budget * len(self.sources))
-        chain, _ = best_chain(fused, min(self.max_tokens, limit), self.min_gain)
+        chain, _ = best_chain(fused, min(self.max_tokens, limit), min_gain)
         state.pending, state.pending_at, state.last_chain = pending, state.n, chain
         return chain
 
@@ -250,13 +265,14 @@ class ChainDrafter:
         contexts = [None if c is None else _as_context(c) for c in contexts]
         claimed = self._claim(contexts)
         out: list[list[int]] = [[] for _ in contexts]
+        min_gain = self.threshold(len(claimed))
         for row, state in claimed.items():
             committed = state.absorb(contexts[row])
             self._learn(state, committed)
             limit = self.max_tokens if limits is None else int(limits[row])
             if limit <= 0:
                 continue
-            chain = self._chain(state, limit)
+            chain = self._chain(state, limit, min_gain)
             if chain:
                 self.stats["proposals"] += 1
                 self.stats["proposed"] += len(chain)

@@ -25,7 +25,9 @@ Options (read once, when vLLM builds the proposer; vLLM's speculative config has
 options, and environment variables reach every worker process):
 
 - ``DRAFTLESS_VLLM_SOURCES``: comma-separated context sources, default ``sam,ngram``;
-- ``DRAFTLESS_VLLM_MIN_GAIN``: smallest calibrated score worth one more draft token, default 0.1.
+- ``DRAFTLESS_VLLM_TOKEN_COST``: one token's verification compute relative to a step's fixed cost, default 0.1
+  (``chains``: it sets how likely a draft token must be, from the number of running requests);
+- ``DRAFTLESS_VLLM_MIN_GAIN``: a floor under that threshold, default 0.05.
 
 Importing this module does not import vLLM: the config is only read through attributes.
 """
@@ -40,6 +42,7 @@ from .chains import ChainDrafter
 
 ENV_SOURCES = "DRAFTLESS_VLLM_SOURCES"
 ENV_MIN_GAIN = "DRAFTLESS_VLLM_MIN_GAIN"
+ENV_TOKEN_COST = "DRAFTLESS_VLLM_TOKEN_COST"
 
 
 def options_from_env(env: Mapping[str, str]) -> dict:
@@ -48,12 +51,13 @@ def options_from_env(env: Mapping[str, str]) -> dict:
     sources = env.get(ENV_SOURCES, "").strip()
     if sources:
         options["sources"] = tuple(s.strip() for s in sources.split(",") if s.strip())
-    gain = env.get(ENV_MIN_GAIN, "").strip()
-    if gain:
-        try:
-            options["min_gain"] = float(gain)
-        except ValueError as exc:
-            raise ValueError(f"{ENV_MIN_GAIN} must be a number, got {gain!r}") from exc
+    for var, key in ((ENV_MIN_GAIN, "min_gain"), (ENV_TOKEN_COST, "token_cost")):
+        value = env.get(var, "").strip()
+        if value:
+            try:
+                options[key] = float(value)
+            except ValueError as exc:
+                raise ValueError(f"{var} must be a number, got {value!r}") from exc
     return options
 
 

