@@ -243,6 +243,22 @@ def test_auto_includes_history_only_when_configured(tiny_models):
         draftless.accelerate(model, drafter="select:self", history=True)
 
 
+def test_custom_generate_keeps_the_history_of_its_engine(tiny_models):
+    model = tiny_models("qwen2")
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42, 4, 8, 15]])
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
+    for _ in range(2):
+        got = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                             custom_generate=draftless.custom_generate, drafter="sam",
+                             drafter_options={"history": True}, namespace="t")
+        assert torch.equal(got, want)
+    engine = draftless.custom_generate.engine_for(model, "sam", {"history": True})
+    assert engine.drafter.name == "sam+history"
+    assert [len(r) for r in engine.drafter.drafters[1].store.requests("t")] == [29, 29]
+    draftless.custom_generate.release(model)
+
+
 def test_sampling_with_history_follows_the_exact_target_distribution(tiny_models):
     model = tiny_models("llama")
     kw = dict(temperature=1.0)
