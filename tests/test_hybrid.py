@@ -247,7 +247,7 @@ def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(p
     from draftless.drafters.spec import FUSED_SPEC, auto_spec
 
     target, _ = pairs("llama")
-    steep, flat = CostCurve((1, 8), (10.0, 25.0)), CostCurve((1, 8), (10.0, 11.0))
+    steep, flat = CostCurve((1, 8), (10.0, 25.0)), CostCurve((1, 8, 16), (10.0, 11.0, 15.0))
     assert auto_spec(target, curve=steep) == "sam" and auto_spec(target, curve=flat) == FUSED_SPEC
     assert auto_spec(target, "self", curve=steep) == "select:self"
     assert auto_spec(target, "self:1", curve=flat) == "hybrid:self:1"

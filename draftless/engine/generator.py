@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .accept import SOFTMAX, Acceptance, accept_greedy, accept_sampling
-from .budget import best_tree_size
+from .budget import best_size_for_scores
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
 from .processing import StopRule, TreeScores
@@ -247,6 +247,7 @@ class SpeculativeGenerator:
         # one drafter per batch row (row 0 is ``drafter``), built by the factory on first need and kept, so a
         # drafter that loads a store or a model does so once per row slot, not once per call
         self._row_drafters: list[Drafter] = [drafter]
+        self._budget_curves: dict[int, tuple[CostCurve, CostCurve]] = {}  # rows -> (curve it came from, share)
         self.layout: AttentionLayout = inspect_model(model)
         self.max_nodes = int(max_nodes)
         if self.max_nodes < 1:
@@ -292,9 +293,10 @@ class SpeculativeGenerator:
         return self.cost_curve.path_for(n)
 
     # ------------------------------------------------------------------ draft
-    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int,
-                      drafter: Drafter | None = None) -> tuple[DraftTree, tuple | None]:
-        """Calibrate and prune a drafted tree.
+    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int, drafter: Drafter | None = None,
+                      rows: int = 1) -> tuple[DraftTree, tuple | None]:
+        """Calibrate and prune a drafted tree (``rows``: how many rows share the verification pass; see
+        ``budget_curve``).
 
         Returns the tree to verify and, when calibrating, ``(calibrated full tree, its keys)`` for ``observe``:
         the calibrator learns from every drafted node, pruned ones included (the committed tokens say what the
@@ -309,18 +311,23 @@ class SpeculativeGenerator:
             tree, keys = self.calibrator.calibrate(tree)
             observation = (tree, keys)
         # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
-        keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1)
+        # Pinned nodes (a drafter's ``pinned_sources``, e.g. a Jacobi window) are verified on top of the budget.
+        pinned = tree.pinned_mask(getattr(drafter or self.drafter, "pinned_sources", ()))
+        keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1, pinned=pinned)
         if self.adaptive and len(keep) > 1:
-            size = best_tree_size(tree.subset(keep), self.cost_curve, draft_ms=self.draft_ms_estimate,
-                                  max_nodes=self.max_nodes, min_gain=self.min_gain)
-            keep = tree.prune_indices(size, max_depth=remaining - 1)
+            n_pinned = 0 if pinned is None else int(pinned[keep].sum())
+            scored = keep[1:] if pinned is None else keep[1:][~pinned[keep[1:]]]
+            size = best_size_for_scores(tree.scores[scored], self.budget_curve(rows), draft_ms=self.draft_ms_estimate,
+                                        max_nodes=self.max_nodes, min_gain=self.min_gain, extra_nodes=n_pinned)
+            keep = tree.prune_indices(size, max_depth=remaining - 1, pinned=pinned)
         if len(keep) < len(tree):
             tree = tree.subset(keep)
         return tree, observation
 
-    def _draft(self, state: RequestState, drafter: Drafter | None = None) -> tuple[DraftTree, tuple | None]:
+    def _draft(self, state: RequestState, drafter: Drafter | None = None,
+               rows: int = 1) -> tuple[DraftTree, tuple | None]:
         """Ask the row's drafter (default: ``self.drafter``) for a tree on a read-only view of the committed tokens,
-        then calibrate and prune it."""
+        then calibrate and prune it (``rows``: rows sharing the pass)."""
         drafter = drafter or self.drafter
         view = state.context[: state.length]
         view.flags.writeable = False
@@ -328,7 +335,23 @@ class SpeculativeGenerator:
             tree = drafter.draft(view, self.max_nodes)
         finally:
             view.flags.writeable = True
-        return self._prepare_tree(tree, state.root, state.remaining, drafter)
+        return self._prepare_tree(tree, state.root, state.remaining, drafter, rows)
+
+    def budget_curve(self, rows: int = 1) -> CostCurve:
+        """The cost curve a row's tree is sized on when ``rows`` rows share each pass: a row's share of a pass in
+        which every row verifies n nodes, t(rows * n) / rows (the single-row curve for one row). Rows verified
+        together pay for each other's nodes, so on a curve that rises with n a batch row gets a smaller tree than a
+        lone request; root-only is then rated t(rows) / rows, what plain batched decoding costs a row."""
+        if rows <= 1:
+            return self.cost_curve
+        curve = self.cost_curve
+        cached = self._budget_curves.get(rows)
+        if cached is None or cached[0] is not curve:
+            sizes = sorted({1} | {s // rows for s in curve.sizes if s >= rows})
+            ms = [float(curve.cost(rows * s)) / rows for s in sizes]
+            cached = (curve, CostCurve(tuple(sizes), tuple(ms)))
+            self._budget_curves[rows] = cached
+        return cached[1]
 
     def row_drafters(self, batch: int) -> list[Drafter] | None:
         """``batch`` independent drafters, one per row (the first is ``self.drafter``), or None when the engine has
