@@ -163,6 +163,8 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                 "mean_accepted": round(mean_acc(c), 4),
                 "identical_to_hf": None if sampling else bool(c.identical),
             }
+            if r.engine is not None and c.passes:
+                entry["per_category"][cat]["mean_tree_size"] = round(c.tree_nodes / c.passes, 3)
         if r.engine is not None:
             entry["mean_tree_size"] = round(t.tree_nodes / t.passes, 3) if t.passes else 0.0
             entry["draft_ms_per_step"] = round(t.draft_ms / t.passes, 4) if t.passes else 0.0
