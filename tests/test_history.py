@@ -311,3 +311,20 @@ def test_stream_bench_reports_the_warm_up_curve(tiny_folder, tmp_path):
     assert [r["index"] for r in report["requests"]] == list(range(6))
     assert {"first_half", "second_half", "buckets"} <= set(report)
     assert "second half" in (tmp_path / "s.md").read_text()
+
+
+def test_a_segment_growing_during_a_request_is_matched_again():
+    """Two requests of one namespace in flight (rows of a batch): one ends and grows the segment the other reads."""
+    store = HistoryStore()
+    store.record("n", np.arange(200, 260))
+    reader, writer = HistoryDrafter(store), HistoryDrafter(store)
+    query = np.arange(200, 210)
+    reader.begin_request(query, RequestInfo("n"))
+    writer.begin_request(np.arange(5), RequestInfo("n"))
+    writer.end_request(np.concatenate([np.arange(300, 340), np.arange(200, 230)]), RequestInfo("n"))
+    grown = np.concatenate([query, np.arange(210, 215)])
+    fresh = HistoryDrafter(store, record=False)
+    fresh.begin_request(grown, RequestInfo("n"))
+    want = fresh.draft(grown, 16)
+    got = reader.draft(grown, 16)
+    assert got.tokens.tolist() == want.tokens.tolist() and len(got) > 1

@@ -47,6 +47,7 @@ class HistoryDrafter(BaseDrafter):
         self.record = bool(record)
         self._segments: list[Segment] = []
         self._matches: list[tuple[int, int]] = []
+        self._sizes: list[int] = []
         self._n_seen = 0
         self._last_token = -1
         self._namespace: str | None = None
@@ -57,17 +58,19 @@ class HistoryDrafter(BaseDrafter):
 
     def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
         self._namespace = info.namespace
-        # A snapshot: records happen only at end_request, so these segments do not change during the request.
+        # A snapshot of the segment list. A segment may still grow during this request when another request of
+        # the namespace ends meanwhile (the rows of a batch): ``_sync`` then matches the context again.
         self._segments = self.store.segments(info.namespace)
         self._match_from_start(np.asarray(prompt_ids, dtype=np.int64).reshape(-1))
 
     def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
         if self.record and len(context):
             self.store.record(info.namespace, context)
-        self._segments, self._matches = [], []
+        self._segments, self._matches, self._sizes = [], [], []
 
     def _match_from_start(self, tokens: np.ndarray) -> None:
         self._matches = [seg.sam.match(tokens) for seg in self._segments]
+        self._sizes = [seg.n_tokens for seg in self._segments]
         self._n_seen = len(tokens)
         self._last_token = int(tokens[-1]) if len(tokens) else -1
 
@@ -75,7 +78,9 @@ class HistoryDrafter(BaseDrafter):
         """Advance every segment's match over the tokens of ``context`` not seen yet; a context that does not
         continue the one seen so far is matched again from the start."""
         have = self._n_seen
-        if have > len(context) or (have and int(context[have - 1]) != self._last_token):
+        grown = any(seg.n_tokens != n for seg, n in zip(self._segments, self._sizes))
+        # a grown automaton may have split the states the matches sit in: match from the start again
+        if grown or have > len(context) or (have and int(context[have - 1]) != self._last_token):
             self._match_from_start(np.asarray(context))
             return
         if have < len(context) and self._segments:
