@@ -18,7 +18,7 @@ import torch
 
 from ..fastpath import available_paths, path_context
 from ..hf.attention import inspect_model, tree_attention_mask
-from ..hf.compat import cache_keyword
+from ..hf.compat import cache_keyword, model_path
 from ..hf.kv_cache import keep_prefix_and, new_cache
 
 DEFAULT_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -101,7 +101,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
     paths = tuple(paths) if paths is not None else available_paths(device, dtype)
     vocab = model.config.get_text_config(decoder=True).vocab_size
     gen = torch.Generator().manual_seed(0)
-    report = {"environment": environment(), "model": getattr(model.config, "_name_or_path", ""),
+    report = {"environment": environment(), "model": model_path(model),
               "dtype": str(dtype).replace("torch.", ""), "device": device.type, "repeats": repeats, "runs": []}
     with torch.inference_mode():
         for prefix_len in cache_lengths:

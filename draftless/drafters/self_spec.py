@@ -30,6 +30,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..hf.attention import inspect_model, tree_attention_mask
+from ..hf.compat import model_path
 from ..hf.layer_view import LayerSubsetModel, num_layers
 from ..paths import safe_filename, state_dir
 from .model_drafter import ModelDrafter
@@ -72,7 +73,7 @@ def chain_speedup(agreement: float, relative_cost: float, max_chain: int = 8) ->
 
 def model_fingerprint(model) -> str:
     """Name, shape and a hash of a few weights: tells apart models that share a name (or have none)."""
-    name = os.path.basename(os.path.normpath(str(getattr(model.config, "_name_or_path", "") or ""))) or model.config.model_type
+    name = os.path.basename(os.path.normpath(model_path(model))) or model.config.model_type
     weight = model.get_input_embeddings().weight
     sample = weight.detach().flatten()[:4096].float().cpu().numpy().tobytes()
     digest = hashlib.sha1(sample).hexdigest()[:10]

@@ -18,7 +18,7 @@ import torch
 from ..atomic import atomic_file
 from ..fastpath import available_paths, path_context
 from ..hf.attention import tree_attention_mask
-from ..hf.compat import cache_keyword
+from ..hf.compat import cache_keyword, model_path
 from ..hf.kv_cache import keep_prefix_and, new_cache
 from ..paths import safe_filename, state_dir
 
@@ -89,7 +89,7 @@ def _curve_path(key: str) -> Path:
 def curve_key(model) -> str:
     """Identifies a model/device/dtype/thread-count combination whose cost curve can be reused."""
     param = next(model.parameters())
-    name = getattr(model.config, "_name_or_path", "") or model.config.model_type
+    name = model_path(model) or model.config.model_type
     return (f"{name}-{param.device.type}-{str(param.dtype).replace('torch.', '')}-{torch.get_num_threads()}t-"
             f"{model.num_parameters()}-v{CURVE_FORMAT}")
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .compat import attn_implementation, is_stateful
+
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -34,12 +36,12 @@ def inspect_model(model) -> AttentionLayout:
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel("encoder-decoder models are not supported: draftless accelerates decoder-only causal LMs")
-    if getattr(model, "_is_stateful", False):
+    if is_stateful(model):
         raise UnsupportedModel(
             f"{type(model).__name__} keeps a recurrent state that cannot be rolled back to an accepted tree path; "
             "draftless supports attention models with a key/value cache"
         )
-    impl = getattr(config, "_attn_implementation", None)
+    impl = attn_implementation(model)
     if impl not in SUPPORTED_ATTENTION:
         raise UnsupportedModel(
             f"attention implementation {impl!r} cannot take a custom tree mask; load the model with "

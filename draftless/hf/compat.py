@@ -1,4 +1,7 @@
-"""Differences between the transformers versions draftless runs on.
+"""Differences between the transformers versions draftless runs on, and the private attributes it reads.
+
+Private attributes (``_attn_implementation``, ``_is_stateful``, ``_tied_weights_keys``, ``_name_or_path``) are read
+here and nowhere else, through the small functions at the end, so a rename in transformers is one edit.
 
 transformers 5.24 renamed the forward keyword that carries the KV cache from ``past_key_values`` to ``cache``; the
 old name still works there with a ``FutureWarning`` and is removed in 5.40. Every call that hands a model a cache
@@ -28,3 +31,26 @@ def cache_keyword(model) -> str:
     if isinstance(own, str):
         return own
     return _keyword_of(type(model))
+
+
+def attn_implementation(model) -> str | None:
+    """The attention implementation ``model`` runs (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ...): the
+    config's private ``_attn_implementation``, None when unset."""
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def is_stateful(model) -> bool:
+    """True for models that keep a recurrent state besides a KV cache (transformers' private ``_is_stateful``)."""
+    return bool(getattr(model, "_is_stateful", False))
+
+
+def tied_weight_keys(model) -> set[str]:
+    """Parameter names that share storage with another parameter (``_tied_weights_keys``: a list or a dict in
+    different versions; its keys either way)."""
+    return set(getattr(model, "_tied_weights_keys", None) or [])
+
+
+def model_path(model_or_config) -> str:
+    """Where the model was loaded from (the config's private ``_name_or_path``), "" when unknown."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return str(getattr(config, "_name_or_path", "") or "")

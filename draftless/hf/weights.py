@@ -5,6 +5,8 @@ import copy
 
 import torch
 
+from .compat import tied_weight_keys
+
 
 def fresh_model_with_weights(config, state_dict: dict, generation_config, dtype: torch.dtype, what: str):
     """A new ``AutoModelForCausalLM`` built from ``config`` (its ``quantization_config`` removed) holding the
@@ -19,7 +21,7 @@ def fresh_model_with_weights(config, state_dict: dict, generation_config, dtype:
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = fresh.load_state_dict(state_dict, strict=False)
-    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
+    tied = tied_weight_keys(fresh)
     if unexpected or [k for k in missing if k not in tied]:
         raise RuntimeError(f"{what} lost weights: missing={missing} unexpected={unexpected}")
     fresh.generation_config = copy.deepcopy(generation_config)

@@ -34,6 +34,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ..hf.compat import model_path
+
 from ..stores.datastore import DatastoreError, open_store, write_store
 
 KIND = "dense"
@@ -46,7 +48,7 @@ def model_info(model) -> dict:
     config = model.config
     text = getattr(config, "get_text_config", lambda: config)()
     return {
-        "name": os.path.basename(os.path.normpath(str(getattr(config, "_name_or_path", "") or ""))) or "unknown",
+        "name": os.path.basename(os.path.normpath(model_path(config))) or "unknown",
         "model_type": getattr(text, "model_type", None),
         "hidden_size": int(text.hidden_size),
         "num_hidden_layers": int(getattr(text, "num_hidden_layers", 0) or 0),
