@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_file
-from .bench import _ForwardCounter, sampling_options
+from .bench import _ForwardCounter, report_header, sampling_options
 from .prompts import BenchPrompt, encode_prompt
 
 
@@ -112,17 +112,7 @@ def run_batch_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[
         row_passes = sum(s.steps for s in engines[name].last_row_stats) if name != "hf" else 0
         return seq, seconds, passes, row_passes
 
-    report = {
-        "model": model_name or str(getattr(model.config, "_name_or_path", "")),
-        "device": str(device),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "max_new_tokens": max_new_tokens,
-        "n_prompts": len(prompts),
-        "chat": chat,
-        "torch_threads": torch.get_num_threads(),
-        "sampling": options if sampling else None,
-        "batches": {},
-    }
+    report = {**report_header(model, model_name, max_new_tokens, len(prompts), chat, sampling), "batches": {}}
     names = ["hf"] + methods
     bar = tqdm(total=sum(len(prompts) // b for b in batch_sizes) * len(names), desc="batch bench", unit="run",
                disable=not progress)

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_file
+from ..hf.compat import model_path
 from .prompts import BenchPrompt, encode_prompt
 
 HF_METHODS = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
@@ -84,6 +85,21 @@ def sampling_options(sampling: dict | None) -> dict:
     return {"do_sample": True, **{k: v for k, v in sampling.items() if v is not None}}
 
 
+def report_header(model, model_name: str, max_new_tokens: int, n_prompts: int, chat: bool,
+                  sampling: dict | None) -> dict:
+    """The fields every bench report opens with (schema in ARCHITECTURE.md)."""
+    return {
+        "model": model_name or model_path(model),
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "max_new_tokens": max_new_tokens,
+        "n_prompts": n_prompts,
+        "chat": chat,
+        "torch_threads": torch.get_num_threads(),
+        "sampling": sampling_options(sampling) if sampling else None,
+    }
+
+
 def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], max_new_tokens: int = 128,
               chat: bool = False, datastore: str | None = None, max_nodes: int = 32, model_name: str = "",
               draft_model: str | None = None,
@@ -131,17 +147,7 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
     def mean_acc(t: MethodTotals) -> float:
         return t.new_tokens / t.passes if t.passes else 0.0
 
-    report = {
-        "model": model_name or str(getattr(model.config, "_name_or_path", "")),
-        "device": str(device),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "max_new_tokens": max_new_tokens,
-        "n_prompts": len(prompts),
-        "chat": chat,
-        "torch_threads": torch.get_num_threads(),
-        "sampling": sampling_options(sampling) if sampling else None,
-        "methods": {},
-    }
+    report = {**report_header(model, model_name, max_new_tokens, len(prompts), chat, sampling), "methods": {}}
     hf_rate = rate(totals["hf"])
     for r in runners:
         t = totals[r.name]

@@ -18,8 +18,10 @@ own tree each step. What the rows share is the model pass and one KV cache:
 - **finished rows** leave the batch (``select_batch_rows``): later passes, drafts and masks cover only rows still
   decoding.
 
-Tree sizes: each row's tree is sized by the engine's budget on the single-row cost curve, as a lone request would
-be, and the pass is padded to the largest. Greedy output is token-identical to ``model.generate`` on the same
+Tree sizes: each row's tree is sized by the engine's budget on a row's share of a batched pass,
+t(b * n) / b for b rows (``SpeculativeGenerator.budget_curve``); the pass is padded to the largest tree, and
+the rows whose budget chose fewer nodes are then given their next-best nodes up to that size (they cost nothing
+more). Greedy output is token-identical to ``model.generate`` on the same
 batch; sampling draws every row from the one ``torch.Generator``, rows in batch order, so a seed reproduces a run
 but not the row-by-row path's draws.
 """
@@ -133,7 +135,9 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
     """Decode a left-padded batch (``padded``: int64 [B, P]; ``n_pad``: each row's padding length) with one
     drafter per row (``drafters``: B independent instances) until every row is finished; ``engine``: the
     ``SpeculativeGenerator`` whose drafting, scoring and learning each row goes through; ``new_stop()``: a fresh
-    ``StopRule`` per row. Returns the rows' ``RequestState``s (their caches are None: the rows shared one)."""
+    ``StopRule`` per row. Returns the rows' ``RequestState``s (their caches are None: the rows shared one). A row's
+    stats hold its own draft, accept and feedback times, its share of each pass it was in (prefill and verify
+    times divided among the pass's rows) and, as ``total_ms``, the time until it finished."""
     t_start = time.perf_counter()
     rows = [new_row_state(padded[r], n_pad[r], plan, processors_for_row(plan.processors, r), new_stop(), None,
                           generator, None) for r in range(len(padded))]
@@ -147,16 +151,26 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
         begin_request(drafter, state.context[: state.length].copy(), info)
     want_hidden = any(d.wants_hidden_states for d in drafters)
     while batch.active:
-        drafted, draft_ms = [], []
+        raw, drafted, draft_ms = [], [], []
         for r in batch.active:
             t0 = time.perf_counter()
-            drafted.append(engine._draft(rows[r], drafters[r]))
+            raw.append(engine._ask(rows[r], drafters[r]))
+            drafted.append(engine._prepare_tree(raw[-1], rows[r].root, rows[r].remaining, drafters[r],
+                                                rows=len(batch.active)))
             draft_ms.append((time.perf_counter() - t0) * 1000)
+        n_pass = max(len(tree) for tree, _ in drafted)
+        for i, r in enumerate(batch.active):
+            # the pass is padded to n_pass nodes anyway: a row whose budget chose fewer gets its next-best nodes free
+            if len(drafted[i][0]) < min(n_pass, len(raw[i])):
+                t0 = time.perf_counter()
+                drafted[i] = engine._prepare_tree(raw[i], rows[r].root, rows[r].remaining, drafters[r],
+                                                  rows=len(batch.active), min_size=n_pass)
+                draft_ms[i] += (time.perf_counter() - t0) * 1000
         trees = [tree for tree, _ in drafted]
         ends = batch.ends(rows)
         t1 = time.perf_counter()
         logits, hidden = verify_batch(engine.model, engine.layout, batch, trees, ends, want_hidden, engine.dtype,
-                                      engine.device, path=engine._path_for(sum(len(t) for t in trees)))
+                                      engine.device, path=engine._path_for(len(trees) * n_pass))
         verify_ms = (time.perf_counter() - t1) * 1000 / len(trees)
         t2 = time.perf_counter()
         steps = []

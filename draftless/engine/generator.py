@@ -294,9 +294,10 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------ draft
     def _prepare_tree(self, tree: DraftTree, root: int, remaining: int, drafter: Drafter | None = None,
-                      rows: int = 1) -> tuple[DraftTree, tuple | None]:
-        """Calibrate and prune a drafted tree (``rows``: how many rows share the verification pass; see
-        ``budget_curve``).
+                      rows: int = 1, min_size: int = 1) -> tuple[DraftTree, tuple | None]:
+        """Calibrate and prune a drafted tree (``rows``: how many rows share the verification pass, see
+        ``budget_curve``; ``min_size``: keep at least this many nodes where the tree has them, for a batch row
+        whose pass is padded to that size anyway).
 
         Returns the tree to verify and, when calibrating, ``(calibrated full tree, its keys)`` for ``observe``:
         the calibrator learns from every drafted node, pruned ones included (the committed tokens say what the
@@ -317,8 +318,10 @@ class SpeculativeGenerator:
         if self.adaptive and len(keep) > 1:
             n_pinned = 0 if pinned is None else int(pinned[keep].sum())
             scored = keep[1:] if pinned is None else keep[1:][~pinned[keep[1:]]]
-            size = best_size_for_scores(tree.scores[scored], self.budget_curve(rows), draft_ms=self.draft_ms_estimate,
-                                        max_nodes=self.max_nodes, min_gain=self.min_gain, extra_nodes=n_pinned)
+            size = best_size_for_scores(tree.scores[scored], self.budget_curve(rows),
+                                        draft_ms=self.draft_ms_estimate, max_nodes=self.max_nodes,
+                                        min_gain=self.min_gain, extra_nodes=n_pinned)
+            size = max(size, min(int(min_size), self.max_nodes))
             keep = tree.prune_indices(size, max_depth=remaining - 1, pinned=pinned)
         if len(keep) < len(tree):
             tree = tree.subset(keep)
@@ -329,13 +332,16 @@ class SpeculativeGenerator:
         """Ask the row's drafter (default: ``self.drafter``) for a tree on a read-only view of the committed tokens,
         then calibrate and prune it (``rows``: rows sharing the pass)."""
         drafter = drafter or self.drafter
+        return self._prepare_tree(self._ask(state, drafter), state.root, state.remaining, drafter, rows)
+
+    def _ask(self, state: RequestState, drafter: Drafter) -> DraftTree:
+        """The drafter's raw tree for the row, drafted on a read-only view of its committed tokens."""
         view = state.context[: state.length]
         view.flags.writeable = False
         try:
-            tree = drafter.draft(view, self.max_nodes)
+            return drafter.draft(view, self.max_nodes)
         finally:
             view.flags.writeable = True
-        return self._prepare_tree(tree, state.root, state.remaining, drafter, rows)
 
     def budget_curve(self, rows: int = 1) -> CostCurve:
         """The cost curve a row's tree is sized on when ``rows`` rows share each pass: a row's share of a pass in
@@ -570,6 +576,7 @@ class SpeculativeGenerator:
         if drafters is not None:
             from .batch import run_batch  # the batched loop; one row keeps the single-row path (cheaper there)
 
+            t_batch = time.perf_counter()
             states = run_batch(self, rows_cpu, [int(p) for p in n_pad], plan, drafters, generator, info,
                                lambda: StopRule(max_length, eos, others, self.device))
         else:
@@ -584,6 +591,8 @@ class SpeculativeGenerator:
 
         rows = [s.stats for s in states]
         self.last_row_stats, self.last_stats = rows, GenerationStats.combined(rows)
+        if drafters is not None:  # rows ran at the same time: the run took the call's time, not the rows' sum
+            self.last_stats.total_ms = (time.perf_counter() - t_batch) * 1000
         new = max(len(s.produced) for s in states)
         pad = plan.pad_token_id if plan.pad_token_id is not None else 0
         sequences = torch.full((batch, length + new), pad, dtype=torch.int64)
