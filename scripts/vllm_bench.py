@@ -73,31 +73,15 @@ def resolve_model(model: str) -> str:
 
 
 def load_prompts(path: str, per_category: int | None, limit: int | None) -> list[dict]:
-    """Spec-Bench jsonl -> ``[{"id", "category", "text"}]``, categories round-robin (as ``draftless bench``)."""
-    by_category: dict[str, list[dict]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                turns = row["turns"]
-                text = turns[0] if isinstance(turns, list) else str(turns)
-            except (ValueError, KeyError, IndexError) as exc:
-                raise SystemExit(f"{path}:{line_no}: not a Spec-Bench prompt line ({exc})") from exc
-            cat = str(row.get("category", "all"))
-            by_category.setdefault(cat, []).append({"id": str(row.get("question_id", line_no)), "category": cat,
-                                                    "text": text})
-    queues = [v[:per_category] if per_category else list(v) for v in by_category.values()]
-    ordered = []
-    while any(queues):
-        for q in queues:
-            if q:
-                ordered.append(q.pop(0))
-    ordered = ordered[:limit] if limit else ordered
-    if not ordered:
-        raise SystemExit(f"no prompts in {path}")
-    return ordered
+    """Spec-Bench jsonl -> ``[{"id", "category", "text"}]``, the selection ``draftless bench`` makes (first turn,
+    categories round-robin)."""
+    from draftless.app.prompts import load_prompt_file
+
+    try:
+        prompts = load_prompt_file(path, per_category=per_category, limit=limit)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    return [{"id": p.question_id, "category": p.category, "text": p.text} for p in prompts]
 
 
 # ------------------------------------------------------------------------------------------ worker (one engine)
@@ -153,10 +137,13 @@ def worker(args) -> None:
     result = {"method": args.worker, "startup_s": startup_s, "levels": {}}
     for c in levels:
         before = _counters(llm)
+        started = time.time()
         outs, wall = _run_level(llm, ids, params, c, f"c{c}")
         after = _counters(llm)
         diff = {k.split("spec_decode_")[1]: after[k] - before[k] for k in SPEC_COUNTERS}
-        result["levels"][str(c)] = {"wall_s": wall, "outputs": outs, **diff}
+        # The 1-minute load average when the level ends: other work on the machine shows up here.
+        result["levels"][str(c)] = {"wall_s": wall, "outputs": outs, "started_unix": started,
+                                    "load_1min": os.getloadavg()[0], **diff}
         print(f"[{args.worker}] c={c}: {sum(map(len, outs))} tokens in {wall:.1f} s", file=sys.stderr, flush=True)
     result["prompt_categories"] = [p["category"] for p in prompts]
     Path(args.worker_out).write_text(json.dumps(result))
@@ -176,6 +163,7 @@ def summarize(raw: dict[str, dict], levels: list[int]) -> dict:
                 "tokens_per_s": n / lv["wall_s"], "wall_s": lv["wall_s"], "new_tokens": n,
                 "tokens_per_step": n / max(n - accepted, 1.0),
                 "acceptance_length": 1.0 + accepted / lv["num_drafts"] if lv["num_drafts"] else None,
+                "load_1min": lv.get("load_1min"), "started_unix": lv.get("started_unix"),
                 "drafts": lv["num_drafts"], "draft_tokens": lv["num_draft_tokens"], "accepted_tokens": accepted,
                 "identical_to_none": None if ref is None else lv["outputs"] == ref["outputs"],
                 "n_differing": None if ref is None else sum(a != b for a, b in zip(lv["outputs"], ref["outputs"])),
