@@ -50,14 +50,12 @@ class HistoryDrafter(BaseDrafter):
         self._sizes: list[int] = []
         self._n_seen = 0
         self._last_token = -1
-        self._namespace: str | None = None
 
     # ------------------------------------------------------------------------------------------ request hooks
     def begin(self, prompt_ids: np.ndarray) -> None:
         self.begin_request(prompt_ids, RequestInfo())
 
     def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
-        self._namespace = info.namespace
         # A snapshot of the segment list. A segment may still grow during this request when another request of
         # the namespace ends meanwhile (the rows of a batch): ``_sync`` then matches the context again.
         self._segments = self.store.segments(info.namespace)
