@@ -135,7 +135,13 @@ def worker(args) -> None:
     # Warm-up (kernels, numba compilation of the drafters) on a prompt the levels do not time.
     _run_level(llm, [ids[0]], SamplingParams(temperature=0.0, max_tokens=16), 1, "warmup")
     result = {"method": args.worker, "startup_s": startup_s, "levels": {}}
+    gate = Path(args.gate) if args.gate else None
+    if gate:
+        (gate / f"{args.worker}.ready").touch()
     for c in levels:
+        if gate:  # interleaved: wait for this level's turn, so every method's level c runs under similar load
+            while not (gate / f"{args.worker}.{c}.go").exists():
+                time.sleep(0.2)
         before = _counters(llm)
         started = time.time()
         outs, wall = _run_level(llm, ids, params, c, f"c{c}")
@@ -145,6 +151,9 @@ def worker(args) -> None:
         result["levels"][str(c)] = {"wall_s": wall, "outputs": outs, "started_unix": started,
                                     "load_1min": os.getloadavg()[0], **diff}
         print(f"[{args.worker}] c={c}: {sum(map(len, outs))} tokens in {wall:.1f} s", file=sys.stderr, flush=True)
+        if gate:
+            Path(args.worker_out).with_suffix(f".{c}.json").write_text(json.dumps(result))
+            (gate / f"{args.worker}.{c}.done").touch()
     result["prompt_categories"] = [p["category"] for p in prompts]
     Path(args.worker_out).write_text(json.dumps(result))
 
@@ -230,6 +239,74 @@ def run_draftless_engine(args, tmp: str, notes: list[str]) -> dict | None:
             "methods": {m: {k: v.get(k) for k in keep} for m, v in report["methods"].items()}}
 
 
+def _worker_cmd(args, method: str, model_path: str, out: Path, gate: Path | None) -> list[str]:
+    cmd = [sys.executable, __file__, "--worker", method, "--worker-out", str(out), "--model-path", model_path]
+    for flag in ("prompts", "per_category", "limit", "max_new_tokens", "concurrency", "k_ngram", "k_draftless",
+                 "dtype", "max_model_len"):
+        value = getattr(args, flag)
+        if value is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    return cmd + (["--gate", str(gate)] if gate else [])
+
+
+WORKER_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # the engine inside the worker process: one core, one process
+
+
+def run_one_by_one(args, methods, levels, model_path, tmp: Path, raw: dict, notes: list) -> None:
+    """One method after another, each in its own engine (fewest engines in memory at once)."""
+    for m in methods:
+        out, log = tmp / f"{m}.json", tmp / f"{m}.log"
+        t0 = time.perf_counter()
+        with open(log, "w") as fh:
+            proc = subprocess.run(_worker_cmd(args, m, model_path, out, None), env={**os.environ, **WORKER_ENV},
+                                  stdout=subprocess.DEVNULL, stderr=fh)
+        if proc.returncode != 0 or not out.is_file():
+            tail = log.read_text().strip().splitlines()[-15:]
+            notes.append(f"`{m}` did not run: {tail[-1] if tail else proc.returncode}")
+            print(f"[{m}] failed after {time.perf_counter() - t0:.0f} s:\n" + "\n".join(tail), file=sys.stderr)
+            continue
+        raw[m] = json.loads(out.read_text())
+        print(f"[{m}] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def run_interleaved(args, methods, levels, model_path, tmp: Path, raw: dict, notes: list) -> None:
+    """Every method's engine alive at once, idle but one: level by level, the methods take turns (their order
+    rotating from level to level), so slow drifts in the machine's load fall on all methods alike."""
+    gate = tmp / "gate"
+    gate.mkdir()
+    procs = {}
+    for m in methods:
+        log = open(tmp / f"{m}.log", "w")
+        procs[m] = (subprocess.Popen(_worker_cmd(args, m, model_path, tmp / f"{m}.json", gate),
+                                     env={**os.environ, **WORKER_ENV}, stdout=subprocess.DEVNULL, stderr=log), log)
+    alive = list(methods)
+
+    def wait_for(m: str, name: str) -> bool:
+        while not (gate / name).exists():
+            if procs[m][0].poll() is not None:
+                tail = (tmp / f"{m}.log").read_text().strip().splitlines()[-15:]
+                notes.append(f"`{m}` did not run: {tail[-1] if tail else procs[m][0].returncode}")
+                print(f"[{m}] failed:\n" + "\n".join(tail), file=sys.stderr)
+                alive.remove(m)
+                return False
+            time.sleep(0.2)
+        return True
+
+    for m in list(alive):
+        wait_for(m, f"{m}.ready")
+    for i, c in enumerate(levels):
+        order = alive[i % len(alive):] + alive[: i % len(alive)] if alive else []
+        for m in order:
+            (gate / f"{m}.{c}.go").touch()
+            if wait_for(m, f"{m}.{c}.done"):
+                print(f"[{m}] c={c} done", file=sys.stderr, flush=True)
+    for m in methods:
+        procs[m][0].wait()
+        procs[m][1].close()
+        if m in alive and (tmp / f"{m}.json").is_file():
+            raw[m] = json.loads((tmp / f"{m}.json").read_text())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="HF folder or draftless short name")
@@ -245,10 +322,14 @@ def main(argv=None) -> None:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--draftless-python", default=None,
                     help="main-environment python: also run draftless's own engine (hf, auto) at concurrency 1")
+    ap.add_argument("--interleave", action="store_true",
+                    help="keep every method's engine alive and let them take turns level by level (fairer ratios on "
+                         "a machine whose load drifts; needs memory for all engines at once)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--gate", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -263,24 +344,8 @@ def main(argv=None) -> None:
     model_path = resolve_model(args.model)
     raw, notes = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for m in methods:
-            out = Path(tmp) / f"{m}.json"
-            cmd = [sys.executable, __file__, "--worker", m, "--worker-out", str(out), "--model-path", model_path]
-            for flag in ("prompts", "per_category", "limit", "max_new_tokens", "concurrency", "k_ngram",
-                         "k_draftless", "dtype", "max_model_len"):
-                value = getattr(args, flag)
-                if value is not None:
-                    cmd += [f"--{flag.replace('_', '-')}", str(value)]
-            env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # engine in this child: one core, one proc
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if proc.returncode != 0 or not out.is_file():
-                tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-                notes.append(f"`{m}` did not run: {tail.splitlines()[-1] if tail else proc.returncode}")
-                print(f"[{m}] failed after {time.perf_counter() - t0:.0f} s:\n{tail}", file=sys.stderr)
-                continue
-            raw[m] = json.loads(out.read_text())
-            print(f"[{m}] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        runner = run_interleaved if args.interleave else run_one_by_one
+        runner(args, methods, levels, model_path, Path(tmp), raw, notes)
         engine = run_draftless_engine(args, tmp, notes) if args.draftless_python else None
     import importlib.metadata as md
 
