@@ -3,9 +3,10 @@ but torch and transformers (no faiss, pyahocorasick, gguf or numba there, no net
 
     python scripts/gpu_check.py --out gpu-check.json
 
-1. Greedy identity on CUDA: tree verification through the engine (drafters ``none`` and ``ngram``, and oracle trees
-   that branch and get rejected mid-path) against ``model.generate(do_sample=False)`` on the tiny Llama-, Qwen2-,
-   Gemma 3- (sliding window) and GPT-2-shaped models of the test suite, fp32.
+1. Greedy identity on CUDA: tree verification through the engine (drafters ``none``, ``ngram``, ``lookahead:8``
+   (a wide Jacobi window, as a flat GPU curve would choose), and oracle trees that branch and get rejected
+   mid-path) against ``model.generate(do_sample=False)`` on the tiny Llama-, Qwen2-, Gemma 3- (sliding window)
+   and GPT-2-shaped models of the test suite, fp32; and a left-padded batch of three rows verified together.
 2. t(n) for n = 1..128 after a 512-token cache on a randomly initialised Llama-shaped model of about 1B parameters
    (weights need not be real for timing), in bf16 and fp32, measured the way the engine measures its cost curve.
 3. The engine's per-step time outside the model forward (draft, accept, commit, feedback), from its own stats.
@@ -76,14 +77,33 @@ def identity_checks(device: torch.device) -> list[dict]:
                 want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
                                       do_sample=False, pad_token_id=0)
             reference = want[0, len(prompt):].tolist()
-            for name in ("none", "ngram", "oracle"):
+            for name in ("none", "ngram", "lookahead:8", "oracle"):
                 drafter = BranchingOracle(reference, seed=trial) if name == "oracle" else name
                 fast = draftless.accelerate(model, drafter=drafter, cost_curve=FLAT)
                 got = fast.generate(ids, max_new_tokens=40)
                 same = torch.equal(got.sequences.to(device), want)
                 rows.append({"arch": arch, "trial": trial, "drafter": name, "identical": bool(same),
                              "mean_accepted": round(got.stats.mean_accepted, 3)})
+        rows.append(batch_check(model, arch, rng, device))
     return rows
+
+
+def batch_check(model, arch: str, rng, device: torch.device) -> dict:
+    """Three left-padded rows of different lengths, verified together, against ``model.generate`` on the batch."""
+    lengths = (5, 13, 21)
+    ids = torch.zeros((3, max(lengths)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, n in enumerate(lengths):
+        motif = rng.integers(1, VOCAB, 3).tolist()
+        ids[r, -n:] = torch.tensor((motif * 8)[:n])
+        mask[r, -n:] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.inference_mode():
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    fast = draftless.accelerate(model, drafter="ngram", cost_curve=FLAT)
+    got = fast.generate(ids, attention_mask=mask, max_new_tokens=30, pad_token_id=0)
+    return {"arch": arch, "trial": "batch of 3", "drafter": "ngram", "identical": bool(torch.equal(got.sequences, want)),
+            "mean_accepted": round(got.stats.mean_accepted, 3)}
 
 
 def billion_llama(dtype: torch.dtype, device: torch.device):
