@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..hf.compat import model_path
 from .prompts import encode_prompt
 
 WORKLOADS = ("gsm8k", "mbpp")
@@ -146,7 +147,7 @@ def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_to
     half = len(rows) // 2
     size = -(-len(rows) // buckets)
     report = {
-        "model": model_name or str(getattr(model.config, "_name_or_path", "")),
+        "model": model_name or model_path(model),
         "workload": workload,
         "device": str(device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
