@@ -26,6 +26,8 @@ def breakeven_slope(acc_a: float, size_a: float, acc_b: float, size_b: float) ->
 def where_faster(a: dict, b: dict) -> str:
     """Where on linear curves ``a`` beats ``b``: everywhere, nowhere, or below / above a slope (and the t(16)/t(1)
     that slope means)."""
+    if abs(a["mean_accepted"] - b["mean_accepted"]) < 1e-9:  # a tie on flat curves: the smaller tree wins
+        return "everywhere" if a["mean_tree_size"] < b["mean_tree_size"] else "nowhere"
     s = breakeven_slope(a["mean_accepted"], a["mean_tree_size"], b["mean_accepted"], b["mean_tree_size"])
     wins_on_flat = a["mean_accepted"] > b["mean_accepted"]  # at slope 0 only tokens per pass count
     if s is None:
