@@ -171,3 +171,17 @@ def test_sampled_distribution_is_the_target_distribution_with_lookahead(tiny_mod
                                 calibrate=False)
     counts = sample_pairs(fast, 1000, seed=3, **kw)
     assert chi_square_pvalue(counts, exact) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_identical_in_a_batch_verified_together(tiny_models, arch):
+    """Two left-padded rows, each with its own lookahead drafter and pinned window, in one pass per step."""
+    model = tiny_models(arch)
+    ids = torch.tensor([[0, 0, 0, 5, 9, 5, 9, 5], [3, 1, 4, 1, 5, 9, 2, 6]])
+    mask = (torch.arange(8) >= torch.tensor([[3], [0]])).long()
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    fast = draftless.accelerate(model, drafter="lookahead:3+sam", cost_curve=FLAT_CURVE)
+    got = fast.generate(ids, attention_mask=mask, max_new_tokens=30, pad_token_id=0)
+    assert fast.last_batched
+    assert torch.equal(got.sequences, want)
