@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.calibration import SourceCalibrators
-from ..engine.protocol import BaseDrafter, Drafter, RequestInfo, StepFeedback, begin_request, end_request
+from ..engine.protocol import CompositeDrafter, Drafter, StepFeedback
 from ..engine.tree import DraftTree, merge_nonempty
 
 
-class FusedDrafter(BaseDrafter):
+class FusedDrafter(CompositeDrafter):
     calibrates_scores = True  # the engine adds only a neutral residual calibration on top
 
     def __init__(self, drafters: list[Drafter]):
@@ -30,16 +30,8 @@ class FusedDrafter(BaseDrafter):
         self.pinned_sources = tuple(s for d in drafters for s in getattr(d, "pinned_sources", ()))
         self._calibration = SourceCalibrators(len(drafters))
 
-    def begin(self, prompt_ids: np.ndarray) -> None:
-        self.begin_request(prompt_ids, RequestInfo())
-
-    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
-        for d in self.drafters:
-            begin_request(d, prompt_ids, info)
-
-    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
-        for d in self.drafters:
-            end_request(d, context, info)
+    def sources(self) -> tuple:
+        return tuple(self.drafters)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         trees = [self._calibration.calibrate(i, drafter.draft(context, budget), drafter.name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.calibration import SourceCalibrators
-from ..engine.protocol import BaseDrafter, Drafter, RequestInfo, StepFeedback, begin_request, end_request
+from ..engine.protocol import CompositeDrafter, Drafter, StepFeedback
 from .model_drafter import ModelDrafter
 from ..engine.tree import DraftTree, merge
 
@@ -33,7 +33,7 @@ def best_path_expected(tree: DraftTree) -> float:
     return float(acc.max())
 
 
-class SelectiveDrafter(BaseDrafter):
+class SelectiveDrafter(CompositeDrafter):
     """Ask ``expensive`` only when ``cheap``'s calibrated tree is weak.
 
     ``min_expected``: the cheap tree is strong when its best path is expected to yield at least this many accepted
@@ -55,16 +55,8 @@ class SelectiveDrafter(BaseDrafter):
         self.expensive_calls = 0
         self.steps = 0
 
-    def begin(self, prompt_ids: np.ndarray) -> None:
-        self.begin_request(prompt_ids, RequestInfo())
-
-    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
-        begin_request(self.cheap, prompt_ids, info)
-        begin_request(self.expensive, prompt_ids, info)
-
-    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
-        end_request(self.cheap, context, info)
-        end_request(self.expensive, context, info)
+    def sources(self) -> tuple:
+        return (self.cheap, self.expensive)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self.steps += 1
@@ -88,7 +80,7 @@ class SelectiveDrafter(BaseDrafter):
         self.expensive.feedback(step)
 
 
-class HybridFusion(BaseDrafter):
+class HybridFusion(CompositeDrafter):
     """A retrieval tree re-scored, pruned and extended by a draft model (see module docstring).
 
     ``prune_below``: a retrieval node whose draft probability given its parent is below this is dropped with its
@@ -109,16 +101,8 @@ class HybridFusion(BaseDrafter):
         self.seed_nodes = 0  # retrieval nodes offered to the draft model
         self.seed_pruned = 0  # ... and dropped by it
 
-    def begin(self, prompt_ids: np.ndarray) -> None:
-        self.begin_request(prompt_ids, RequestInfo())
-
-    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
-        begin_request(self.retrieval, prompt_ids, info)
-        begin_request(self.model, prompt_ids, info)
-
-    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
-        end_request(self.retrieval, context, info)
-        end_request(self.model, context, info)
+    def sources(self) -> tuple:
+        return (self.retrieval, self.model)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         seed = self.retrieval.draft(context, budget)

@@ -129,6 +129,26 @@ class BaseDrafter:
         pass
 
 
+class CompositeDrafter(BaseDrafter):
+    """Base of drafters built from other drafters (fusion, selection, hybrid): every request hook goes to each
+    source, in ``sources()`` order, so a source that keeps per-request or cross-request state (a history) sees
+    every request whatever combinator holds it."""
+
+    def sources(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def begin(self, prompt_ids: np.ndarray) -> None:
+        self.begin_request(prompt_ids, RequestInfo())
+
+    def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
+        for source in self.sources():
+            begin_request(source, prompt_ids, info)
+
+    def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
+        for source in self.sources():
+            end_request(source, context, info)
+
+
 class NullDrafter(BaseDrafter):
     """Never guesses: generation through the engine degenerates to plain one-token decoding."""
 
