@@ -20,7 +20,7 @@ from draftless.engine.accept import SamplingWarper
 
 from conftest import ARCHS, VOCAB, OracleDrafter
 from test_cli import tiny_folder  # noqa: F401 (a fixture: a tiny model saved with a tokenizer)
-from test_greedy import FLAT_CURVE
+from test_greedy import FAST_PATH_CURVES, FLAT_CURVE
 from test_sampling import PROMPT, LikelyBranchesDrafter, chi_square_pvalue
 
 SPECS = ["ngram", "sam", "auto"]
@@ -90,6 +90,20 @@ def test_deep_acceptance_compacts_ragged_rows(tiny_models, arch):
         assert fast.last_batched
         assert torch.equal(got.sequences, want), (arch, kw)
         assert got.stats.mean_accepted > 2.0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_batched_greedy_on_the_packed_path(tiny_models, arch):
+    """A batch's shared passes on the packed-weight path (draftless.fastpath; passes over 64 rows fall back to
+    aten inside it) give ``model.generate``'s output too."""
+    model = tiny_models(arch)
+    fast = draftless.accelerate(model, drafter="ngram", cost_curve=FAST_PATH_CURVES["packed"])
+    if "packed" not in fast.verification.available:
+        pytest.skip("the packed path is not available on this build")
+    ids, mask, _ = padded_batch(zlib.crc32(f"packed/{arch}".encode()) % 1000, 4, [1, 17, 9, 12])
+    got = fast.generate(ids, attention_mask=mask, max_new_tokens=24, pad_token_id=0)
+    assert fast.last_batched and fast.verification.packed_bytes > 0
+    assert torch.equal(got.sequences, reference(model, ids, mask, 24)), arch
 
 
 class RecordingDrafter(draftless.BaseDrafter):

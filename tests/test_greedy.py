@@ -16,8 +16,9 @@ DRAFTER_SPECS = ["none", "ngram", "recycle", "ngram+recycle", "sam", "sam+recycl
                  "auto+history", "lookahead:3", "lookahead:2+sam+recycle"]
 # A synthetic curve that makes big trees worth it, so the adaptive budget chooser is exercised on tiny models.
 FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5))
-# The same curve, every size verified on the skinny-kernel path (draftless.fastpath).
-SKINNY_FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5), ("skinny",) * 3)
+# The same curve, every size verified on one of the fast paths (draftless.fastpath): the skinny kernel, or oneDNN
+# on packed weights.
+FAST_PATH_CURVES = {path: CostCurve((1, 8, 64), (1.0, 1.1, 1.5), (path,) * 3) for path in ("skinny", "packed")}
 
 
 def prompts(seed, n=4):
@@ -58,15 +59,20 @@ def test_greedy_identical_for_every_drafter(tiny_models, arch, spec):
         assert got.stats.new_tokens == max_new
 
 
+@pytest.mark.parametrize("path", sorted(FAST_PATH_CURVES))
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("spec", ["ngram", "sam+recycle"])
-def test_greedy_identical_on_the_skinny_path(tiny_models, arch, spec):
+def test_greedy_identical_on_a_fast_path(tiny_models, arch, spec, path):
     model = tiny_models(arch)
-    fast = draftless.accelerate(model, drafter=drafter_from_spec(spec, model), cost_curve=SKINNY_FLAT_CURVE)
-    for i, prompt in enumerate(prompts(zlib.crc32(f"skinny/{arch}/{spec}".encode()) % 1000)):
+    fast = draftless.accelerate(model, drafter=drafter_from_spec(spec, model), cost_curve=FAST_PATH_CURVES[path])
+    if path not in fast.verification.available:
+        pytest.skip(f"the {path} path is not available on this build")
+    for i, prompt in enumerate(prompts(zlib.crc32(f"{path}/{arch}/{spec}".encode()) % 1000)):
         max_new = [37, 1, 24, 50][i % 4]
         got = fast.generate(torch.tensor([prompt]), max_new_tokens=max_new)
         assert torch.equal(got.sequences, reference(model, prompt, max_new)), (spec, arch, prompt)
+    if path == "packed" and arch != "gpt2":  # gpt2's Conv1D layers are not F.linear: nothing to pack
+        assert fast.verification.packed_bytes > 0  # the passes did run on packed weights
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ..fastpath import available_paths, path_context
+from ..fastpath import VerificationPaths
 from ..hf.attention import inspect_model, tree_attention_mask
 from ..hf.compat import cache_keyword, model_path
 from ..hf.kv_cache import keep_prefix_and, new_cache
@@ -88,17 +88,21 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": numba.config.THREADING_LAYER, "kernel_libraries": libs,
         "linear_kernels": {"torch": "aten linear -> BLAS sgemm/sgemv (MKL on this build)",
-                           "skinny": "draftless.fastpath numba kernel for <= 16 rows, BLAS above"},
+                           "skinny": "draftless.fastpath numba kernel for <= 16 rows, BLAS above",
+                           "packed": "oneDNN linear on weights packed once, for <= 64 rows, BLAS above"},
+        "mkldnn_available": torch.backends.mkldnn.is_available(),
     }
 
 
 def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), repeats: int = 5,
                   paths: tuple[str, ...] | None = None, progress=None) -> dict:
-    """Measure t(n) per size, cache length and path, with a stage split. Returns a JSON-able report (ms)."""
+    """Measure t(n) per size, cache length and path (default: every path available for the model, see
+    ``VerificationPaths``), with a stage split. Returns a JSON-able report (ms)."""
     layout = inspect_model(model)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    paths = tuple(paths) if paths is not None else available_paths(device, dtype)
+    verification = VerificationPaths(model)
+    paths = tuple(paths) if paths is not None else verification.available
     vocab = model.config.get_text_config(decoder=True).vocab_size
     gen = torch.Generator().manual_seed(0)
     report = {"environment": environment(), "model": model_path(model),
@@ -123,7 +127,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                with path_context(path, device, dtype):
+                with verification.context(path):
                     model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -167,6 +171,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
                     })
             if progress is not None:
                 progress(prefix_len)
+    report["packed_weights_mb"] = round(verification.packed_bytes / 2**20, 1)  # the packed path's extra memory
     return report
 
 
@@ -183,11 +188,11 @@ def format_report(report: dict) -> str:
         paths = list(dict.fromkeys(r["path"] for r in rows))
         lines.append(f"\ncache {cache_len}: t(n) ms (t(n)/t(1)) per path; stage split (ms, instrumented) of the fastest")
         header = "   n  " + "  ".join(f"{p:>16}" for p in paths) + "  " + " ".join(f"{s[:10]:>10}" for s in STAGES)
-        lines.append(header + "   mask  compact")
+        lines.append(header + "   mask  compact  fastest")
         for n in sorted({r["n"] for r in rows}):
             cells = {r["path"]: r for r in rows if r["n"] == n}
             best = min(cells.values(), key=lambda r: r["ms"])
             lines.append(f"{n:4d}  " + "  ".join(f"{cells[p]['ms']:9.1f} ({cells[p]['relative']:.2f})" for p in paths)
                          + "  " + " ".join(f"{best['stages_ms_instrumented'][s]:10.1f}" for s in STAGES)
-                         + f"  {best['mask_ms']:5.2f}  {best['compact_ms']:6.2f}")
+                         + f"  {best['mask_ms']:5.2f}  {best['compact_ms']:6.2f}  {best['path']}")
     return "\n".join(lines)

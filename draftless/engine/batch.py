@@ -28,6 +28,7 @@ but not the row-by-row path's draws.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,6 @@ import torch
 from .generator import RequestState, new_row_state
 from .protocol import Drafter, RequestInfo, begin_request, end_request
 from .tree import DraftTree
-from ..fastpath import path_context
 from ..hf.attention import AttentionLayout, batch_tree_mask, padded_prefill_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import DecodingPlan, processors_for_row
@@ -78,13 +78,14 @@ def prefill_batch(model, layout: AttentionLayout, padded: np.ndarray, n_pad: lis
 
 
 def verify_batch(model, layout: AttentionLayout, batch: BatchState, trees: list[DraftTree], ends: np.ndarray,
-                 want_hidden: bool, dtype: torch.dtype, device: torch.device, path: str = "torch",
+                 want_hidden: bool, dtype: torch.dtype, device: torch.device, on=None,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward over every active row's tree, padded to n = the largest tree's node count; appends the [b, n]
     nodes' keys/values at slots ``[width, width + n)``.
 
-    Returns logits float [b, n, V] (row i's node j predicts the token after it; padding nodes' rows are garbage)
-    and, when ``want_hidden``, last-layer hidden states float [b, n, H]."""
+    ``on``: the context the forward runs under (the engine's ``VerificationPaths.context`` of the path for b * n
+    nodes; default: the model as it is). Returns logits float [b, n, V] (row i's node j predicts the token after
+    it; padding nodes' rows are garbage) and, when ``want_hidden``, last-layer hidden states float [b, n, H]."""
     b, n = len(trees), max(len(t) for t in trees)
     tokens = np.empty((b, n), dtype=np.int64)
     depths = np.zeros((b, n), dtype=np.int64)
@@ -99,7 +100,7 @@ def verify_batch(model, layout: AttentionLayout, batch: BatchState, trees: list[
     to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     mask, positions = batch_tree_mask(layout, to(ancestors), to(depths), to(batch.starts), to(ends), batch.width,
                                       dtype)
-    with path_context(path, device, dtype):
+    with on if on is not None else nullcontext():
         out = model(input_ids=to(tokens), position_ids=positions, attention_mask=mask, use_cache=True,
                     output_hidden_states=want_hidden, **{cache_keyword(model): batch.cache})
     return out.logits, (out.hidden_states[-1] if want_hidden else None)
@@ -170,7 +171,7 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
         ends = batch.ends(rows)
         t1 = time.perf_counter()
         logits, hidden = verify_batch(engine.model, engine.layout, batch, trees, ends, want_hidden, engine.dtype,
-                                      engine.device, path=engine._path_for(len(trees) * n_pass))
+                                      engine.device, on=engine._pass_context(len(trees) * n_pass))
         verify_ms = (time.perf_counter() - t1) * 1000 / len(trees)
         t2 = time.perf_counter()
         steps = []

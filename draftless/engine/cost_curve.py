@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_file
-from ..fastpath import available_paths, path_context
+from ..fastpath import VerificationPaths
 from ..hf.attention import tree_attention_mask
 from ..hf.compat import cache_keyword, model_path
 from ..hf.kv_cache import keep_prefix_and, new_cache
@@ -77,9 +77,9 @@ class CostCurve:
                    tuple(data.get("paths") or ()), {p: tuple(v) for p, v in (data.get("by_path") or {}).items()})
 
 
-# Bumped whenever what a cached curve means changes (v2: one path per size, preallocated cache), so a curve
-# measured by an older version is measured again instead of misleading the chooser.
-CURVE_FORMAT = 2
+# Bumped whenever what a cached curve means changes (v2: one path per size, preallocated cache; v3: the "packed"
+# path measured too), so a curve measured by an older version is measured again instead of misleading the chooser.
+CURVE_FORMAT = 3
 
 
 def _curve_path(key: str) -> Path:
@@ -95,13 +95,17 @@ def curve_key(model) -> str:
 
 
 def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256, repeats: int = 5,
-                       paths: tuple[str, ...] | None = None) -> CostCurve:
+                       paths: tuple[str, ...] | None = None,
+                       verification: VerificationPaths | None = None) -> CostCurve:
     """Time one verification forward of each size in ``sizes`` after a ``prefix_len``-token cache, on every
     verification path (``paths``, default: those available on the model's device and dtype); each size keeps its
-    fastest path (fastest run of ``repeats``, in ms)."""
+    fastest path (fastest run of ``repeats``, in ms). ``verification``: the engine's ``VerificationPaths``, so
+    that what a path prepares while measured (the packed weights) is what the engine then runs on; default: a
+    fresh one for this measurement."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    paths = tuple(paths) if paths is not None else available_paths(device, dtype)
+    verification = verification if verification is not None else VerificationPaths(model)
+    paths = tuple(paths) if paths is not None else verification.available
     vocab = model.config.get_text_config(decoder=True).vocab_size
     gen = torch.Generator().manual_seed(0)
     cache = new_cache()
@@ -117,7 +121,7 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
             inputs.append((ids, pos, mask))
         # Round-robin over sizes and paths, keeping each one's fastest run: interference from other processes only
         # ever adds time, so the minimum is the most repeatable estimate, and interleaving makes the paths'
-        # comparison fair; the first round warms kernels up (and compiles the skinny kernel).
+        # comparison fair; the first round warms kernels up (compiles the skinny kernel, packs the weights).
         best = {p: [float("inf")] * len(sizes) for p in paths}
         for r in range(repeats + 1):
             for i, (ids, pos, mask) in enumerate(inputs):
@@ -125,7 +129,7 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()
-                    with path_context(path, device, dtype):
+                    with verification.context(path):
                         model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache},
                               use_cache=True)
                     if device.type == "cuda":
@@ -140,8 +144,10 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
                      tuple(chosen), {p: tuple(float(m) for m in v) for p, v in best.items()})
 
 
-def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False) -> CostCurve:
-    """The cached cost curve of ``model`` on its device, measured (several seconds) on first use."""
+def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False,
+                   verification: VerificationPaths | None = None) -> CostCurve:
+    """The cached cost curve of ``model`` on its device, measured (several seconds) on first use, through
+    ``verification`` (see ``measure_cost_curve``)."""
     path = _curve_path(curve_key(model))
     if path.exists() and not refresh:
         try:
@@ -150,7 +156,7 @@ def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False) 
             pass  # unreadable cache: measure again
     if verbose:
         print("[draftless] measuring the verification cost curve of this model (once)...", flush=True)
-    curve = measure_cost_curve(model, layout)
+    curve = measure_cost_curve(model, layout, verification=verification)
     with atomic_file(path) as fh:
         json.dump({"key": curve_key(model), **curve.to_json()}, fh)
     return curve

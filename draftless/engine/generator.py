@@ -12,7 +12,7 @@ on the bonus token alone.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ from .processing import StopRule, TreeScores
 from .protocol import Drafter, RequestInfo, StepFeedback, begin_request, end_request
 from .stats import GenerationStats
 from .tree import DraftTree
-from ..fastpath import path_context
+from ..fastpath import VerificationPaths
 from ..hf.attention import AttentionLayout, inspect_model, tree_attention_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import (DecodingPlan, decoder_only_output, plan_from_arguments, processors_for_row,
@@ -127,11 +127,11 @@ def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
 
 
 def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_len: int, want_hidden: bool,
-                dtype: torch.dtype, device: torch.device, path: str = "torch",
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                dtype: torch.dtype, device: torch.device, on=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The verification pass: every node of ``tree`` (n nodes) through ``model`` in one forward, each attending to
     the ``prefix_len`` cached positions and its own ancestors (a tree mask), at position ``prefix_len + depth``.
-    ``path``: the verification path (``draftless.fastpath.PATHS``) the cost curve found fastest for n nodes.
+    ``on``: the context the forward runs under, the engine's ``VerificationPaths.context`` of the path the cost curve
+    found fastest for n nodes (default: the model as it is).
 
     Appends the n nodes' keys/values to ``cache``. Returns logits float[n, V] (row i predicts the token after node
     i) and, when ``want_hidden``, last-layer hidden states float[n, H]."""
@@ -139,7 +139,7 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
     ids = torch.from_numpy(tree.tokens).to(device)[None]
     positions = torch.from_numpy(depths.astype(np.int64) + prefix_len).to(device)[None]
     mask = tree_attention_mask(layout, tree.ancestor_mask(), depths, prefix_len, dtype, device)
-    with path_context(path, device, dtype):
+    with on if on is not None else nullcontext():
         out = model(
             input_ids=ids,
             position_ids=positions,
@@ -259,6 +259,8 @@ class SpeculativeGenerator:
         self._calibrate = calibrate
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # the ways this engine can run a pass, and what they keep (the packed path's weight copies): the engine's own
+        self.verification = VerificationPaths(model)
         # ids at or past the embedding's size would be an IndexError inside the model: checked before it sees them
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._running = False
@@ -282,7 +284,10 @@ class SpeculativeGenerator:
     @property
     def cost_curve(self) -> CostCurve:
         if self._cost_curve is None:
-            self._cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose)
+            self._cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose,
+                                              verification=self.verification)
+            # the packed weight copies are worth their memory only where the curve runs the packed path
+            self.verification.release(keep=self._cost_curve.paths)
         return self._cost_curve
 
     def _path_for(self, n: int) -> str:
@@ -291,6 +296,10 @@ class SpeculativeGenerator:
         if self._cost_curve is None and not self.adaptive:
             return "torch"
         return self.cost_curve.path_for(n)
+
+    def _pass_context(self, n: int):
+        """The context an n-node verification pass runs under: its path's, from ``_path_for``."""
+        return self.verification.context(self._path_for(n))
 
     # ------------------------------------------------------------------ draft
     def _prepare_tree(self, tree: DraftTree, root: int, remaining: int, drafter: Drafter | None = None,
@@ -383,7 +392,7 @@ class SpeculativeGenerator:
         t1 = time.perf_counter()
         want_hidden = bool(self.drafter.wants_hidden_states)
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
-                                     self.dtype, self.device, path=self._path_for(len(tree)))
+                                     self.dtype, self.device, on=self._pass_context(len(tree)))
         t2 = time.perf_counter()
         prefix_len = state.prefix_len
         acc, committed = self._accept_and_commit(state, tree, logits)

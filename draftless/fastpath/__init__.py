@@ -1,8 +1,12 @@
-"""Making the verification pass cheap without changing the model: kernels for few-row linear layers.
+"""Making the verification pass cheap without changing the model: faster kernels for tree-sized linear layers.
 
-``skinny_linear.SkinnyLinearMode`` routes a pass's small-row fp32 ``F.linear`` calls to a numba kernel that reads
-each weight once for all rows; the engine turns it on for the tree sizes where the measured cost curve says it is
-faster (``engine/cost_curve.py`` measures both paths). See README, "Verification cost".
+A *verification path* is a way to run one pass: "torch" is the model as it is; "skinny" routes its few-row fp32
+``F.linear`` calls to a numba kernel that reads each weight once for all rows (``skinny_linear.py``); "packed"
+routes its tree-sized fp32 ``F.linear`` calls to oneDNN on weights packed once into oneDNN's blocked layout
+(``packed_linear.py``). The cost curve (``engine/cost_curve.py``) measures every available path at every tree size
+and the engine runs each pass on the fastest for its size. ``VerificationPaths`` is the per-engine object that
+says which paths apply to a model and enters them, and owns what they keep (the packed weights). See README,
+"Verification cost".
 """
 from __future__ import annotations
 
@@ -10,27 +14,67 @@ import contextlib
 
 import torch
 
-# The ways a verification pass can run: "torch" is the model as it is; "skinny" routes its few-row fp32 linear
-# layers to the skinny kernel. The cost curve measures each path at each tree size and the engine runs the faster.
-PATHS = ("torch", "skinny")
+# Every path a cost curve may name, in the order they are measured and reported.
+PATHS = ("torch", "skinny", "packed")
 
 
-def path_context(path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """A context manager under which a forward runs on ``path`` (one of ``PATHS``).
+class VerificationPaths:
+    """The verification paths of one model, for whoever runs its passes (an engine, a cost-curve measurement, the
+    profiler). Build it from the model once and keep it: the "packed" path's packed weights live here, made on the
+    first packed pass that reaches each weight and dropped with this object (or by ``release``).
 
-    "skinny" only applies to fp32 on CPU; elsewhere (CUDA, bf16) it is the same as "torch"."""
-    if path not in PATHS:
-        raise ValueError(f"unknown verification path {path!r}; expected one of {PATHS}")
-    if path == "skinny" and torch.device(device).type == "cpu" and dtype == torch.float32:
-        from .skinny_linear import SkinnyLinearMode  # numba is imported only where the skinny path runs
+    ``available``: the paths that differ from "torch" on this model's device and dtype, "torch" first. "skinny" and
+    "packed" apply to CPU float32 only, "packed" also needs oneDNN (``torch.backends.mkldnn``) and its linear ops;
+    elsewhere ``context`` of either is the same as "torch", so a curve measured on another build still runs.
 
-        return SkinnyLinearMode()
-    return contextlib.nullcontext()
+    Memory: while "packed" is used, one packed copy of every linear weight it reaches (fp32, the weights' size:
+    ~1.1 GB for Gemma 3 270M, ~0.5 GB for SmolLM2 135M); ``release(keep)`` frees it when the curve chose no packed
+    size."""
+
+    def __init__(self, model=None, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        if model is not None:
+            param = next(model.parameters())
+            device, dtype = param.device, param.dtype
+        self.device = torch.device(device if device is not None else "cpu")
+        self.dtype = dtype if dtype is not None else torch.float32
+        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
+        paths = ["torch"]
+        if cpu_fp32:
+            paths.append("skinny")
+            from .packed_linear import packed_linear_supported
+
+            if packed_linear_supported():
+                paths.append("packed")
+        self.available: tuple[str, ...] = tuple(paths)
+        self._packed = None  # PackedWeights, made on the first packed pass
+
+    def context(self, path: str):
+        """A context manager under which a forward runs on ``path`` (one of ``PATHS``); a path that is not
+        available here runs as "torch"."""
+        if path not in PATHS:
+            raise ValueError(f"unknown verification path {path!r}; expected one of {PATHS}")
+        if path not in self.available or path == "torch":
+            return contextlib.nullcontext()
+        if path == "skinny":
+            from .skinny_linear import SkinnyLinearMode  # numba is imported only where the skinny path runs
+
+            return SkinnyLinearMode()
+        from .packed_linear import PackedLinearMode, PackedWeights
+
+        if self._packed is None:
+            self._packed = PackedWeights()
+        return PackedLinearMode(self._packed)
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes the packed path's weight copies hold now."""
+        return 0 if self._packed is None else self._packed.nbytes
+
+    def release(self, keep=()) -> None:
+        """Free what the paths not in ``keep`` hold (the packed weights unless "packed" is kept): call once the
+        cost curve is known, with the paths it chose."""
+        if "packed" not in keep and self._packed is not None:
+            self._packed.clear()
 
 
-def available_paths(device: torch.device | str, dtype: torch.dtype) -> tuple[str, ...]:
-    """The paths worth measuring on this device and dtype (the skinny kernel is CPU fp32 only)."""
-    return PATHS if torch.device(device).type == "cpu" and dtype == torch.float32 else ("torch",)
-
-
-__all__ = ["PATHS", "available_paths", "path_context"]
+__all__ = ["PATHS", "VerificationPaths"]

@@ -1,0 +1,104 @@
+"""The packed-weight (oneDNN) fast path against the obvious oracles: ``F.linear`` and the model's own forward, and
+the per-engine ``VerificationPaths`` that owns its packed weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from draftless.fastpath import PATHS, VerificationPaths
+from draftless.fastpath.packed_linear import PackedLinearMode, PackedWeights, packed_linear_supported
+
+pytestmark = pytest.mark.skipif(not packed_linear_supported(), reason="this torch build has no oneDNN linear")
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (5, 7), (2, 5, 7), (1, 16, 7), (1, 64, 7), (3, 1, 2, 7)])
+@pytest.mark.parametrize("n_out", [11, 130])
+def test_packed_linear_matches_f_linear(shape, n_out):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=gen)
+    w = torch.randn(n_out, 7, generator=gen)
+    b = torch.randn(n_out, generator=gen)
+    packs = PackedWeights()
+    torch.testing.assert_close(packs.linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packs.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert len(packs) == 1  # one pack per weight, whatever the row count or bias
+
+
+def test_pack_is_reused_and_renewed_when_the_weight_changes():
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(9, 6, generator=gen)
+    x = torch.randn(4, 6, generator=gen)
+    packs = PackedWeights()
+    first = packs.get(w)
+    assert packs.get(w) is first and packs.nbytes == w.numel() * 4
+    w.mul_(2)  # an in-place change: the old pack is stale
+    assert packs.get(w) is not first
+    torch.testing.assert_close(packs.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    packs.clear()
+    assert len(packs) == 0
+
+
+def test_mode_routes_only_eligible_calls():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(9, 6, generator=gen)
+    small = torch.randn(1, 3, 6, generator=gen)
+    packs = PackedWeights()
+    mode = PackedLinearMode(packs, max_rows=16)
+    calls = []
+    original = mode.route
+
+    def spy(*args):
+        calls.append(original(*args))
+        return calls[-1]
+
+    mode.route = spy
+    with torch.no_grad(), mode:
+        a = F.linear(small, w)
+        b = F.linear(torch.randn(1, 40, 6, generator=gen), w)      # too many rows: aten
+        c = F.linear(small.bfloat16(), w.bfloat16())                # not fp32: aten
+        d = F.linear(small, torch.randn(6, 9, generator=gen).t())   # non-contiguous weight: aten
+        e = torch.nn.Linear(6, 9)(small)                            # nn.Linear goes through F.linear
+    assert calls == [True, False, False, False, True]
+    torch.testing.assert_close(a, F.linear(small, w), rtol=1e-5, atol=1e-5)
+    assert b.shape == (1, 40, 9) and c.dtype == torch.bfloat16 and d.shape == e.shape == (1, 3, 9)
+    with mode:  # grad mode with a weight that needs grad: autograd must see aten's linear
+        f = F.linear(small, torch.nn.Parameter(w.clone()))
+    assert calls[-1] is False and f.requires_grad
+    assert len(packs) == 2  # w and the nn.Linear's weight, nothing else
+
+
+def test_verification_paths_owns_the_packs_and_falls_back_off_cpu_fp32():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Linear(8, 8, bias=False))
+    paths = VerificationPaths(model)
+    assert paths.available == PATHS
+    with torch.no_grad(), paths.context("packed"):
+        y = model(torch.ones(3, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(torch.ones(3, 6)), rtol=1e-5, atol=1e-5)
+    assert paths.packed_bytes == (6 * 8 + 8 * 8) * 4
+    assert not any(hasattr(p, "_packed") for p in model.parameters())  # nothing stored on the model
+    paths.release(keep=("torch", "skinny"))
+    assert paths.packed_bytes == 0
+    bf16 = VerificationPaths(device="cpu", dtype=torch.bfloat16)
+    assert bf16.available == ("torch",)
+    assert not isinstance(bf16.context("packed"), PackedLinearMode)  # a curve naming it still runs, as torch
+    with pytest.raises(ValueError):
+        paths.context("fast")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_tree_pass_under_mode_matches_plain_forward(tiny_models, arch):
+    """A whole forward of a tiny model (fp32; qwen2 has biased projections, gemma3 a tied embedding/head) gives
+    the same logits (to fp32 rounding) and argmaxes on the packed path."""
+    model = tiny_models(arch)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    paths = VerificationPaths(model)
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        with paths.context("packed"):
+            fast = model(input_ids=ids).logits
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+    linears = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert len(paths._packed) == len(linears)  # a tied head is the embedding's tensor: packed once
