@@ -35,20 +35,23 @@ from ..engine.protocol import Drafter
 from ..engine.tree import DraftTree, merge_nonempty
 
 
-def _sam_factory() -> Drafter:
+def _sam_factory(max_tokens: int) -> Drafter:
     from ..drafters.sam import SamDrafter
 
     return SamDrafter()
 
 
-def _ngram_factory() -> Drafter:
+def _ngram_factory(max_tokens: int) -> Drafter:
     from ..drafters.ngram import NGramDrafter
 
-    return NGramDrafter()
+    # A chain never uses more than max_tokens of a continuation, and the best path rarely hedges past a few
+    # occurrences: reading less keeps the per-request Python cost small (it is paid for every row and step).
+    return NGramDrafter(depth=max_tokens + 1, max_occurrences=4)
 
 
-# Context-only sources (no datastore, no model): what runs inside a serving engine without extra files.
-SOURCE_FACTORIES: dict[str, Callable[[], Drafter]] = {"sam": _sam_factory, "ngram": _ngram_factory}
+# Context-only sources (no datastore, no model): what runs inside a serving engine without extra files. Each
+# factory takes the longest chain the engine verifies (``max_tokens``) and builds one request's drafter.
+SOURCE_FACTORIES: dict[str, Callable[[int], Drafter]] = {"sam": _sam_factory, "ngram": _ngram_factory}
 
 
 def best_chain(tree: DraftTree, max_len: int, min_gain: float) -> tuple[list[int], list[float]]:
@@ -81,15 +84,17 @@ class RequestState:
     """One running request: the tokens it has committed (a private int64 copy) and its own drafters.
 
     ``context``: int64[L] (any integer dtype accepted), the request's prompt plus output so far, L >= 1.
-    ``sources``: ``(name, drafter factory)`` pairs; each factory builds a fresh drafter for this request only.
+    ``sources``: ``(name, drafter factory)`` pairs; each factory builds a fresh drafter for this request only;
+    ``max_tokens``: the longest chain drafted (passed to the factories).
     """
 
-    def __init__(self, context: np.ndarray, sources: Sequence[tuple[str, Callable[[], Drafter]]]):
+    def __init__(self, context: np.ndarray, sources: Sequence[tuple[str, Callable[[int], Drafter]]],
+                 max_tokens: int = 8):
         context = _as_context(context)
         self._buf = np.empty(max(256, 2 * len(context)), dtype=np.int64)
         self._buf[: len(context)] = context
         self._n = len(context)
-        self.drafters = [(name, factory()) for name, factory in sources]
+        self.drafters = [(name, factory(max_tokens)) for name, factory in sources]
         for _, drafter in self.drafters:
             drafter.begin(self.tokens)
         # What the last proposal was, to learn from once the engine has verified it: per source (index, calibrated
@@ -157,7 +162,7 @@ class ChainDrafter:
 
     def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.1,
                  min_gain: float = 0.05,
-                 tree_budget: int = 32, calibrate: bool = True, max_states: int = 1024):
+                 tree_budget: int = 16, calibrate: bool = True, max_states: int = 1024):
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         unknown = [s for s in sources if s not in SOURCE_FACTORIES]
@@ -202,7 +207,7 @@ class ChainDrafter:
                 claimed[row] = free.pop(moved)
                 self.stats["moved"] += 1
             else:
-                claimed[row] = RequestState(ctx, self.sources)
+                claimed[row] = RequestState(ctx, self.sources, self.max_tokens)
                 self.stats["new_requests"] += 1
         # Rows that are not drafting this call keep their state (a request in a prefill chunk, one that comes
         # back); a state displaced by another request is dropped.
