@@ -34,7 +34,11 @@ vLLM without speculation):
     python scripts/vllm_peer.py --model smollm2-135m --chat --per-category 2 --json bench-results/vllm-peer-smollm2-chat.json --markdown bench-results/vllm-peer-smollm2-chat.md
     python scripts/vllm_peer.py --model gemma3-270m --per-category 2 --json bench-results/vllm-peer-gemma3-raw.json --markdown bench-results/vllm-peer-gemma3-raw.md
 
-A quick check: ``--limit 2 --max-new-tokens 16``.
+A quick check: ``--limit 2 --max-new-tokens 16``. ``--vllm-iomp`` preloads the vLLM environment's Intel OpenMP into
+the workers (vLLM-CPU warns that speculative decoding without it loses speed; torch here uses GNU OpenMP). The
+first ``auto`` engine per model and thread count measures its cost curve and caches it under
+``~/.cache/draftless/cost_curves`` (minutes on a loaded machine; a curve measured under load stays cached).
+Worker logs (vLLM's stderr) go to ``--log-dir``, by default a temporary folder; a failing worker's tail is printed.
 """
 from __future__ import annotations
 
