@@ -57,7 +57,7 @@ def test_best_chain_follows_the_best_child_and_stops_at_min_gain():
 # ------------------------------------------------------------------------------------------ identity to sam
 def test_chains_equal_a_fresh_sam_drafter_on_every_step_and_row():
     k = 6
-    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0)
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0, step_overhead=0.0)
     targets = [repeated_text(s) for s in range(3)]
     contexts = [t[:30] for t in targets]
     for _ in range(25):
@@ -94,7 +94,7 @@ def test_calibrated_drafting_keeps_the_sources_raw_trees_and_learns_acceptance()
 # ------------------------------------------------------------------------------------------ rows
 def test_a_new_request_in_a_reused_row_gets_a_fresh_state():
     k = 4
-    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0)
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0, step_overhead=0.0)
     a, b = repeated_text(1), repeated_text(2)
     ctx = a[:40]
     for _ in range(5):
@@ -130,7 +130,7 @@ def test_a_request_moved_to_another_row_keeps_its_state():
 
 
 def test_rows_without_a_draft_keep_their_state_and_get_nothing():
-    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0)
+    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0, step_overhead=0.0)
     a, b = repeated_text(1), repeated_text(2)
     drafter.propose([a[:40], b[:40]])
     a_state = drafter.state_of(0)
@@ -145,6 +145,35 @@ def test_the_threshold_rises_with_the_rows_that_draft():
     assert drafter.threshold(1) == pytest.approx(0.1 / 1.1)
     assert drafter.threshold(16) == pytest.approx(1.6 / 2.6)
     assert ChainDrafter(4, token_cost=0.0, min_gain=0.2).threshold(16) == 0.2
+
+
+def test_a_step_drafts_only_when_its_chains_pay_for_the_speculation_overhead():
+    drafter = ChainDrafter(4, token_cost=0.1, step_overhead=0.2)
+    # one row: gain must reach 0.2 + 0.1 * tokens
+    assert drafter.step_pays(1, 0.31, 1) and not drafter.step_pays(1, 0.29, 1)
+    assert drafter.step_pays(1, 0.41, 2) and not drafter.step_pays(1, 0.39, 2)
+    # four rows: the per-row gain is measured against a step four rows big (1 + 0.1 * 3)
+    assert drafter.step_pays(4, 4 * (0.2 + 0.1 * 2) / 1.3 + 1e-9, 2)
+    assert not drafter.step_pays(4, 4 * (0.2 + 0.1 * 2) / 1.3 - 1e-6, 2)
+    assert not drafter.step_pays(1, 5.0, 0)
+    assert ChainDrafter(4, step_overhead=0.0, token_cost=0.0).step_pays(1, 0.0, 3)
+
+
+def test_a_gated_step_proposes_nothing_and_learns_nothing():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 40, 30)
+    ctx = np.concatenate([base, base[:5]])  # the context repeats: sam has a long match to draft from
+    eager = ChainDrafter(4, sources=("sam",), step_overhead=0.0)
+    assert eager.propose([ctx])[0], "the sam source should draft on a repeated context"
+    strict = ChainDrafter(4, sources=("sam",), step_overhead=50.0)  # no chain can pay for this overhead
+    assert strict.propose([ctx]) == [[]]
+    assert strict.stats["gated_steps"] == 1 and strict.stats["proposed"] == 0
+    state = strict.state_of(0)
+    assert state.pending == [] and state.last_chain == []
+    # the next step still continues the same request (its state is kept, not rebuilt)
+    assert strict.propose([np.concatenate([ctx, base[5:6]])]) == [[]] and strict.state_of(0) is state
+    with pytest.raises(ValueError):
+        ChainDrafter(4, step_overhead=-0.1)
 
 
 def test_bad_input_is_refused():
@@ -192,8 +221,8 @@ def test_proposer_reads_vllm_arrays_and_respects_the_length_limit():
 def test_proposer_options_and_refusals():
     assert options_from_env({}) == {}
     assert options_from_env({"DRAFTLESS_VLLM_SOURCES": "sam", "DRAFTLESS_VLLM_MIN_GAIN": "0.3",
-                             "DRAFTLESS_VLLM_TOKEN_COST": "0.2"}) == {
-        "sources": ("sam",), "min_gain": 0.3, "token_cost": 0.2}
+                             "DRAFTLESS_VLLM_TOKEN_COST": "0.2", "DRAFTLESS_VLLM_STEP_OVERHEAD": "0.4"}) == {
+        "sources": ("sam",), "min_gain": 0.3, "token_cost": 0.2, "step_overhead": 0.4}
     with pytest.raises(ValueError):
         options_from_env({"DRAFTLESS_VLLM_MIN_GAIN": "high"})
     with pytest.raises(ValueError):

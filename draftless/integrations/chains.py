@@ -15,7 +15,12 @@ request and step. ``ChainDrafter`` bridges the two without knowing anything abou
   weights, ``b`` one token's compute), and it yields about R tokens for R running requests, so one more draft
   token of expected gain ``s`` raises throughput when ``s / b > R / (a + b R)``, i.e.
   ``s > token_cost * R / (1 + token_cost * R)`` with ``token_cost = b / a``. One request drafts nearly whatever
-  it finds (threshold 0.09 at ``token_cost`` 0.1); sixteen draft only what is likely (0.62);
+  it finds (threshold 0.07 at ``token_cost`` 0.075); sixteen draft only what is likely (0.55);
+- a step that verifies any draft at all also pays a fixed overhead ``f`` (vLLM's CPU runner: the rejection sampler
+  and the extra logits, measured by ``scripts/vllm_cost_curve.py`` at about a fifth of a step), so the step's
+  chains are handed over only when their summed expected gain G pays for it and for their D tokens:
+  ``G / R >= (step_overhead + token_cost * D) / (1 + token_cost * (R - 1))`` (overhead and costs relative to a
+  one-request step); otherwise no row drafts this step;
 - the next call shows what the engine accepted: the request's context has grown by the accepted drafts plus one
   token the target chose (the "bonus"), and those tokens are fed back to the calibrators;
 - engines reuse and compact rows: a row may hold another request than last step, and a request may move to another
@@ -153,6 +158,8 @@ class ChainDrafter:
     - ``token_cost``: one token's verification compute relative to a step's fixed cost (``b / a`` in the module
       docstring), >= 0; sets the smallest calibrated score worth a draft token from the number of rows drafting;
     - ``min_gain``: a floor under that threshold;
+    - ``step_overhead``: what verifying any draft adds to a step, relative to a one-request step without drafts
+      (``f / a``), >= 0; 0 turns the step gate off;
     - ``tree_budget``: nodes each source may draft before the chain is cut from the fused tree;
     - ``calibrate``: False uses the sources' raw scores (then ``min_gain`` applies to those);
     - ``max_states``: states kept for rows that are not running (a request may come back to another row).
@@ -160,8 +167,8 @@ class ChainDrafter:
     ``propose(contexts, limits)`` is the whole interface; ``stats`` counts what happened.
     """
 
-    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.1,
-                 min_gain: float = 0.05,
+    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.075,
+                 min_gain: float = 0.05, step_overhead: float = 0.2,
                  tree_budget: int = 16, calibrate: bool = True, max_states: int = 1024):
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -177,12 +184,16 @@ class ChainDrafter:
         if not float(token_cost) >= 0.0:
             raise ValueError(f"token_cost must be >= 0, got {token_cost}")
         self.token_cost = float(token_cost)
+        if not float(step_overhead) >= 0.0:
+            raise ValueError(f"step_overhead must be >= 0, got {step_overhead}")
+        self.step_overhead = float(step_overhead)
         self.min_gain = float(min_gain)
         self.tree_budget = max(2, int(tree_budget))
         self.calibrators = [Calibrator() for _ in sources] if calibrate else None
         self.max_states = int(max_states)
         self._states: dict[int, RequestState] = {}  # row -> state of the request last seen in that row
-        self.stats = {"calls": 0, "proposals": 0, "proposed": 0, "accepted": 0, "new_requests": 0, "moved": 0}
+        self.stats = {"calls": 0, "proposals": 0, "proposed": 0, "accepted": 0, "new_requests": 0, "moved": 0,
+                      "gated_steps": 0}
 
     # ------------------------------------------------------------------------------------------ rows
     def _claim(self, contexts: Sequence[np.ndarray | None]) -> dict[int, RequestState]:
@@ -252,9 +263,18 @@ class ChainDrafter:
                 pending.append((i, tree, keys))
             trees.append(tree)
         fused = merge_nonempty(root, trees, self.tree_budget * len(self.sources))
-        chain, _ = best_chain(fused, min(self.max_tokens, limit), min_gain)
+        chain, scores = best_chain(fused, min(self.max_tokens, limit), min_gain)
         state.pending, state.pending_at, state.last_chain = pending, state.n, chain
-        return chain
+        return chain, float(sum(scores))
+
+    def step_pays(self, n_rows: int, gain: float, n_tokens: int) -> bool:
+        """Whether a step whose ``n_rows`` rows propose ``n_tokens`` draft tokens of summed expected gain ``gain``
+        (calibrated scores) beats the same step without drafts (see the module docstring)."""
+        if n_tokens == 0:
+            return False
+        rows = max(1, int(n_rows))
+        base = 1.0 + self.token_cost * (rows - 1)
+        return gain / rows >= (self.step_overhead + self.token_cost * n_tokens) / base
 
     def propose(self, contexts: Sequence[np.ndarray | None], limits: Sequence[int] | None = None) -> list[list[int]]:
         """One chain per row.
@@ -271,17 +291,27 @@ class ChainDrafter:
         claimed = self._claim(contexts)
         out: list[list[int]] = [[] for _ in contexts]
         min_gain = self.threshold(len(claimed))
+        gain, n_tokens = 0.0, 0
         for row, state in claimed.items():
             committed = state.absorb(contexts[row])
             self._learn(state, committed)
             limit = self.max_tokens if limits is None else int(limits[row])
             if limit <= 0:
                 continue
-            chain = self._chain(state, limit, min_gain)
+            out[row], row_gain = self._chain(state, limit, min_gain)
+            gain += row_gain
+            n_tokens += len(out[row])
+        if n_tokens and not self.step_pays(len(claimed), gain, n_tokens):
+            # Not worth the step's speculation overhead: nothing is proposed, and nothing is learnt from this step
+            # (a step without drafts shows only one token, too little to tell the calibrators about deeper nodes).
+            self.stats["gated_steps"] += 1
+            for row in claimed:
+                claimed[row].pending, claimed[row].pending_at, claimed[row].last_chain = [], -1, []
+            return [[] for _ in contexts]
+        for chain in out:
             if chain:
                 self.stats["proposals"] += 1
                 self.stats["proposed"] += len(chain)
-            out[row] = chain
         return out
 
     def state_of(self, row: int) -> RequestState | None:

