@@ -15,9 +15,9 @@ request and step. ``ChainDrafter`` bridges the two without knowing anything abou
   weights, ``b`` one token's compute), and it yields about R tokens for R running requests, so one more draft
   token of expected gain ``s`` raises throughput when ``s / b > R / (a + b R)``, i.e.
   ``s > token_cost * R / (1 + token_cost * R)`` with ``token_cost = b / a``. One request drafts nearly whatever
-  it finds (threshold 0.07 at ``token_cost`` 0.075); sixteen draft only what is likely (0.55);
+  it finds (threshold 0.2 at ``token_cost`` 0.25); sixteen draft only what is very likely (0.8);
 - a step that verifies any draft at all also pays a fixed overhead ``f`` (vLLM's CPU runner: the rejection sampler
-  and the extra logits, measured by ``scripts/vllm_cost_curve.py`` at about a fifth of a step), so the step's
+  and the extra logits; ``scripts/vllm_cost_curve.py`` measures it), so the step's
   chains are handed over only when their summed expected gain G pays for it and for their D tokens:
   ``G / R >= (step_overhead + token_cost * D) / (1 + token_cost * (R - 1))`` (overhead and costs relative to a
   one-request step); otherwise no row drafts this step;
@@ -167,8 +167,8 @@ class ChainDrafter:
     ``propose(contexts, limits)`` is the whole interface; ``stats`` counts what happened.
     """
 
-    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.075,
-                 min_gain: float = 0.05, step_overhead: float = 0.2,
+    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.25,
+                 min_gain: float = 0.05, step_overhead: float = 0.1,
                  tree_budget: int = 16, calibrate: bool = True, max_states: int = 1024):
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")

