@@ -204,7 +204,9 @@ def fake_config(k: int = 4, max_model_len: int = 64):
 
 def test_proposer_reads_vllm_arrays_and_respects_the_length_limit():
     k, max_len = 4, 64
-    proposer = DraftlessProposer(fake_config(k, max_len), env={})
+    # no cost model: this test is about reading vLLM's arrays, not about when drafting pays
+    proposer = DraftlessProposer(fake_config(k, max_len), env={"DRAFTLESS_VLLM_TOKEN_COST": "0",
+                                                               "DRAFTLESS_VLLM_STEP_OVERHEAD": "0"})
     a = repeated_text(4, period=11, copies=8)
     token_ids = np.zeros((8, max_len), dtype=np.int32)    # vLLM's int32 [max_num_reqs, max_model_len]
     num_tokens = np.zeros(8, dtype=np.int32)
