@@ -6,7 +6,7 @@ from ~8 rows on; oneDNN's linear on a weight reordered once into its blocked lay
 
 ``PackedWeights`` owns the packed copies: one per weight tensor, made on first use and kept for as long as the
 owner (an engine's ``VerificationPaths``) lives, keyed by the weight tensor itself; nothing is stored on the model
-or its tensors. ``PackedLinearMode`` is a ``torch.overrides.TorchFunctionMode``: inside ``with mode:`` every
+or its tensors. ``PackedLinearMode`` is a ``routing.LinearRouter`` (a ``TorchFunctionMode``): inside ``with mode:`` every
 ``torch.nn.functional.linear`` call on a CPU float32 input of at most ``max_rows`` rows whose weight is a 2-D
 contiguous float32 CPU tensor runs ``torch.ops.mkldnn._linear_pointwise`` on the packed weight; every other call
 runs unchanged.
@@ -18,8 +18,8 @@ weight); for SmolLM2 135M ~0.5 GB.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+
+from .routing import LinearRouter
 
 # Past 64 rows MKL's blocked GEMM amortises its own packing as well, and a verification pass is rarely larger;
 # bigger calls (a batch's pass over many rows, a prefill) keep MKL.
@@ -106,7 +106,7 @@ def _eligible(x, weight, bias, max_rows: int) -> bool:
     )
 
 
-class PackedLinearMode(TorchFunctionMode):
+class PackedLinearMode(LinearRouter):
     """Routes eligible float32 CPU ``F.linear`` calls to oneDNN on ``weights``' packed copies while active (see
     module docstring): calls of 1 to ``max_rows`` rows."""
 
@@ -115,15 +115,8 @@ class PackedLinearMode(TorchFunctionMode):
         self.weights = weights
         self.max_rows = int(max_rows)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x = args[0] if args else kwargs.get("input")
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if self.route(x, weight, bias):
-                return self.weights.linear(x, weight, bias)
-        return func(*args, **kwargs)
+    def linear(self, x, weight, bias):
+        return self.weights.linear(x, weight, bias)
 
     def route(self, x, weight, bias) -> bool:
         """Whether this ``F.linear(x, weight, bias)`` call goes to the packed weight."""

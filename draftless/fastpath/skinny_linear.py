@@ -1,6 +1,6 @@
 """Small-row linear layers through the skinny kernel, without touching the model.
 
-``SkinnyLinearMode`` is a ``torch.overrides.TorchFunctionMode``: inside ``with mode:`` every
+``SkinnyLinearMode`` is a ``routing.LinearRouter`` (a ``TorchFunctionMode``): inside ``with mode:`` every
 ``torch.nn.functional.linear`` call (what ``nn.Linear`` runs) on a CPU float32 input of at most ``max_rows`` rows
 goes to ``kernels.skinny_gemm.skinny_matmul_t``; every other call, and every other function, runs unchanged. The
 model's modules, weights and code are left as they are, and the mode is active only while the engine verifies a
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numba
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
+from .routing import LinearRouter
 from .kernels.skinny_gemm import skinny_matmul_t
 
 # Up to this many rows the kernel beat MKL on every layer shape measured (576-1536 wide layers, 49k and 262k-row
@@ -47,7 +46,7 @@ def _eligible(x, weight, bias, max_rows: int) -> bool:
     )
 
 
-class SkinnyLinearMode(TorchFunctionMode):
+class SkinnyLinearMode(LinearRouter):
     """Routes small-row float32 CPU ``F.linear`` calls to the skinny kernel while active (see module docstring)."""
 
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS):
@@ -59,15 +58,8 @@ class SkinnyLinearMode(TorchFunctionMode):
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         return super().__enter__()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x = args[0] if args else kwargs.get("input")
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if self.route(x, weight, bias):
-                return skinny_linear(x, weight, bias)
-        return func(*args, **kwargs)
+    def linear(self, x, weight, bias):
+        return skinny_linear(x, weight, bias)
 
     def route(self, x, weight, bias) -> bool:
         """Whether this ``F.linear(x, weight, bias)`` call goes to the skinny kernel."""
