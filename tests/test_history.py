@@ -328,3 +328,18 @@ def test_a_segment_growing_during_a_request_is_matched_again():
     want = fresh.draft(grown, 16)
     got = reader.draft(grown, 16)
     assert got.tokens.tolist() == want.tokens.tolist() and len(got) > 1
+
+
+def test_mbpp_tests_stream_sends_each_solution_under_one_instruction(tmp_path):
+    import json
+
+    from draftless.app.stream_bench import MBPP_TESTS_INSTRUCTION, load_stream
+
+    rows = [{"task_id": 601 + i, "text": f"task {i}", "code": f"def f{i}(a):\r\n\treturn a + {i}"} for i in range(4)]
+    (tmp_path / "mbpp_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    reqs = load_stream("mbpp-tests", tmp_path, 3, offset=1)
+    assert [r.request_id for r in reqs] == ["mbpp-tests/602", "mbpp-tests/603", "mbpp-tests/604"]
+    assert all(r.text.startswith(MBPP_TESTS_INSTRUCTION + "\n\n```python\n") for r in reqs)
+    assert "def f1(a):\n    return a + 1\n```" in reqs[0].text and "\r" not in reqs[0].text and "\t" not in reqs[0].text
+    with pytest.raises(ValueError, match="only 4 requests"):
+        load_stream("mbpp-tests", tmp_path, 5)

@@ -11,7 +11,10 @@ Workloads (``--workload``):
 
 - ``gsm8k``: GSM8K training problems answered one after another under one fixed instruction with two worked
   examples (the GSM8K answer format: ``<<...>>`` calculations and ``#### N``);
-- ``mbpp``: MBPP training tasks in sequence under one instruction.
+- ``mbpp``: MBPP training tasks in sequence under one instruction;
+- ``mbpp-tests``: MBPP training solutions (the code), each sent with one fixed instruction, write unittest tests for
+  this function: a code assistant's routine request on one code base, whose answers share their frame (imports,
+  the ``TestCase`` class, ``assertEqual`` lines, the closing explanation) but not their content.
 """
 from __future__ import annotations
 
@@ -25,10 +28,12 @@ import torch
 from ..hf.compat import model_path
 from .prompts import encode_prompt
 
-WORKLOADS = ("gsm8k", "mbpp")
+WORKLOADS = ("gsm8k", "mbpp", "mbpp-tests")
 GSM8K_INSTRUCTION = ("Solve the math word problem. Work it out step by step, one calculation per line, then give "
                      "the final answer on its own line as '#### <number>'.")
 MBPP_INSTRUCTION = "Write a Python function for the task below. Reply with the code only."
+MBPP_TESTS_INSTRUCTION = ("Write unit tests with the unittest module for the Python function below. Reply with the "
+                          "code only.")
 N_SHOTS = 2
 
 
@@ -47,6 +52,11 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def _plain_code(code: str) -> str:
+    """MBPP's code with Unix line ends and 4-space indents (the file has CRLF and tabs)."""
+    return code.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+
+
 def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) -> list[StreamRequest]:
     """``n`` requests of ``workload`` (see the module docstring); the worked examples are the file's first rows and
     the requests start after them (plus ``offset``), so no request is its own example."""
@@ -63,6 +73,12 @@ def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) ->
         picked = rows[offset: offset + n]
         reqs = [StreamRequest(f"mbpp/{r.get('task_id', offset + i)}",
                               f"{MBPP_INSTRUCTION}\n\nTask: {r['text']}\n")
+                for i, r in enumerate(picked)]
+    elif workload == "mbpp-tests":
+        rows = _read_jsonl(data_dir / "mbpp_train.jsonl")
+        picked = rows[offset: offset + n]
+        reqs = [StreamRequest(f"mbpp-tests/{r.get('task_id', offset + i)}",
+                              f"{MBPP_TESTS_INSTRUCTION}\n\n```python\n{_plain_code(r['code'])}\n```\n")
                 for i, r in enumerate(picked)]
     else:
         raise ValueError(f"unknown stream workload {workload!r}; known: {', '.join(WORKLOADS)}")

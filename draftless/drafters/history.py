@@ -33,7 +33,7 @@ class HistoryDrafter(BaseDrafter):
 
     name = "history"
 
-    def __init__(self, store: HistoryStore | None = None, *, min_match: int = 3, max_segments: int = 2,
+    def __init__(self, store: HistoryStore | None = None, *, min_match: int = 2, max_segments: int = 2,
                  min_depth: int = 4, max_depth: int = 16, depth_per_match: float = 2.0, top_k: int = 3,
                  smoothing: float = 1.0, min_score: float = 0.02, record: bool = True):
         self.store = store if store is not None else HistoryStore()
@@ -104,9 +104,19 @@ class HistoryDrafter(BaseDrafter):
             state, length = self._matches[i]
             if length < self.min_match:
                 break
-            tokens, parents, scores = self._segments[i].sam.draft_tree(
-                state, length, budget, self._depth(length), self.top_k, self.smoothing, self.min_score, SEPARATOR)
-            trees.append(DraftTree.from_arrays(root, tokens, parents, scores, self.name))
+            sam = self._segments[i].sam
+            # The longest match may continue only into a request separator (it ended an earlier request): back
+            # off to shorter suffixes (suffix links) a few times, as the ``sam`` drafter does over a corpus.
+            for _ in range(3):
+                tokens, parents, scores = sam.draft_tree(
+                    state, length, budget, self._depth(length), self.top_k, self.smoothing, self.min_score, SEPARATOR)
+                if len(tokens) > 1:
+                    trees.append(DraftTree.from_arrays(root, tokens, parents, scores, self.name))
+                    break
+                state = sam.link(state)
+                length = sam.length(state)
+                if length < self.min_match:
+                    break
         return merge_nonempty(root, trees, budget)
 
 
