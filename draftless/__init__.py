@@ -32,7 +32,7 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``history``: memory
     across this engine's requests, per ``generate(namespace=...)`` (README, "History"): ``True`` (in memory), a
     directory (kept there, reloaded at start; needs ``tokenizer``), a ``HistoryStore``, or None (off); it adds a
-    ``history`` source to a spec string (``auto`` included). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``calibrate``,
+    ``history`` source to a spec string (``auto`` included). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``learn_costs``, ``calibrate``,
     ``min_gain``, ``verbose``, ``drafter_factory`` (see ``SpeculativeGenerator``; a spec string gets a factory of
     its own, so the rows of a batch are verified together, each with its own drafter).
     """

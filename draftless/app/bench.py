@@ -178,6 +178,9 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                                    for s, (a, p) in t.per_source.items()}
             if r.engine.adaptive:
                 entry["cost_curve_rel"] = {str(k): v for k, v in r.engine.cost_curve.relative().items()}
+                # what the passes of this run really cost, relative to t(1) (engine/observed_costs.py)
+                entry["running_cost_curve_rel"] = {str(k): v for k, v in
+                                                   r.engine.running_cost_curve.relative().items()}
                 report.setdefault("cost_curve_ms", dict(zip(map(str, r.engine.cost_curve.sizes),
                                                             [round(x, 3) for x in r.engine.cost_curve.ms])))
             reports = drafter_reports(r.engine.drafter)

@@ -22,6 +22,7 @@ from .accept import SOFTMAX, Acceptance, accept_greedy, accept_sampling
 from .budget import best_size_for_scores
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
+from .observed_costs import ObservedCosts
 from .processing import StopRule, TreeScores
 from .protocol import Drafter, RequestInfo, StepFeedback, begin_request, end_request
 from .stats import GenerationStats
@@ -204,7 +205,7 @@ class SpeculativeGenerator:
 
     ``max_nodes``: the most tree nodes (root included) one pass may verify. ``adaptive``: choose each step's tree
     size from the measured cost curve and calibrated scores (see ``budget.py``); when False every step verifies up
-    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring. ``min_gain``: verify a tree only when its
+    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring (it is then used as given unless ``learn_costs=True``). ``min_gain``: verify a tree only when its
     expected speed beats plain decoding by this factor (a margin for misestimated scores). ``drafter_factory``: a
     callable returning a fresh, independent drafter like ``drafter``; with one, the rows of a batch are verified
     together (``engine/batch.py``), each row drafting with its own instance (built on first need, then kept for
@@ -217,7 +218,10 @@ class SpeculativeGenerator:
       (None with ``calibrate=False``);
     - ``draft_ms_estimate``: a running average of one draft call's time in ms, charged to every non-empty tree when
       choosing its size;
-    - the cost curve (measured once, or given), which ``reset_learning`` keeps: it describes the hardware.
+    - the cost curve (measured once, or given), which ``reset_learning`` keeps: it describes the hardware;
+    - with ``learn_costs`` (default: on when the engine measured its own curve), the observed cost of its passes
+      (``engine/observed_costs.py``): trees are sized on ``running_cost_curve``, the measured curve corrected by
+      what the passes took, which ``reset_learning`` also keeps.
 
     Everything else a request needs lives in its ``RequestState``. The drafter keeps its own per-request state
     (``begin`` resets it), so one engine serves one request at a time: a second ``generate`` while one is running
@@ -235,6 +239,7 @@ class SpeculativeGenerator:
         min_gain: float = 1.03,
         verbose: bool = False,
         drafter_factory=None,
+        learn_costs: bool | None = None,
     ):
         if not isinstance(drafter, Drafter):
             raise TypeError(f"{type(drafter).__name__} does not implement the Drafter protocol (name, begin, draft, "
@@ -256,6 +261,10 @@ class SpeculativeGenerator:
         self.min_gain = float(min_gain)
         self.verbose = verbose
         self._cost_curve = cost_curve
+        # learn what passes really cost (engine/observed_costs.py): by default only on a curve the engine measured
+        # itself; a curve passed in is the caller's statement of the costs and is used as given
+        self.learn_costs = (cost_curve is None) if learn_costs is None else bool(learn_costs)
+        self._observed: ObservedCosts | None = None
         self._calibrate = calibrate
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -289,6 +298,22 @@ class SpeculativeGenerator:
             # the packed weight copies are worth their memory only where the curve runs the packed path
             self.verification.release(keep=self._cost_curve.paths)
         return self._cost_curve
+
+    @property
+    def running_cost_curve(self) -> CostCurve:
+        """The curve trees are sized on: ``cost_curve`` corrected by what this engine's single-row passes took
+        (``ObservedCosts``), or ``cost_curve`` itself when ``learn_costs`` is off."""
+        if not self.learn_costs:
+            return self.cost_curve
+        if self._observed is None or self._observed.measured is not self.cost_curve:
+            self._observed = ObservedCosts(self.cost_curve)
+        return self._observed.curve()
+
+    def _observe_cost(self, n: int, ms: float) -> None:
+        """A single-row pass of ``n`` nodes took ``ms``: teach the running curve (when learning)."""
+        if self.learn_costs:
+            self.running_cost_curve  # builds the observer on the current measured curve
+            self._observed.observe(n, ms)
 
     def _path_for(self, n: int) -> str:
         """The verification path for an n-node pass: the cost curve's fastest at that size. A non-adaptive engine
@@ -357,9 +382,9 @@ class SpeculativeGenerator:
         which every row verifies n nodes, t(rows * n) / rows (the single-row curve for one row). Rows verified
         together pay for each other's nodes, so on a curve that rises with n a batch row gets a smaller tree than a
         lone request; root-only is then rated t(rows) / rows, what plain batched decoding costs a row."""
+        curve = self.running_cost_curve
         if rows <= 1:
-            return self.cost_curve
-        curve = self.cost_curve
+            return curve
         cached = self._budget_curves.get(rows)
         if cached is None or cached[0] is not curve:
             sizes = sorted({1} | {s // rows for s in curve.sizes if s >= rows})
@@ -394,6 +419,7 @@ class SpeculativeGenerator:
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
                                      self.dtype, self.device, on=self._pass_context(len(tree)))
         t2 = time.perf_counter()
+        self._observe_cost(len(tree), (t2 - t1) * 1000)
         prefix_len = state.prefix_len
         acc, committed = self._accept_and_commit(state, tree, logits)
         keep_prefix_and(state.cache, prefix_len, torch.from_numpy(acc.accepted).to(self.device))
