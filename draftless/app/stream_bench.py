@@ -57,6 +57,13 @@ def _plain_code(code: str) -> str:
     return code.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
 
 
+# the prompt of one MBPP row (``task_id``, ``text``, ``code``) in each MBPP workload
+MBPP_PROMPTS = {
+    "mbpp": lambda row: f"{MBPP_INSTRUCTION}\n\nTask: {row['text']}\n",
+    "mbpp-tests": lambda row: f"{MBPP_TESTS_INSTRUCTION}\n\n```python\n{_plain_code(row['code'])}\n```\n",
+}
+
+
 def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) -> list[StreamRequest]:
     """``n`` requests of ``workload`` (see the module docstring); the worked examples are the file's first rows and
     the requests start after them (plus ``offset``), so no request is its own example."""
@@ -68,17 +75,10 @@ def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) ->
         picked = rows[N_SHOTS + offset: N_SHOTS + offset + n]
         reqs = [StreamRequest(f"gsm8k/{N_SHOTS + offset + i}", f"{head}Problem: {r['question']}\nSolution:\n")
                 for i, r in enumerate(picked)]
-    elif workload == "mbpp":
+    elif workload in MBPP_PROMPTS:
         rows = _read_jsonl(data_dir / "mbpp_train.jsonl")
         picked = rows[offset: offset + n]
-        reqs = [StreamRequest(f"mbpp/{r.get('task_id', offset + i)}",
-                              f"{MBPP_INSTRUCTION}\n\nTask: {r['text']}\n")
-                for i, r in enumerate(picked)]
-    elif workload == "mbpp-tests":
-        rows = _read_jsonl(data_dir / "mbpp_train.jsonl")
-        picked = rows[offset: offset + n]
-        reqs = [StreamRequest(f"mbpp-tests/{r.get('task_id', offset + i)}",
-                              f"{MBPP_TESTS_INSTRUCTION}\n\n```python\n{_plain_code(r['code'])}\n```\n")
+        reqs = [StreamRequest(f"{workload}/{r.get('task_id', offset + i)}", MBPP_PROMPTS[workload](r))
                 for i, r in enumerate(picked)]
     else:
         raise ValueError(f"unknown stream workload {workload!r}; known: {', '.join(WORKLOADS)}")
