@@ -73,5 +73,5 @@ def test_engine_learns_only_on_request(tiny_models):
     learning = draftless.accelerate(model, drafter="ngram", cost_curve=MEASURED, learn_costs=True)
     again = learning.generate(ids, max_new_tokens=12, do_sample=False)
     assert again.new_tokens == out.new_tokens  # costs change tree sizes, never tokens
-    assert learning._observed.n_observed == again.stats.steps
+    assert learning.observed_passes == again.stats.steps and given.observed_passes == 0
     assert learning.running_cost_curve.ms != MEASURED.ms

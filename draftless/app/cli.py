@@ -62,9 +62,19 @@ def cmd_generate(args) -> int:
         curve = fast.cost_curve
         print(f"[draftless] plain model.generate: {hf_rate:.1f} tok/s; draftless: {out.stats.tokens_per_s:.1f} tok/s; "
               f"speedup {out.stats.tokens_per_s / hf_rate:.2f}x; "
-              f"verification cost t(8)/t(1) = {curve.cost(8) / curve.cost(1):.2f} ({curve.path_for(8)} path); "
+              f"verification cost t(8)/t(1) = {curve.cost(8) / curve.cost(1):.2f} ({curve.path_for(8)} path"
+              f"{_running_note(fast)}); "
               + (f"output identical: {same}" if not sample else "sampled (outputs differ by design)"))
     return 0
+
+
+def _running_note(fast) -> str:
+    """``, running 1.45``: t(8)/t(1) of the curve the engine's passes followed (engine/observed_costs.py), when it
+    learnt one."""
+    if not fast.observed_passes:
+        return ""
+    running = fast.running_cost_curve
+    return f", {running.cost(8) / running.cost(1):.2f} as run"
 
 
 def cmd_bench(args) -> int:

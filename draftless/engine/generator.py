@@ -309,6 +309,11 @@ class SpeculativeGenerator:
             self._observed = ObservedCosts(self.cost_curve)
         return self._observed.curve()
 
+    @property
+    def observed_passes(self) -> int:
+        """How many passes ``running_cost_curve`` has learnt from (0 when ``learn_costs`` is off)."""
+        return self._observed.n_observed if self.learn_costs and self._observed is not None else 0
+
     def _observe_cost(self, n: int, ms: float) -> None:
         """A single-row pass of ``n`` nodes took ``ms``: teach the running curve (when learning)."""
         if self.learn_costs:
