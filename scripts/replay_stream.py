@@ -1,0 +1,169 @@
+"""Judge drafter settings on a recorded stream in seconds: replay its greedy outputs without running the target.
+
+    python scripts/replay_stream.py record --model smollm2-135m --chat --workload mbpp-tests --requests 32 \\
+        --out streams/smollm2-mbpp-tests.json
+    python scripts/replay_stream.py replay --model smollm2-135m streams/smollm2-mbpp-tests.json \\
+        ngram+sam ngram+sam+history --history-option min_match=2
+
+``record`` runs a ``draftless bench --stream`` workload once through ``auto`` and keeps each request's prompt and
+greedy output token ids (greedy output does not depend on the drafter, so one recording serves every setting).
+
+``replay`` sends the recorded requests, in order and in one namespace, through an engine built for each drafter
+spec: every step the spec's drafter drafts from the committed tokens, the engine's own calibration and budget code
+(``_prepare_tree``, with the model's measured cost curve) calibrates and prunes the tree, and the recorded output
+decides what is accepted (the longest path that follows it, plus the bonus token), which is exactly what greedy
+verification would accept. A pass is costed at the curve's t(n) plus the measured draft and feedback time. It
+prints tokens per pass, nodes per pass and the modelled speedup over plain decoding per half of the stream, and
+the modelled ratio of the last spec against the first.
+
+What it cannot model: drafters that read the target's logits or hidden states (``recycle``, model drafters), which
+get no logits here, and what real passes cost beyond the measured curve (``engine/observed_costs.py``). On the
+SmolLM2 ``mbpp-tests`` stream it modelled the history's gain at 1.33x where the real run with ``recycle`` gave
+1.15x: use it to rank settings, then measure the best with ``draftless bench --stream``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import draftless
+from draftless.app.prompts import encode_prompt
+from draftless.app.stream_bench import WORKLOADS, load_stream
+from draftless.engine.protocol import RequestInfo, StepFeedback, begin_request, end_request
+from draftless.hf.loading import load_model
+
+NAMESPACE = "replay"
+
+
+def record(args) -> None:
+    model, tok = load_model(args.model)
+    engine = draftless.accelerate(model, drafter="auto", tokenizer=tok)
+    rows = []
+    for i, req in enumerate(load_stream(args.workload, args.data, args.requests)):
+        ids = encode_prompt(tok, req.text, args.chat)
+        out = engine.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+        rows.append({"request_id": req.request_id, "prompt": ids[0].tolist(),
+                     "output": [int(t) for t in out.new_tokens]})
+        print(f"{i}: {req.request_id} {len(out.new_tokens)} tokens", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"model": args.model, "workload": args.workload, "chat": args.chat,
+                                          "requests": rows}))
+
+
+def _accepted_path(tree, reference: list[int]) -> list[int]:
+    """Node indices (root first) of the longest root path whose tokens follow ``reference``."""
+    children = tree.children()
+    path = [0]
+    while len(path) - 1 < len(reference):
+        want = reference[len(path) - 1]
+        nxt = next((c for c in children[path[-1]] if int(tree.tokens[c]) == want), None)
+        if nxt is None:
+            break
+        path.append(nxt)
+    return path
+
+
+def replay_requests(engine, requests: list[dict]) -> list[dict]:
+    """Per request: output tokens, passes, nodes, modelled ms, plain-decoding ms (see the module docstring)."""
+    curve = engine.cost_curve
+    results = []
+    for req in requests:
+        prompt = np.asarray(req["prompt"], dtype=np.int64)
+        out = req["output"]
+        begin_request(engine.drafter, prompt, RequestInfo(NAMESPACE))
+        context = list(prompt)
+        done = passes = nodes = 0
+        ms = 0.0
+        while done < len(out):
+            t0 = time.perf_counter()
+            tree = engine.drafter.draft(np.asarray(context, dtype=np.int64), engine.max_nodes)
+            tree, observation = engine._prepare_tree(tree, int(context[-1]), len(out) - done)
+            draft_ms = (time.perf_counter() - t0) * 1000
+            engine.draft_ms_estimate = 0.9 * engine.draft_ms_estimate + 0.1 * draft_ms
+            path = _accepted_path(tree, out[done:])
+            committed = out[done: done + min(len(path), len(out) - done)]
+            if observation is not None:
+                engine.calibrator.observe(*observation, committed)
+            context.extend(committed)
+            done += len(committed)
+            passes += 1
+            nodes += len(tree)
+            t1 = time.perf_counter()
+            if done < len(out):
+                engine.drafter.feedback(StepFeedback(tree=tree, accepted=np.asarray(path, dtype=np.int64),
+                                                     new_tokens=np.asarray(committed, dtype=np.int64),
+                                                     context=np.asarray(context, dtype=np.int64), logits=None))
+            ms += float(curve.cost(len(tree))) + draft_ms + (time.perf_counter() - t1) * 1000
+        end_request(engine.drafter, np.asarray(context, dtype=np.int64), RequestInfo(NAMESPACE))
+        results.append({"tokens": len(out), "passes": passes, "nodes": nodes, "ms": ms,
+                        "plain_ms": float(curve.cost(1)) * len(out)})
+    return results
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not _:
+            raise SystemExit(f"--history-option takes NAME=VALUE, got {pair!r}")
+        options[key] = json.loads(value)
+    return options
+
+
+def replay(args) -> None:
+    model, tok = load_model(args.model)
+    data = json.loads(Path(args.recording).read_text())
+    requests = data["requests"]
+    options = _parse_options(args.history_option)
+    half = len(requests) // 2
+    results = {}
+    for spec in args.specs:
+        engine = draftless.accelerate(model, drafter=spec, tokenizer=tok, learn_costs=False)
+        for source in getattr(engine.drafter, "drafters", [engine.drafter]):
+            if source.name == "history":
+                for key, value in options.items():
+                    if not hasattr(source, key):
+                        raise SystemExit(f"the history drafter has no option {key!r}")
+                    setattr(source, key, value)
+        results[spec] = rows = replay_requests(engine, requests)
+        for name, part in (("first half", rows[:half]), ("second half", rows[half:]), ("all", rows)):
+            tokens, passes = sum(r["tokens"] for r in part), sum(r["passes"] for r in part)
+            print(f"{spec:32s} {name:11s}: {tokens / passes:.3f} tokens/pass, "
+                  f"{sum(r['nodes'] for r in part) / passes:.1f} nodes/pass, modelled speedup "
+                  f"{sum(r['plain_ms'] for r in part) / sum(r['ms'] for r in part):.3f}x", flush=True)
+    if len(args.specs) >= 2:
+        first, last = results[args.specs[0]], results[args.specs[-1]]
+        for name, part in (("first half", slice(0, half)), ("second half", slice(half, None))):
+            ratio = sum(r["ms"] for r in first[part]) / sum(r["ms"] for r in last[part])
+            print(f"{args.specs[-1]} vs {args.specs[0]}, {name}: {ratio:.3f}x modelled")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record", help="run a stream workload once and keep its greedy outputs")
+    rec.add_argument("--model", default="smollm2-135m")
+    rec.add_argument("--chat", action="store_true")
+    rec.add_argument("--workload", default="mbpp", choices=WORKLOADS)
+    rec.add_argument("--requests", type=int, default=32)
+    rec.add_argument("--max-new-tokens", type=int, default=128)
+    rec.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/bench"))
+    rec.add_argument("--out", required=True)
+    rec.set_defaults(func=record)
+    rep = sub.add_parser("replay", help="replay a recording through drafter specs")
+    rep.add_argument("--model", default="smollm2-135m", help="the recording's model (its cost curve is used)")
+    rep.add_argument("recording")
+    rep.add_argument("specs", nargs="+", help="drafter spec strings, e.g. ngram+sam ngram+sam+history")
+    rep.add_argument("--history-option", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a HistoryDrafter attribute (JSON value), e.g. min_match=2")
+    rep.set_defaults(func=replay)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""``scripts/replay_stream.py``: replaying a recorded greedy output through a drafter takes exactly the passes the
+real engine takes (same drafter, fixed tree sizes), without running the target."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+import draftless
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "replay_stream.py"
+_spec = importlib.util.spec_from_file_location("replay_stream", _PATH)
+replay_stream = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replay_stream)
+
+from test_greedy import FLAT_CURVE  # noqa: E402
+
+
+def test_replay_takes_the_passes_the_engine_takes(tiny_models):
+    model = tiny_models("llama")
+    prompts = [torch.tensor([[3, 4, 5, 6, 3, 4, 5, 6, 3, 4]]), torch.tensor([[9, 8, 7, 9, 8, 7, 9, 8]])]
+    real = draftless.accelerate(model, drafter="ngram", cost_curve=FLAT_CURVE, adaptive=False, max_nodes=8)
+    requests, passes = [], []
+    for ids in prompts:
+        out = real.generate(ids, max_new_tokens=24, do_sample=False)
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24)
+        assert out.new_tokens == ref[0, ids.shape[1]:].tolist()
+        requests.append({"prompt": ids[0].tolist(), "output": list(out.new_tokens)})
+        passes.append(out.stats.steps)
+    replayer = draftless.accelerate(model, drafter="ngram", cost_curve=FLAT_CURVE, adaptive=False, max_nodes=8)
+    rows = replay_stream.replay_requests(replayer, requests)
+    assert [r["passes"] for r in rows] == passes
+    assert sum(passes) < sum(len(r["output"]) for r in requests)  # drafts were accepted: the walk was exercised
+    assert [r["tokens"] for r in rows] == [len(r["output"]) for r in requests]
+    assert all(r["ms"] >= r["passes"] * FLAT_CURVE.cost(1) for r in rows)
