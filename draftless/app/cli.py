@@ -68,10 +68,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+MIN_PASSES_FOR_RUNNING_CURVE = 32
+
+
 def _running_note(fast) -> str:
     """``, running 1.45``: t(8)/t(1) of the curve the engine's passes followed (engine/observed_costs.py), when it
     learnt one."""
-    if not fast.observed_passes:
+    if fast.observed_passes < MIN_PASSES_FOR_RUNNING_CURVE:  # a short run's few passes say little
         return ""
     running = fast.running_cost_curve
     return f", {running.cost(8) / running.cost(1):.2f} as run"
