@@ -303,11 +303,13 @@ class SpeculativeGenerator:
     def running_cost_curve(self) -> CostCurve:
         """The curve trees are sized on: ``cost_curve`` corrected by what this engine's single-row passes took
         (``ObservedCosts``), or ``cost_curve`` itself when ``learn_costs`` is off."""
-        if not self.learn_costs:
-            return self.cost_curve
+        return self._observer().curve() if self.learn_costs else self.cost_curve
+
+    def _observer(self) -> ObservedCosts:
+        """The ``ObservedCosts`` of the current measured curve (a new one when the curve was replaced)."""
         if self._observed is None or self._observed.measured is not self.cost_curve:
             self._observed = ObservedCosts(self.cost_curve)
-        return self._observed.curve()
+        return self._observed
 
     @property
     def observed_passes(self) -> int:
@@ -316,9 +318,8 @@ class SpeculativeGenerator:
 
     def _observe_cost(self, n: int, ms: float) -> None:
         """A single-row pass of ``n`` nodes took ``ms``: teach the running curve (when learning)."""
-        if self.learn_costs:
-            self.running_cost_curve  # builds the observer on the current measured curve
-            self._observed.observe(n, ms)
+        if self.learn_costs:  # only the observer: the corrected curve is rebuilt when the next tree is sized
+            self._observer().observe(n, ms)
 
     def _path_for(self, n: int) -> str:
         """The verification path for an n-node pass: the cost curve's fastest at that size. A non-adaptive engine
