@@ -1,8 +1,8 @@
 """The vLLM proposer's own time per step (``ChainDrafter.propose``), without vLLM: what it adds to every step.
 
-A simulated engine runs R requests side by side, each a 300-token text whose last 120 tokens repeat a 40-token unit
-(so the drafters find something); a step accepts the drafted prefix that matches the text plus one token, as vLLM's
-verification would. Prints the median and 90th-percentile milliseconds of one ``propose`` call over all rows, per
+A simulated engine runs R requests side by side, each 180 random tokens followed by one 40-token unit repeated to
+the end, so that every step drafts a full chain (the most work per step); a step accepts the drafted prefix that
+matches the text plus one token, as vLLM's verification would. Prints the median and 90th-percentile milliseconds of one ``propose`` call over all rows, per
 source setting and row count:
 
     python scripts/proposer_overhead.py --rows 1,16 --sources sam sam,ngram
@@ -22,10 +22,10 @@ FREE = StepCosts({0: {1: 1.0}, 8: {1: 1.0}})  # every candidate verified: the mo
 
 def measure(rows: int, sources: tuple[str, ...], steps: int = 100, k: int = 8, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
-    texts = [np.concatenate([rng.integers(0, 2000, 180)] + [rng.integers(0, 2000, 40)] * 3) for _ in range(rows)]
-    texts = [np.concatenate([t, rng.integers(0, 2000, steps * (k + 1))]) for t in texts]  # never runs out
+    repeats = 3 + steps * (k + 1) // 40  # the text never runs out
+    texts = [np.concatenate([rng.integers(0, 2000, 180)] + [rng.integers(0, 2000, 40)] * repeats) for _ in range(rows)]
     drafter = ChainDrafter(k, sources=sources, costs=FREE)
-    ctx = [t[:180].copy() for t in texts]
+    ctx = [t[:260].copy() for t in texts]  # two units in: the repeat is already there to find
     times = []
     for _ in range(steps):
         start = time.perf_counter()

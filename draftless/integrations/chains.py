@@ -70,8 +70,9 @@ SOURCE_FACTORIES: dict[str, Callable[[int, HistoryStore | None], Drafter]] = {
 
 
 # The suffix automaton alone: on vLLM-CPU it matched ``sam`` + ``ngram`` (tokens per step 1.20 / 1.18 / 1.19 against
-# 1.24 / 1.20 / 1.21 at 1 / 4 / 16 requests, tokens/s within the run's noise) at half the Python per row and step
-# (0.36 against 0.72 ms at 16 rows), which is what a fast (GPU) step cannot hide.
+# 1.24 / 1.20 / 1.21 at 1 / 4 / 16 requests, tokens/s within the run's noise) with less Python per row and step
+# (0.44 against 0.58 ms at 16 rows when every step drafts, ``scripts/proposer_overhead.py``), which is what a fast
+# (GPU) step cannot hide.
 DEFAULT_SOURCES: tuple[str, ...] = ("sam",)
 
 
