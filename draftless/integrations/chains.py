@@ -279,7 +279,7 @@ class ChainDrafter:
 
     def _chain(self, state: RequestState, limit: int) -> tuple[list[int], np.ndarray]:
         """The request's best chain (at most ``limit`` tokens, gains >= ``min_gain``) and its gains, float64[len],
-        made non-increasing; records what to learn from once the engine has verified the step."""
+        made non-increasing; records the calibrated trees to learn from once the engine has verified the step."""
         root = int(state.tokens[-1])
         trees = []
         pending = []
@@ -295,7 +295,7 @@ class ChainDrafter:
             trees.append(tree)
         fused = merge_nonempty(root, trees, self.tree_budget * len(self.sources))
         chain, scores = best_chain(fused, min(self.max_tokens, limit), self.min_gain)
-        state.pending, state.pending_at, state.last_chain = pending, state.n, chain
+        state.pending, state.pending_at = pending, state.n  # ``propose`` records the part of the chain it hands over
         return chain, np.minimum.accumulate(np.asarray(scores, dtype=np.float64))
 
     def propose(self, contexts: Sequence[np.ndarray | None], limits: Sequence[int] | None = None) -> list[list[int]]:
