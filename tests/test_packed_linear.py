@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from draftless.fastpath import PATHS, VerificationPaths
-from draftless.fastpath.packed_linear import PackedLinearMode, PackedWeights, packed_linear_supported
+from draftless.fastpath.packed_linear import PackedRouter, PackedWeights, packed_linear_supported
+from draftless.fastpath.routing import route_linears
 
 pytestmark = pytest.mark.skipif(not packed_linear_supported(), reason="this torch build has no oneDNN linear")
 
@@ -39,33 +40,26 @@ def test_pack_is_reused_and_renewed_when_the_weight_changes():
     assert len(packs) == 0
 
 
-def test_mode_routes_only_eligible_calls():
+def test_router_routes_only_eligible_calls():
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(9, 6, generator=gen)
     small = torch.randn(1, 3, 6, generator=gen)
     packs = PackedWeights()
-    mode = PackedLinearMode(packs, max_rows=16)
-    calls = []
-    original = mode.route
-
-    def spy(*args):
-        calls.append(original(*args))
-        return calls[-1]
-
-    mode.route = spy
-    with torch.no_grad(), mode:
-        a = F.linear(small, w)
-        b = F.linear(torch.randn(1, 40, 6, generator=gen), w)      # too many rows: aten
-        c = F.linear(small.bfloat16(), w.bfloat16())                # not fp32: aten
-        d = F.linear(small, torch.randn(6, 9, generator=gen).t())   # non-contiguous weight: aten
-        e = torch.nn.Linear(6, 9)(small)                            # nn.Linear goes through F.linear
-    assert calls == [True, False, False, False, True]
-    torch.testing.assert_close(a, F.linear(small, w), rtol=1e-5, atol=1e-5)
-    assert b.shape == (1, 40, 9) and c.dtype == torch.bfloat16 and d.shape == e.shape == (1, 3, 9)
-    with mode:  # grad mode with a weight that needs grad: autograd must see aten's linear
-        f = F.linear(small, torch.nn.Parameter(w.clone()))
-    assert calls[-1] is False and f.requires_grad
-    assert len(packs) == 2  # w and the nn.Linear's weight, nothing else
+    router = PackedRouter(packs, max_rows=16)
+    assert router.route(small, w, None)
+    assert not router.route(torch.randn(1, 40, 6, generator=gen), w, None)             # too many rows: aten
+    assert not router.route(small.bfloat16(), w.bfloat16(), None)                       # not fp32: aten
+    assert not router.route(small, torch.randn(6, 9, generator=gen).t(), None)          # non-contiguous weight
+    assert not router.route(small, w, torch.randn(4, generator=gen))                    # bias of the wrong size
+    with torch.enable_grad():  # a weight that needs grad: autograd must see aten's linear
+        assert not router.route(small, torch.nn.Parameter(w.clone()), None)
+    layer = torch.nn.Linear(6, 9)
+    with torch.no_grad():
+        expected = layer(small)
+        with route_linears(layer, router):
+            got = layer(small)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(packs) == 1  # the layer's weight, nothing else
 
 
 def test_verification_paths_owns_the_packs_and_falls_back_off_cpu_fp32():
@@ -80,9 +74,10 @@ def test_verification_paths_owns_the_packs_and_falls_back_off_cpu_fp32():
     assert not any(hasattr(p, "_packed") for p in model.parameters())  # nothing stored on the model
     paths.release(keep=("torch", "skinny"))
     assert paths.packed_bytes == 0
-    bf16 = VerificationPaths(device="cpu", dtype=torch.bfloat16)
+    bf16 = VerificationPaths(torch.nn.Linear(2, 2).bfloat16())
     assert bf16.available == ("torch",)
-    assert not isinstance(bf16.context("packed"), PackedLinearMode)  # a curve naming it still runs, as torch
+    with bf16.context("packed"):  # a curve naming it still runs, as torch
+        pass
     with pytest.raises(ValueError):
         paths.context("fast")
 
@@ -102,3 +97,25 @@ def test_tree_pass_under_mode_matches_plain_forward(tiny_models, arch):
     assert torch.equal(fast.argmax(-1), plain.argmax(-1))
     linears = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     assert len(paths._packed) == len(linears)  # a tied head is the embedding's tensor: packed once
+
+
+def test_routing_hooks_live_only_while_a_request_or_measurement_runs(tiny_models):
+    """The engine attaches its routing hooks for one request (and its cost-curve measurement) and leaves the
+    model without them, whatever path the passes took; while attached and between passes they compute nothing."""
+    import draftless
+
+    model = tiny_models("llama")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    engine = draftless.accelerate(model, "ngram")
+    paths = engine.verification
+    with paths.attached():
+        assert all(m._forward_pre_hooks and m._forward_hooks for m in linears)
+        with paths.attached():  # nested scopes share one set
+            assert all(len(m._forward_pre_hooks) == 1 for m in linears)
+        ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in linears)
+    out = engine.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=12, do_sample=False))
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in linears)

@@ -49,8 +49,9 @@ def test_fast_path_logits_close_and_argmax_identical_on_real_text(name, package,
     tree-sized passes."""
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} not installed")
-    from draftless.fastpath.packed_linear import PackedLinearMode, PackedWeights, packed_linear_supported
-    from draftless.fastpath.skinny_linear import SkinnyLinearMode
+    from draftless.fastpath.packed_linear import PackedRouter, PackedWeights, packed_linear_supported
+    from draftless.fastpath.routing import route_linears
+    from draftless.fastpath.skinny_linear import SkinnyRouter
     from draftless.hf.loading import load_model
 
     if path == "packed" and not packed_linear_supported():
@@ -65,8 +66,8 @@ def test_fast_path_logits_close_and_argmax_identical_on_real_text(name, package,
             plain_all.append(model(input_ids=chunk, logits_to_keep=min(8, chunk.shape[1] - start)).logits[0])
         plain = torch.cat(plain_all)
         # every row count routed (each chunk's pass reruns its whole prefix), not only the engine's tree sizes
-        mode = SkinnyLinearMode(max_rows=4096) if path == "skinny" else PackedLinearMode(PackedWeights(), 4096)
-        with mode:
+        router = SkinnyRouter(max_rows=4096) if path == "skinny" else PackedRouter(PackedWeights(), 4096)
+        with route_linears(model, router):
             for start in range(0, ids.shape[1], 8):
                 chunk = ids[:, : start + 8]
                 fast_all.append(model(input_ids=chunk, logits_to_keep=min(8, chunk.shape[1] - start)).logits[0])

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from draftless.fastpath.skinny_linear import SkinnyLinearMode, skinny_linear
+from draftless.fastpath.routing import route_linears
+from draftless.fastpath.skinny_linear import SkinnyRouter, skinny_linear
 from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t
 
 
@@ -45,29 +46,53 @@ def test_skinny_linear_matches_f_linear(shape):
     torch.testing.assert_close(skinny_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
 
 
-def test_mode_routes_only_eligible_calls():
+def test_router_routes_only_eligible_calls_of_plain_linear_modules():
     gen = torch.Generator().manual_seed(2)
-    w = torch.randn(9, 6, generator=gen)
+    layer = torch.nn.Linear(6, 9)
     small = torch.randn(1, 3, 6, generator=gen)
     big = torch.randn(1, 40, 6, generator=gen)
     calls = []
-    mode = SkinnyLinearMode(max_rows=16)
-    original = mode.route
+    router = SkinnyRouter(max_rows=16)
+    original = router.route
 
     def spy(*args):
         routed = original(*args)
         calls.append(routed)
         return routed
 
-    mode.route = spy
-    with mode:
-        a = F.linear(small, w)
-        b = F.linear(big, w)                       # too many rows: MKL
-        c = F.linear(small.double(), w.double())   # not fp32: MKL
-        d = torch.nn.Linear(6, 9)(small)           # nn.Linear goes through F.linear
-    assert calls == [True, False, False, True]
-    torch.testing.assert_close(a, F.linear(small, w))
-    assert b.shape == (1, 40, 9) and c.dtype == torch.float64 and d.shape == (1, 3, 9)
+    router.route = spy
+    model = torch.nn.Sequential(layer)
+    with torch.no_grad():
+        expected = layer(small)
+        with route_linears(model, router):
+            a = layer(small)
+            b = layer(big)                        # too many rows: MKL
+            c = torch.nn.functional.linear(small, layer.weight)  # not a module's call: not seen
+        d = layer(small)                          # hooks gone with the context
+    assert calls == [True, False]
+    torch.testing.assert_close(a, expected, rtol=1e-5, atol=1e-5)
+    assert b.shape == (1, 40, 9) and c.shape == d.shape == (1, 3, 9)
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def test_hooks_leave_other_peoples_modules_alone():
+    """A linear with someone else's hooks, or a subclass with its own forward, runs as it is."""
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    hooked, scaled, plain = torch.nn.Linear(4, 4), Scaled(4, 4), torch.nn.Linear(4, 4)
+    seen = []
+    hooked.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    router = SkinnyRouter()
+    routed = []
+    original = router.route
+    router.route = lambda *args: routed.append(1) or original(*args)
+    x = torch.randn(2, 4)
+    with torch.no_grad(), route_linears(torch.nn.ModuleList([hooked, scaled, plain]), router):
+        hooked(x), scaled(x), plain(x)
+    assert len(routed) == 1 and seen == [torch.Size([2, 4])]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
@@ -77,7 +102,7 @@ def test_tree_pass_under_mode_matches_plain_forward(tiny_models, arch):
     ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         plain = model(input_ids=ids).logits
-        with SkinnyLinearMode():
+        with route_linears(model, SkinnyRouter()):
             fast = model(input_ids=ids).logits
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
     assert torch.equal(fast.argmax(-1), plain.argmax(-1))

@@ -55,7 +55,9 @@ class _StageTimer:
         self._handles = []
         for stage, modules in _stage_modules(model).items():
             for module in modules:
-                self._handles.append(module.register_forward_pre_hook(self._start(module)))
+                # first of the pre-hooks and last of the hooks, so that the time a fast path's routing hooks
+                # spend computing a linear call (fastpath/routing.py) counts in its stage
+                self._handles.append(module.register_forward_pre_hook(self._start(module), prepend=True))
                 self._handles.append(module.register_forward_hook(self._stop(stage, module)))
         self._started: dict[int, float] = {}
 
@@ -107,7 +109,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
     gen = torch.Generator().manual_seed(0)
     report = {"environment": environment(), "model": model_path(model),
               "dtype": str(dtype).replace("torch.", ""), "device": device.type, "repeats": repeats, "runs": []}
-    with torch.inference_mode():
+    with torch.inference_mode(), verification.attached():
         for prefix_len in cache_lengths:
             cache = new_cache()
             prefix = torch.randint(0, vocab, (1, prefix_len), generator=gen).to(device)

@@ -109,7 +109,7 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
     vocab = model.config.get_text_config(decoder=True).vocab_size
     gen = torch.Generator().manual_seed(0)
     cache = new_cache()
-    with torch.inference_mode():
+    with torch.inference_mode(), verification.attached():
         prefix = torch.randint(0, vocab, (1, prefix_len), generator=gen).to(device)
         model(input_ids=prefix, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
         inputs = []

@@ -542,7 +542,9 @@ class SpeculativeGenerator:
                                "request")
         self._running = True
         try:
-            yield
+            # the fast paths' routing hooks stay on the model for the request, switched on per pass
+            with self.verification.attached():
+                yield
         finally:
             self._running = False
 

@@ -1,9 +1,10 @@
 """Making the verification pass cheap without changing the model: faster kernels for tree-sized linear layers.
 
 A *verification path* is a way to run one pass: "torch" is the model as it is; "skinny" routes its few-row fp32
-``F.linear`` calls to a numba kernel that reads each weight once for all rows (``skinny_linear.py``); "packed"
-routes its tree-sized fp32 ``F.linear`` calls to oneDNN on weights packed once into oneDNN's blocked layout
-(``packed_linear.py``). The cost curve (``engine/cost_curve.py``) measures every available path at every tree size
+linear calls to a numba kernel that reads each weight once for all rows (``skinny_linear.py``); "packed"
+routes its tree-sized fp32 linear calls to oneDNN on weights packed once into oneDNN's blocked layout
+(``packed_linear.py``). Both reach the calls through hooks on the model's ``nn.Linear`` modules
+(``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``). The cost curve (``engine/cost_curve.py``) measures every available path at every tree size
 and the engine runs each pass on the fastest for its size. ``VerificationPaths`` is the per-engine object that
 says which paths apply to a model and enters them, and owns what they keep (the packed weights). See README,
 "Verification cost".
@@ -31,22 +32,27 @@ class VerificationPaths:
     ~1.1 GB for Gemma 3 270M, ~0.5 GB for SmolLM2 135M); ``release(keep)`` frees it when the curve chose no packed
     size."""
 
-    def __init__(self, model=None, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        if model is not None:
-            param = next(model.parameters())
-            device, dtype = param.device, param.dtype
-        self.device = torch.device(device if device is not None else "cpu")
-        self.dtype = dtype if dtype is not None else torch.float32
-        cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
+    def __init__(self, model: torch.nn.Module):
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
         paths = ["torch"]
-        if cpu_fp32:
-            paths.append("skinny")
+        self._hooks = None
+        if self.device.type == "cpu" and self.dtype == torch.float32:
             from .packed_linear import packed_linear_supported
+            from .routing import LinearHooks
 
+            paths.append("skinny")
             if packed_linear_supported():
                 paths.append("packed")
+            self._hooks = LinearHooks(model)
         self.available: tuple[str, ...] = tuple(paths)
         self._packed = None  # PackedWeights, made on the first packed pass
+        self._skinny = None  # SkinnyRouter, made on the first skinny pass
+
+    def attached(self):
+        """A context for a run of many passes (a request, a cost-curve measurement): the routing hooks stay on
+        the model for its duration, so that ``context`` only switches them (attaching per pass costs ~3 ms)."""
+        return self._hooks.attached() if self._hooks is not None else contextlib.nullcontext()
 
     def context(self, path: str):
         """A context manager under which a forward runs on ``path`` (one of ``PATHS``); a path that is not
@@ -56,14 +62,16 @@ class VerificationPaths:
         if path not in self.available or path == "torch":
             return contextlib.nullcontext()
         if path == "skinny":
-            from .skinny_linear import SkinnyLinearMode  # numba is imported only where the skinny path runs
+            if self._skinny is None:
+                from .skinny_linear import SkinnyRouter  # numba is imported only where the skinny path runs
 
-            return SkinnyLinearMode()
-        from .packed_linear import PackedLinearMode, PackedWeights
+                self._skinny = SkinnyRouter()
+            return self._hooks.routing(self._skinny)
+        from .packed_linear import PackedRouter, PackedWeights
 
         if self._packed is None:
             self._packed = PackedWeights()
-        return PackedLinearMode(self._packed)
+        return self._hooks.routing(PackedRouter(self._packed))
 
     @property
     def packed_bytes(self) -> int:

@@ -6,8 +6,8 @@ from ~8 rows on; oneDNN's linear on a weight reordered once into its blocked lay
 
 ``PackedWeights`` owns the packed copies: one per weight tensor, made on first use and kept for as long as the
 owner (an engine's ``VerificationPaths``) lives, keyed by the weight tensor itself; nothing is stored on the model
-or its tensors. ``PackedLinearMode`` is a ``routing.LinearRouter`` (a ``TorchFunctionMode``): inside ``with mode:`` every
-``torch.nn.functional.linear`` call on a CPU float32 input of at most ``max_rows`` rows whose weight is a 2-D
+or its tensors. ``PackedRouter`` is a ``routing.LinearRouter``: while it routes a model's linear modules
+(``routing.LinearHooks``), every call on a CPU float32 input of at most ``max_rows`` rows whose weight is a 2-D
 contiguous float32 CPU tensor runs ``torch.ops.mkldnn._linear_pointwise`` on the packed weight; every other call
 runs unchanged.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .routing import LinearRouter
+from .routing import LinearRouter, linear_call_eligible
 
 # Past 64 rows MKL's blocked GEMM amortises its own packing as well, and a verification pass is rarely larger;
 # bigger calls (a batch's pass over many rows, a prefill) keep MKL.
@@ -84,34 +84,11 @@ class PackedWeights:
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def _eligible(x, weight, bias, max_rows: int) -> bool:
-    return (
-        isinstance(x, torch.Tensor)
-        and isinstance(weight, torch.Tensor)
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() >= 1
-        and x.shape[-1] > 0
-        and 0 < x.numel() // x.shape[-1] <= max_rows
-        and weight.dtype == torch.float32
-        and weight.dim() == 2
-        and weight.is_contiguous()
-        and weight.device.type == "cpu"
-        and weight.shape[1] == x.shape[-1]
-        and (bias is None or (isinstance(bias, torch.Tensor) and bias.dtype == torch.float32
-                              and bias.device.type == "cpu" and bias.shape == (weight.shape[0],)))
-        # the oneDNN op has no backward: a call autograd would record keeps aten's linear
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                              or (bias is not None and bias.requires_grad)))
-    )
-
-
-class PackedLinearMode(LinearRouter):
-    """Routes eligible float32 CPU ``F.linear`` calls to oneDNN on ``weights``' packed copies while active (see
-    module docstring): calls of 1 to ``max_rows`` rows."""
+class PackedRouter(LinearRouter):
+    """Sends eligible float32 CPU linear calls of 1 to ``max_rows`` rows to oneDNN on ``weights``' packed copies
+    (see module docstring)."""
 
     def __init__(self, weights: PackedWeights, max_rows: int = DEFAULT_MAX_ROWS):
-        super().__init__()
         self.weights = weights
         self.max_rows = int(max_rows)
 
@@ -120,4 +97,4 @@ class PackedLinearMode(LinearRouter):
 
     def route(self, x, weight, bias) -> bool:
         """Whether this ``F.linear(x, weight, bias)`` call goes to the packed weight."""
-        return _eligible(x, weight, bias, self.max_rows)
+        return linear_call_eligible(x, weight, bias, self.max_rows)

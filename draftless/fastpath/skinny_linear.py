@@ -1,17 +1,17 @@
 """Small-row linear layers through the skinny kernel, without touching the model.
 
-``SkinnyLinearMode`` is a ``routing.LinearRouter`` (a ``TorchFunctionMode``): inside ``with mode:`` every
-``torch.nn.functional.linear`` call (what ``nn.Linear`` runs) on a CPU float32 input of at most ``max_rows`` rows
-goes to ``kernels.skinny_gemm.skinny_matmul_t``; every other call, and every other function, runs unchanged. The
-model's modules, weights and code are left as they are, and the mode is active only while the engine verifies a
-tree whose size the cost curve measured faster this way.
+``SkinnyRouter`` is a ``routing.LinearRouter``: while it routes a model's linear modules (``routing.LinearHooks``),
+every call on a CPU float32 input of at most ``max_rows`` rows goes to ``kernels.skinny_gemm.skinny_matmul_t``;
+every other call, and every other operation, runs unchanged. The model's modules, weights and code are left as they
+are, and the router is active only while the engine verifies a tree whose size the cost curve measured faster this
+way.
 """
 from __future__ import annotations
 
 import numba
 import torch
 
-from .routing import LinearRouter
+from .routing import LinearRouter, linear_call_eligible
 from .kernels.skinny_gemm import skinny_matmul_t
 
 # Up to this many rows the kernel beat MKL on every layer shape measured (576-1536 wide layers, 49k and 262k-row
@@ -31,36 +31,20 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def _eligible(x, weight, bias, max_rows: int) -> bool:
-    return (
-        isinstance(x, torch.Tensor)
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() >= 1
-        and 0 < x.numel() // max(x.shape[-1], 1) <= max_rows
-        and weight.dtype == torch.float32
-        and weight.dim() == 2
-        and weight.is_contiguous()
-        and weight.device.type == "cpu"
-        and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"))
-    )
-
-
-class SkinnyLinearMode(LinearRouter):
-    """Routes small-row float32 CPU ``F.linear`` calls to the skinny kernel while active (see module docstring)."""
+class SkinnyRouter(LinearRouter):
+    """Sends float32 CPU linear calls of at most ``max_rows`` rows to the skinny kernel (see module docstring)."""
 
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS):
-        super().__init__()
         self.max_rows = int(max_rows)
 
-    def __enter__(self):
-        # The kernel's threads follow torch's setting, so a caller who limits torch to one thread gets one here too.
+    def prepare(self) -> None:
+        """Before a pass: the kernel's threads follow torch's setting, so a caller who limits torch to one thread
+        gets one here too."""
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        return super().__enter__()
 
     def linear(self, x, weight, bias):
         return skinny_linear(x, weight, bias)
 
     def route(self, x, weight, bias) -> bool:
         """Whether this ``F.linear(x, weight, bias)`` call goes to the skinny kernel."""
-        return _eligible(x, weight, bias, self.max_rows)
+        return linear_call_eligible(x, weight, bias, self.max_rows)
