@@ -34,25 +34,40 @@ class LinearRouter:
         raise NotImplementedError
 
 
-def linear_call_eligible(x, weight, bias, max_rows: int) -> bool:
-    """Whether ``F.linear(x, weight, bias)`` is one the fast paths can compute: a float32 CPU input of 1 to
-    ``max_rows`` rows (x: [..., I]), a 2-D contiguous float32 CPU weight [O, I], a float32 CPU bias [O] or none,
-    and no autograd to record (the fast kernels have no backward)."""
+def input_eligible(x, max_rows: int) -> bool:
+    """Whether ``x`` is an input the fast paths take: a float32 CPU tensor [..., I] of 1 to ``max_rows`` rows."""
     return (
         isinstance(x, torch.Tensor)
-        and isinstance(weight, torch.Tensor)
-        and x.device.type == "cpu"
         and x.dtype == torch.float32
+        and x.device.type == "cpu"
         and x.dim() >= 1
         and x.shape[-1] > 0
         and 0 < x.numel() // x.shape[-1] <= max_rows
+    )
+
+
+def weight_eligible(weight, bias) -> bool:
+    """Whether a linear layer's ``weight`` (float32 [O, I], contiguous, CPU) and ``bias`` (float32 [O] CPU, or
+    None) are ones the fast paths take."""
+    return (
+        isinstance(weight, torch.Tensor)
         and weight.dtype == torch.float32
         and weight.dim() == 2
         and weight.is_contiguous()
         and weight.device.type == "cpu"
-        and weight.shape[1] == x.shape[-1]
         and (bias is None or (isinstance(bias, torch.Tensor) and bias.dtype == torch.float32
-                              and bias.device.type == "cpu" and bias.shape == (weight.shape[0],)))
+                              and bias.device.type == "cpu" and bias.shape == (weight.shape[0],)
+                              and bias.is_contiguous()))
+    )
+
+
+def linear_call_eligible(x, weight, bias, max_rows: int) -> bool:
+    """Whether ``F.linear(x, weight, bias)`` is one the fast paths can compute: ``input_eligible``,
+    ``weight_eligible``, matching widths, and no autograd to record (the fast kernels have no backward)."""
+    return (
+        input_eligible(x, max_rows)
+        and weight_eligible(weight, bias)
+        and weight.shape[1] == x.shape[-1]
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad)))
     )
@@ -78,6 +93,7 @@ class LinearHooks:
         self._handles: list = []
         self._depth = 0
         self._pending: dict[int, torch.Tensor] = {}  # id(module) -> the output the forward hook hands back
+        self._empty: dict[tuple, torch.Tensor] = {}  # (width, dtype) -> [0, width]
 
     @property
     def is_attached(self) -> bool:
@@ -123,8 +139,13 @@ class LinearHooks:
         if not router.route(x, weight, bias):
             return None
         self._pending[id(module)] = router.linear(x, weight, bias)
-        # the module's own F.linear now multiplies zero rows
-        return (x.new_empty((0, x.shape[-1])),)
+        # the module's own F.linear now multiplies zero rows (one empty stand-in per width, made once)
+        key = (x.shape[-1], x.dtype)
+        empty = self._empty.get(key)
+        if empty is None:
+            with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
+                empty = self._empty[key] = torch.empty((0, x.shape[-1]), dtype=x.dtype)
+        return (empty,)
 
     def _after(self, module: torch.nn.Linear, args: tuple, output: torch.Tensor):
         return self._pending.pop(id(module), None)  # None: the module's own output stands

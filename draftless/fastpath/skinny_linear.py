@@ -9,9 +9,10 @@ way.
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 
-from .routing import LinearRouter, linear_call_eligible
+from .routing import LinearRouter, input_eligible, weight_eligible
 from .kernels.skinny_gemm import skinny_matmul_t
 
 # Up to this many rows the kernel beat MKL on every layer shape measured (576-1536 wide layers, 49k and 262k-row
@@ -19,32 +20,69 @@ from .kernels.skinny_gemm import skinny_matmul_t
 DEFAULT_MAX_ROWS = 16
 
 
+def _array(t: torch.Tensor) -> np.ndarray:
+    """The tensor's memory as a numpy array (no copy)."""
+    return (t.detach() if t.requires_grad else t).numpy()
+
+
+def _skinny(x: torch.Tensor, w: np.ndarray, b: np.ndarray | None) -> torch.Tensor:
+    """x: float32 [..., I] CPU tensor; w: float32 [O, I] C-contiguous array; b: float32 [O] or None. Returns
+    float32 [..., O]. Plain numpy around the kernel: each torch call costs ~2-3 us in Python here, and a pass
+    makes 211 of these calls (SmolLM2)."""
+    n_in = x.shape[-1]
+    flat = np.ascontiguousarray(_array(x).reshape(-1, n_in))
+    out = np.empty((flat.shape[0], w.shape[0]), dtype=np.float32)
+    skinny_matmul_t(flat, w, out)
+    if b is not None:
+        out += b
+    return torch.from_numpy(out.reshape(*x.shape[:-1], w.shape[0]))
+
+
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` via the skinny kernel. x: float32 [..., I]; weight: float32 [O, I] contiguous;
     bias: float32 [O] or None. Returns float32 [..., O]."""
-    rows = x.numel() // x.shape[-1]
-    flat = x.reshape(rows, x.shape[-1]).contiguous()
-    out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
-    skinny_matmul_t(flat.detach().numpy(), weight.detach().numpy(), out.numpy())
-    if bias is not None:
-        out += bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return _skinny(x, _array(weight), None if bias is None else _array(bias))
 
 
 class SkinnyRouter(LinearRouter):
-    """Sends float32 CPU linear calls of at most ``max_rows`` rows to the skinny kernel (see module docstring)."""
+    """Sends float32 CPU linear calls of at most ``max_rows`` rows to the skinny kernel (see module docstring).
+
+    Keeps, per (weight, bias) pair it has seen, the pair's numpy views (no copies) and whether the weight is one
+    the kernel takes, so that the per-call work is the input's checks and the kernel; an entry is renewed when the
+    weight's or the bias's storage was replaced (``param.data = ...``)."""
 
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS):
         self.max_rows = int(max_rows)
+        # (id(weight), id(bias)) -> (weight, bias, their data pointers, weight array or None, bias array or None)
+        self._arrays: dict[tuple[int, int], tuple] = {}
 
     def prepare(self) -> None:
         """Before a pass: the kernel's threads follow torch's setting, so a caller who limits torch to one thread
         gets one here too."""
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
+    def _entry(self, weight, bias) -> tuple:
+        key = (id(weight), id(bias))
+        entry = self._arrays.get(key)
+        pointers = (weight.data_ptr(), None if bias is None else bias.data_ptr())
+        if entry is None or entry[0] is not weight or entry[1] is not bias or entry[2] != pointers:
+            ok = weight_eligible(weight, bias)
+            entry = (weight, bias, pointers, _array(weight) if ok else None,
+                     _array(bias) if ok and bias is not None else None)
+            self._arrays[key] = entry
+        return entry
+
     def linear(self, x, weight, bias):
-        return skinny_linear(x, weight, bias)
+        entry = self._entry(weight, bias)
+        if entry[3] is None:
+            return skinny_linear(x, weight, bias)
+        return _skinny(x, entry[3], entry[4])
 
     def route(self, x, weight, bias) -> bool:
         """Whether this ``F.linear(x, weight, bias)`` call goes to the skinny kernel."""
-        return linear_call_eligible(x, weight, bias, self.max_rows)
+        if not input_eligible(x, self.max_rows) or not isinstance(weight, torch.Tensor):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return False  # the kernel has no backward: a call autograd would record keeps aten's linear
+        return self._entry(weight, bias)[3] is not None and weight.shape[1] == x.shape[-1]
