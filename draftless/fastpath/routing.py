@@ -8,8 +8,8 @@ nothing), and the forward hook returns the router's result as the module's outpu
 other operation of the model, runs unchanged.
 
 Why hooks and not a ``TorchFunctionMode``: a mode sees every torch call of the forward (about 2,300 in one
-SmolLM2 pass) and its Python dispatch added 13-30 ms to a 90-190 ms pass on the 2-core CPU here; the hooks run on
-the 211 linear calls only. Registering hooks costs too (about 3 ms for 211 modules), so they are attached once
+SmolLM2 pass) and its Python dispatch made passes 3-15% slower on the 2-core CPU here (two interleaved runs, 1-32
+nodes); the hooks run on the 211 linear calls only. Registering hooks costs too (about 3 ms for 211 modules), so they are attached once
 for a whole request (``attached``) and only switched on and off per pass (``routing``).
 """
 from __future__ import annotations
@@ -94,10 +94,6 @@ class LinearHooks:
         self._depth = 0
         self._pending: dict[int, torch.Tensor] = {}  # id(module) -> the output the forward hook hands back
         self._empty: dict[tuple, torch.Tensor] = {}  # (width, dtype) -> [0, width]
-
-    @property
-    def is_attached(self) -> bool:
-        return self._depth > 0
 
     @contextlib.contextmanager
     def attached(self):
