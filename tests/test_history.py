@@ -36,7 +36,7 @@ def synthetic_requests(n, seed, vocab=500, motifs=8):
 
 
 def draft_of(store, namespace, query, budget=24):
-    d = HistoryDrafter(store, record=False)
+    d = HistoryDrafter(store, record=False, warmup_requests=0)
     d.begin_request(query, RequestInfo(namespace))
     t = d.draft(query, budget)
     return t.tokens.tolist(), t.parents.tolist(), np.round(t.scores, 6).tolist()
@@ -60,12 +60,67 @@ def test_engine_isolates_namespaces(tiny_models):
         (1, 8, 64), (1.0, 1.1, 1.5)))
     prompt = torch.tensor([[3, 7, 11, 3, 7, 11, 5]])
     first = fast.generate(prompt, max_new_tokens=40, namespace="a")
+    for _ in range(fast.drafter.warmup_requests - 1):  # the history drafts once its namespace is warm
+        fast.generate(prompt, max_new_tokens=40, namespace="a")
     again = fast.generate(prompt, max_new_tokens=40, namespace="a")
     other = fast.generate(prompt, max_new_tokens=40, namespace="b")
     assert torch.equal(first.sequences, again.sequences) and torch.equal(first.sequences, other.sequences)
     assert again.stats.per_source["history"].proposed > 0  # a's second request drafts from a's first
     assert "history" not in other.stats.per_source or other.stats.per_source["history"].proposed == 0
     assert fast.drafter.store.namespaces() == ["a", "b"]
+
+
+def test_first_requests_draft_exactly_as_without_a_history(tiny_models):
+    """The warm-up: while a namespace holds fewer than ``warmup_requests`` past requests, the fused drafter with a
+    history builds exactly the trees it builds without one (so the first requests of a deployment cannot be slower
+    for the history, whatever the machine's timings make of tree sizes); from then on the history drafts."""
+    from draftless.drafters.fusion import FusedDrafter
+    from draftless.drafters.ngram import NGramDrafter
+    from draftless.drafters.sam import SamDrafter
+    from draftless.engine.protocol import StepFeedback, begin_request, end_request
+
+    store = HistoryStore()
+    warmup = HistoryDrafter(store).warmup_requests
+    assert warmup >= 1
+    rng = np.random.default_rng(5)
+    motif = rng.integers(0, 300, 40)
+    requests = [np.concatenate([rng.integers(0, 300, 10), motif, rng.integers(0, 300, 10)]) for _ in range(warmup + 1)]
+    history_drafted = []
+    for n, context in enumerate(requests):
+        plain = FusedDrafter([NGramDrafter(), SamDrafter()])
+        fused = FusedDrafter([NGramDrafter(), SamDrafter(), HistoryDrafter(store)])
+        info = RequestInfo("ns")
+        for d in (plain, fused):
+            begin_request(d, context[:12], info)
+        drafted = 0
+        for cut in range(12, len(context) - 1, 3):  # three tokens committed per step
+            trees = [d.draft(context[:cut], 24) for d in (plain, fused)]
+            if n < warmup:
+                assert trees[0].tokens.tolist() == trees[1].tokens.tolist()
+                assert trees[0].parents.tolist() == trees[1].parents.tolist()
+                assert np.array_equal(trees[0].scores, trees[1].scores)
+            drafted += int(sum("history" in t.source_names for t in trees[1:]))
+            for d, tree in zip((plain, fused), trees):
+                d.feedback(StepFeedback(tree=tree, accepted=np.zeros(1, np.int64), new_tokens=context[cut: cut + 3],
+                                        context=context[: cut + 3], logits=None))
+        for d in (plain, fused):
+            end_request(d, context, info)
+        history_drafted.append(drafted)
+    assert store.n_requests == warmup + 1
+    assert history_drafted[:warmup] == [0] * warmup
+    assert history_drafted[warmup] > 0  # the test can fail: a warm history drafts (the motif recurs)
+
+
+def test_the_engine_keeps_the_history_silent_during_the_warm_up(tiny_models):
+    model = tiny_models("llama")
+    fast = draftless.accelerate(model, drafter="ngram+sam+history", cost_curve=draftless.engine.cost_curve.CostCurve(
+        (1, 8, 64), (1.0, 1.1, 1.5)))
+    prompt = torch.tensor([[3, 7, 11, 3, 7, 11, 5]])
+    warmup = fast.drafter.drafters[-1].warmup_requests
+    for i in range(warmup + 1):
+        out = fast.generate(prompt, max_new_tokens=30, namespace="w")
+        proposed = out.stats.per_source["history"].proposed if "history" in out.stats.per_source else 0
+        assert (proposed > 0) == (i >= warmup), (i, proposed)
 
 
 # ---------------------------------------------------------------------------------------------- eviction, bounds
@@ -317,13 +372,13 @@ def test_a_segment_growing_during_a_request_is_matched_again():
     """Two requests of one namespace in flight (rows of a batch): one ends and grows the segment the other reads."""
     store = HistoryStore()
     store.record("n", np.arange(200, 260))
-    reader, writer = HistoryDrafter(store), HistoryDrafter(store)
+    reader, writer = HistoryDrafter(store, warmup_requests=0), HistoryDrafter(store, warmup_requests=0)
     query = np.arange(200, 210)
     reader.begin_request(query, RequestInfo("n"))
     writer.begin_request(np.arange(5), RequestInfo("n"))
     writer.end_request(np.concatenate([np.arange(300, 340), np.arange(200, 230)]), RequestInfo("n"))
     grown = np.concatenate([query, np.arange(210, 215)])
-    fresh = HistoryDrafter(store, record=False)
+    fresh = HistoryDrafter(store, record=False, warmup_requests=0)
     fresh.begin_request(grown, RequestInfo("n"))
     want = fresh.draft(grown, 16)
     got = reader.draft(grown, 16)

@@ -57,8 +57,10 @@ def _ngram_factory(max_tokens: int, history: HistoryStore | None) -> Drafter:
 def _history_factory(max_tokens: int, history: HistoryStore | None) -> Drafter:
     from ..drafters.history import HistoryDrafter
 
-    # Every request of the engine reads and extends the one shared store (the engine passes no namespace).
-    return HistoryDrafter(history, max_depth=max(4, max_tokens + 1))
+    # Every request of the engine reads and extends the one shared store (the engine passes no namespace). No
+    # warm-up: a chain is one source's single best guess, not a fused tree where a cold history's nodes could
+    # displace the request's own, and the history is a source here only when the deployment names it.
+    return HistoryDrafter(history, max_depth=max(4, max_tokens + 1), warmup_requests=0)
 
 
 # Context-only sources (no datastore file, no model): what runs inside a serving engine without extra files. Each
