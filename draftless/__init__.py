@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 
 def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = None, draft_model: str | None = None,
-               history=None, **config) -> SpeculativeGenerator:
+               history="auto", **config) -> SpeculativeGenerator:
     """Pair ``model`` with a drafter; returns an engine whose ``.generate`` takes ``model.generate``'s arguments
     and returns its result, losslessly: greedy output equals ``model.generate``'s, sampled output has its
     distribution (see ``SpeculativeGenerator.generate`` for what is supported and what is refused).
@@ -32,24 +32,31 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``history``: memory
     across this engine's requests, per ``generate(namespace=...)`` (README, "History"): ``True`` (in memory), a
     directory (kept there, reloaded at start; needs ``tokenizer``), a ``HistoryStore``, or None (off); it adds a
-    ``history`` source to a spec string (``auto`` included). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``learn_costs``, ``calibrate``,
+    ``history`` source to a spec string (``auto`` included). The default, ``"auto"``, is an in-memory history that
+    only ``auto`` uses and only for requests that pass a namespace (a request without one drafts as with None;
+    every namespace stays silent until it holds a few requests). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``learn_costs``, ``calibrate``,
     ``min_gain``, ``verbose``, ``drafter_factory`` (see ``SpeculativeGenerator``; a spec string gets a factory of
     its own, so the rows of a batch are verified together, each with its own drafter).
     """
     from .drafters.spec import DrafterContext, build_drafter
 
     if isinstance(drafter, str):
-        from .drafters.history import history_store_for
-        from .drafters.spec import with_history
+        from .drafters.history import AUTO_HISTORY, history_store_for
+        from .drafters.spec import parse_spec, with_history
 
+        default = isinstance(history, str) and history == AUTO_HISTORY
+        kinds = {kind for kind, _ in parse_spec(drafter)}
+        if default and ("auto" not in kinds or "history" in kinds):
+            # the default history is auto's; an explicit spec drafts exactly what it names (its own history too)
+            history, default = None, False
         store = history_store_for(history, tokenizer)
-        spec = with_history(drafter) if store is not None else drafter
-        context = DrafterContext(model=model, tokenizer=tokenizer, history=store)
+        spec = with_history(drafter) if store is not None and not default else drafter
+        context = DrafterContext(model=model, tokenizer=tokenizer, history=store, history_namespaced_only=default)
         drafter = build_drafter(spec, context, datastore=datastore, draft_model=draft_model)
         # more rows of a batch get drafters of their own, built from the same spec
         config.setdefault("drafter_factory",
                           lambda: build_drafter(spec, context, datastore=datastore, draft_model=draft_model))
-    elif history is not None:
+    elif history is not None and not (isinstance(history, str) and history == "auto"):  # "auto": the default
         raise ValueError("history= needs a spec string drafter; to a Drafter object add a HistoryDrafter yourself")
     elif not isinstance(drafter, Drafter):
         raise TypeError(f"drafter must be a spec string or implement the Drafter protocol, got {type(drafter).__name__}")

@@ -122,7 +122,8 @@ def replay(args) -> None:
     half = len(requests) // 2
     results = {}
     for spec in args.specs:
-        engine = draftless.accelerate(model, drafter=spec, tokenizer=tok, learn_costs=False)
+        # history=None: a spec replays exactly the sources it names (``auto`` would add the default history)
+        engine = draftless.accelerate(model, drafter=spec, tokenizer=tok, learn_costs=False, history=None)
         for source in getattr(engine.drafter, "drafters", [engine.drafter]):
             if source.name == "history":
                 for key, value in options.items():

@@ -291,11 +291,39 @@ def test_history_directory_needs_a_tokenizer(tiny_models, tmp_path):
 # ---------------------------------------------------------------------------------------------- integration
 def test_auto_includes_history_only_when_configured(tiny_models):
     model = tiny_models("llama")
-    assert "history" not in draftless.accelerate(model, drafter="auto").drafter.name
+    assert "history" not in draftless.accelerate(model, drafter="auto", history=None).drafter.name
     assert "history" in draftless.accelerate(model, drafter="auto", history=True).drafter.name
     assert draftless.accelerate(model, drafter="sam", history=True).drafter.name == "sam+history"
     with pytest.raises(ValueError, match="history"):
         draftless.accelerate(model, drafter="select:self", history=True)
+
+
+def test_the_default_history_is_autos_and_only_for_namespaced_requests(tiny_models):
+    """``accelerate(history="auto")``, the default: explicit specs draft exactly what they name; ``auto`` (where it
+    is a fusion) gets an in-memory history that requests without a namespace neither read nor extend."""
+    from draftless.drafters.spec import auto_spec, parse_spec
+
+    model = tiny_models("llama")
+    for spec, want in (("sam", "sam"), ("ngram+sam", "ngram+sam")):
+        assert draftless.accelerate(model, drafter=spec).drafter.name == want
+    draftless.accelerate(model, drafter="select:self")  # a spec that cannot take a history is not refused
+    fast = draftless.accelerate(model, drafter="auto", cost_curve=draftless.engine.cost_curve.CostCurve(
+        (1, 8, 64), (1.0, 1.1, 1.5)))
+    fused = len(parse_spec(auto_spec(model))) > 1
+    assert ("history" in fast.drafter.name) == fused
+    if not fused:
+        return
+    source = next(d for d in fast.drafter.drafters if d.name == "history")
+    assert source.namespaced_only
+    prompt = torch.tensor([[3, 7, 11, 3, 7, 11, 5]])
+    for _ in range(source.warmup_requests + 1):
+        out = fast.generate(prompt, max_new_tokens=24)
+        assert "history" not in out.stats.per_source or out.stats.per_source["history"].proposed == 0
+    assert source.store.n_requests == 0  # nothing recorded without a namespace
+    for _ in range(source.warmup_requests + 1):
+        out = fast.generate(prompt, max_new_tokens=24, namespace="task")
+    assert source.store.n_requests == source.warmup_requests + 1
+    assert out.stats.per_source["history"].proposed > 0
 
 
 def test_custom_generate_keeps_the_history_of_its_engine(tiny_models):

@@ -64,7 +64,8 @@ def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_to
 
     if len(requests) < 2:
         raise ValueError("a stream needs at least two requests")
-    base = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes)
+    # history=None: the stream passes a namespace, which the default history (history="auto") would use
+    base = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes, history=None)
     hist = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes, history=history)
     store = hist.drafter.store if hasattr(hist.drafter, "store") else next(
         d.store for d in hist.drafter.drafters if hasattr(d, "store"))

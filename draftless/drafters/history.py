@@ -22,6 +22,10 @@ from ..history.segment import SEPARATOR, Segment
 from ..history.store import HistoryStore
 
 
+# ``accelerate``'s default: an in-memory history for the requests of ``auto`` that pass a namespace
+AUTO_HISTORY = "auto"
+
+
 class HistoryDrafter(BaseDrafter):
     """Draft trees from a ``HistoryStore`` (see the module docstring).
 
@@ -29,6 +33,8 @@ class HistoryDrafter(BaseDrafter):
     - ``min_match``: shortest match (tokens) that drafts; ``max_segments``: segments whose trees are merged;
     - ``warmup_requests``: the drafter stays silent for a request whose namespace holds fewer past requests than
       this (the first requests of a deployment then draft exactly as the engine without a history does);
+    - ``namespaced_only``: requests with no namespace (``namespace=None``) neither read nor extend the history
+      (``accelerate``'s default history: only callers that say which requests belong together share one);
     - depth limit ``clip(depth_per_match * match_length, min_depth, max_depth)``, ``top_k``, ``smoothing``,
       ``min_score``: as ``SamDrafter``'s.
     """
@@ -37,7 +43,8 @@ class HistoryDrafter(BaseDrafter):
 
     def __init__(self, store: HistoryStore | None = None, *, min_match: int = 2, max_segments: int = 2,
                  min_depth: int = 4, max_depth: int = 16, depth_per_match: float = 2.0, top_k: int = 3,
-                 smoothing: float = 1.0, min_score: float = 0.02, warmup_requests: int = 4, record: bool = True):
+                 smoothing: float = 1.0, min_score: float = 0.02, warmup_requests: int = 4, namespaced_only: bool = False,
+                 record: bool = True):
         self.store = store if store is not None else HistoryStore()
         self.min_match = max(1, int(min_match))
         self.max_segments = max(1, int(max_segments))
@@ -47,6 +54,7 @@ class HistoryDrafter(BaseDrafter):
         self.smoothing = float(smoothing)
         self.min_score = float(min_score)
         self.warmup_requests = max(0, int(warmup_requests))
+        self.namespaced_only = bool(namespaced_only)
         self.record = bool(record)
         self._segments: list[Segment] = []
         self._matches: list[tuple[int, int]] = []
@@ -61,7 +69,7 @@ class HistoryDrafter(BaseDrafter):
     def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
         # A snapshot of the segment list. A segment may still grow during this request when another request of
         # the namespace ends meanwhile (the rows of a batch): ``_sync`` then matches the context again.
-        self._segments = self.store.segments(info.namespace)
+        self._segments = [] if self._ignored(info) else self.store.segments(info.namespace)
         # Warm-up: an almost empty history drafts from one or two unrelated requests; measured, its few nodes then
         # displace better ones of the request's own text (the first requests of a stream ran up to 14% slower).
         # Below the threshold the request sees no segments at all, so its trees are the engine's without history.
@@ -69,8 +77,11 @@ class HistoryDrafter(BaseDrafter):
             self._segments = []
         self._match_from_start(np.asarray(prompt_ids, dtype=np.int64).reshape(-1))
 
+    def _ignored(self, info: RequestInfo) -> bool:
+        return self.namespaced_only and info.namespace is None
+
     def end_request(self, context: np.ndarray, info: RequestInfo) -> None:
-        if self.record and len(context):
+        if self.record and len(context) and not self._ignored(info):
             self.store.record(info.namespace, context)
         self._segments, self._matches, self._sizes = [], [], []
 
@@ -129,14 +140,15 @@ class HistoryDrafter(BaseDrafter):
 
 
 def history_store_for(history, tokenizer=None) -> HistoryStore | None:
-    """What ``accelerate(history=...)`` means: None/False -> None (off); True -> a fresh in-memory store; a
+    """What ``accelerate(history=...)`` means: None/False -> None (off); True or ``"auto"`` (the default, which
+    ``accelerate`` narrows to namespaced requests of ``auto``) -> a fresh in-memory store; a
     ``HistoryStore`` -> itself; a directory -> the store kept there (``HistoryStore.open``: reloaded now, saved
     after every request; ``tokenizer`` required, its identity is checked against the saved one)."""
     import os
 
     if history is None or history is False:
         return None
-    if history is True:
+    if history is True or history == AUTO_HISTORY:
         return HistoryStore()
     if isinstance(history, HistoryStore):
         return history

@@ -62,6 +62,9 @@ class DrafterContext:
     model: object
     tokenizer: object | None = None
     history: object | None = None  # a HistoryStore: ``history`` sources read it, and ``auto`` then includes one
+    # the default history (``accelerate(history="auto")``): only requests that name a namespace read and extend it,
+    # and ``auto`` includes it only where auto is already a fusion (so a request without one drafts as before)
+    history_namespaced_only: bool = False
 
 
 def _named(kind: str, arg: str | None) -> str | None:
@@ -113,7 +116,7 @@ def _history(arg, ctx):
         ctx.history = history_store_for(arg or True, ctx.tokenizer)
     elif arg:
         raise ValueError(f"'history:{arg}' given while a history is already configured (history=...): use one")
-    return HistoryDrafter(ctx.history)
+    return HistoryDrafter(ctx.history, namespaced_only=ctx.history_namespaced_only)
 
 
 def _lookahead(arg, ctx):
@@ -232,11 +235,15 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
     expanded: list[tuple[str, str | None]] = []
     for kind, arg in parts:
         if kind == "auto":
-            for auto_kind, auto_arg in parse_spec(auto_spec(ctx.model)):
+            auto_parts = parse_spec(auto_spec(ctx.model))
+            for auto_kind, auto_arg in auto_parts:
                 # a datastore joins through the sam source, which then matches both the context and the corpus
                 expanded.append((auto_kind, datastore if auto_kind == "sam" and datastore else auto_arg))
-            if ctx.history is not None and all(k != "history" for k, _ in parts):
-                expanded.append(("history", None))  # a configured history is a source of auto's
+            # a configured history is a source of auto's; the default one only joins a fusion (a lone source
+            # fused with a silent history would be calibrated differently, so it would not draft as before)
+            if (ctx.history is not None and all(k != "history" for k, _ in parts)
+                    and (len(auto_parts) > 1 or not ctx.history_namespaced_only)):
+                expanded.append(("history", None))
         else:
             expanded.append((kind, arg))
     drafters = []
