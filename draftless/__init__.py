@@ -38,25 +38,26 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     ``min_gain``, ``verbose``, ``drafter_factory`` (see ``SpeculativeGenerator``; a spec string gets a factory of
     its own, so the rows of a batch are verified together, each with its own drafter).
     """
+    from .drafters.history import AUTO_HISTORY
     from .drafters.spec import DrafterContext, build_drafter
 
+    default = isinstance(history, str) and history == AUTO_HISTORY
     if isinstance(drafter, str):
-        from .drafters.history import AUTO_HISTORY, history_store_for
+        from .drafters.history import history_store_for
         from .drafters.spec import parse_spec, with_history
 
-        default = isinstance(history, str) and history == AUTO_HISTORY
         kinds = {kind for kind, _ in parse_spec(drafter)}
         if default and ("auto" not in kinds or "history" in kinds):
             # the default history is auto's; an explicit spec drafts exactly what it names (its own history too)
             history, default = None, False
-        store = history_store_for(history, tokenizer)
+        store = history_store_for(True if default else history, tokenizer)
         spec = with_history(drafter) if store is not None and not default else drafter
         context = DrafterContext(model=model, tokenizer=tokenizer, history=store, history_namespaced_only=default)
         drafter = build_drafter(spec, context, datastore=datastore, draft_model=draft_model)
         # more rows of a batch get drafters of their own, built from the same spec
         config.setdefault("drafter_factory",
                           lambda: build_drafter(spec, context, datastore=datastore, draft_model=draft_model))
-    elif history is not None and not (isinstance(history, str) and history == "auto"):  # "auto": the default
+    elif history is not None and not default:
         raise ValueError("history= needs a spec string drafter; to a Drafter object add a HistoryDrafter yourself")
     elif not isinstance(drafter, Drafter):
         raise TypeError(f"drafter must be a spec string or implement the Drafter protocol, got {type(drafter).__name__}")

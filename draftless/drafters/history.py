@@ -140,15 +140,14 @@ class HistoryDrafter(BaseDrafter):
 
 
 def history_store_for(history, tokenizer=None) -> HistoryStore | None:
-    """What ``accelerate(history=...)`` means: None/False -> None (off); True or ``"auto"`` (the default, which
-    ``accelerate`` narrows to namespaced requests of ``auto``) -> a fresh in-memory store; a
+    """What ``accelerate(history=...)`` means: None/False -> None (off); True -> a fresh in-memory store; a
     ``HistoryStore`` -> itself; a directory -> the store kept there (``HistoryStore.open``: reloaded now, saved
     after every request; ``tokenizer`` required, its identity is checked against the saved one)."""
     import os
 
     if history is None or history is False:
         return None
-    if history is True or history == AUTO_HISTORY:
+    if history is True:
         return HistoryStore()
     if isinstance(history, HistoryStore):
         return history
