@@ -5,6 +5,8 @@ import argparse
 import sys
 import time
 
+from .streams import WORKLOADS  # standard library only: the parser stays light
+
 DEFAULT_PROMPT = (  # an extraction task: the kind of prompt where reusing context pays off most
     "Extract the sentences that mention a year from the text below.\n\n"
     "The library was founded in 1901 by a group of teachers. It moved to a larger building on Main Street in 1935. "
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stream", action="store_true",
                    help="a stream of related requests through one engine, auto with and without a history "
                         "(app/stream_bench.py; --workload, --requests, --history)")
-    b.add_argument("--workload", default="gsm8k", choices=("gsm8k", "mbpp", "mbpp-tests"),
+    b.add_argument("--workload", default="gsm8k", choices=WORKLOADS,
                    help="--stream: which stream (app/streams.py WORKLOADS; read from --data)")
     b.add_argument("--requests", type=int, default=32, help="--stream: requests in the stream")
     b.add_argument("--data", default="../shared/bench", help="--stream: folder with gsm8k_train.jsonl, mbpp_train.jsonl")

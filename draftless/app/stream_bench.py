@@ -4,8 +4,9 @@ A deployment sees requests one after another, and they repeat themselves (one in
 output format). This benchmark builds such a stream from the public data in ``../shared/bench`` and runs it in
 order through two engines of the same model: ``auto`` without a history and ``auto`` with one (``history=True``,
 or a directory). Each request runs plain greedy ``model.generate`` first (the reference every output must equal),
-then both engines (alternating which goes first), back to back, so drifts of the machine hit all three alike. The report gives the speedup of the
-history per request index, by bucket of request indices and by half of the stream: the warm-up curve.
+then both engines (alternating which goes first), back to back, so drifts of the machine hit all three alike.
+The report gives the speedup of the history per request index, by bucket of request indices and by half of the
+stream: the warm-up curve.
 
 Workloads (``--workload``): ``app/streams.py``.
 """
@@ -32,16 +33,24 @@ def _engine_run(engine, ids: torch.Tensor, max_new_tokens: int, namespace: str |
     out = engine.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, namespace=namespace)
     seconds = time.perf_counter() - t0
     src = {k: [v.accepted, v.proposed] for k, v in out.stats.per_source.items()}
-    return {"tokens": out.new_tokens, "seconds": seconds, "passes": out.stats.steps, "per_source": src}
+    st = out.stats
+    return {"tokens": out.new_tokens, "seconds": seconds, "passes": st.steps, "per_source": src,
+            "nodes": st.tree_nodes, "draft_ms": st.draft_ms, "verify_ms": st.verify_ms}
 
 
 def _totals(rows: list[dict], key: str) -> dict:
     tokens = sum(r[key]["new_tokens"] for r in rows)
     seconds = sum(r[key]["seconds"] for r in rows)
     passes = sum(r[key]["passes"] for r in rows)
-    return {"new_tokens": tokens, "seconds": round(seconds, 3),
-            "tokens_per_s": round(tokens / seconds, 3) if seconds else 0.0,
-            "tokens_per_pass": round(tokens / passes, 4) if passes else 0.0}
+    out = {"new_tokens": tokens, "seconds": round(seconds, 3),
+           "tokens_per_s": round(tokens / seconds, 3) if seconds else 0.0,
+           "tokens_per_pass": round(tokens / passes, 4) if passes else 0.0}
+    if key != "hf" and passes:
+        # where an engine's time goes: nodes verified and the draft / verify phases, per pass
+        out["nodes_per_pass"] = round(sum(r[key]["nodes"] for r in rows) / passes, 3)
+        out["draft_ms_per_pass"] = round(sum(r[key]["draft_ms"] for r in rows) / passes, 3)
+        out["verify_ms_per_pass"] = round(sum(r[key]["verify_ms"] for r in rows) / passes, 3)
+    return out
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -88,7 +97,8 @@ def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_to
         for key, engine in (("auto", base), ("auto+history", hist))[:: 1 if i % 2 == 0 else -1]:
             run = _engine_run(engine, ids, max_new_tokens, namespace)
             row[key] = {"new_tokens": len(run["tokens"]), "seconds": run["seconds"], "passes": run["passes"],
-                        "identical_to_hf": run["tokens"] == ref, "per_source": run["per_source"]}
+                        "identical_to_hf": run["tokens"] == ref, "per_source": run["per_source"],
+                        "nodes": run["nodes"], "draft_ms": run["draft_ms"], "verify_ms": run["verify_ms"]}
         row["history_vs_auto"] = round(row["auto"]["seconds"] / row["auto+history"]["seconds"], 4)
         rows.append(row)
         if progress is not None:
@@ -139,9 +149,9 @@ def cmd_stream_bench(args, model, tokenizer) -> int:
           f"history {args.history or 'in memory'}", flush=True)
 
     def progress(row):
+        identical = row["auto"]["identical_to_hf"] and row["auto+history"]["identical_to_hf"]
         print(f"[draftless] request {row['index']}: {row['hf']['new_tokens']} tokens, history vs auto "
-              f"{row['history_vs_auto']:.2f}x, identical {row['auto']['identical_to_hf'] and row['auto+history']['identical_to_hf']}",
-              flush=True)
+              f"{row['history_vs_auto']:.2f}x, identical {identical}", flush=True)
 
     report = run_stream_bench(model, tokenizer, requests, max_new_tokens=args.max_new_tokens, chat=args.chat,
                               history=args.history or True, max_nodes=args.max_nodes,

@@ -9,7 +9,10 @@ Workloads (``--workload``):
 - ``mbpp``: MBPP training tasks in sequence under one instruction;
 - ``mbpp-tests``: MBPP training solutions (the code), each sent with one fixed instruction, write unittest tests for
   this function: a code assistant's routine request on one code base, whose answers share their frame (imports,
-  the ``TestCase`` class, ``assertEqual`` lines, the closing explanation) but not their content.
+  the ``TestCase`` class, ``assertEqual`` lines, the closing explanation) but not their content;
+- ``gsm8k-json``: GSM8K training problems, each under one fixed extraction instruction that names a JSON schema
+  (every quantity as ``{"value", "unit", "what"}``) and shows no example: the same extraction applied to many
+  documents, whose answers share one schema, so only earlier answers show the model's way of filling it.
 """
 from __future__ import annotations
 
@@ -17,12 +20,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-WORKLOADS = ("gsm8k", "mbpp", "mbpp-tests")
+WORKLOADS = ("gsm8k", "gsm8k-json", "mbpp", "mbpp-tests")
 GSM8K_INSTRUCTION = ("Solve the math word problem. Work it out step by step, one calculation per line, then give "
                      "the final answer on its own line as '#### <number>'.")
 MBPP_INSTRUCTION = "Write a Python function for the task below. Reply with the code only."
 MBPP_TESTS_INSTRUCTION = ("Write unit tests with the unittest module for the Python function below. Reply with the "
                           "code only.")
+GSM8K_JSON_INSTRUCTION = ('Extract every quantity stated in the problem below as JSON: a list of objects with the '
+                          'keys "value" (a number), "unit" and "what" (what the number counts). Reply with the JSON '
+                          'only.')
 N_SHOTS = 2
 
 
@@ -63,6 +69,12 @@ def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) ->
         head = f"{GSM8K_INSTRUCTION}\n\n{shots}\n\n"
         picked = rows[N_SHOTS + offset: N_SHOTS + offset + n]
         reqs = [StreamRequest(f"gsm8k/{N_SHOTS + offset + i}", f"{head}Problem: {r['question']}\nSolution:\n")
+                for i, r in enumerate(picked)]
+    elif workload == "gsm8k-json":
+        rows = _read_jsonl(data_dir / "gsm8k_train.jsonl")
+        picked = rows[offset: offset + n]
+        reqs = [StreamRequest(f"gsm8k-json/{offset + i}",
+                              f"{GSM8K_JSON_INSTRUCTION}\n\nProblem: {r['question']}\nJSON:\n")
                 for i, r in enumerate(picked)]
     elif workload in MBPP_PROMPTS:
         rows = _read_jsonl(data_dir / "mbpp_train.jsonl")
