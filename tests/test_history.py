@@ -431,13 +431,15 @@ def test_mbpp_tests_stream_sends_each_solution_under_one_instruction(tmp_path):
 def test_gsm8k_json_stream_sends_each_problem_under_one_extraction_instruction(tmp_path):
     import json
 
-    from draftless.app.streams import GSM8K_JSON_INSTRUCTION, load_stream
+    from draftless.app.streams import GSM8K_JSON_EXAMPLE, GSM8K_JSON_INSTRUCTION, load_stream
 
     rows = [{"question": f"Ann has {i} apples.", "answer": f"#### {i}"} for i in range(5)]
     (tmp_path / "gsm8k_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    reqs = load_stream("gsm8k-json", tmp_path, 2, offset=3)
-    assert [r.request_id for r in reqs] == ["gsm8k-json/3", "gsm8k-json/4"]
-    assert reqs[0].text == f"{GSM8K_JSON_INSTRUCTION}\n\nProblem: Ann has 3 apples.\nJSON:\n"
-    assert "####" not in reqs[1].text  # the answers are never shown: no worked example
-    with pytest.raises(ValueError, match="only 5 requests"):
-        load_stream("gsm8k-json", tmp_path, 6)
+    reqs = load_stream("gsm8k-json", tmp_path, 2, offset=2)
+    assert [r.request_id for r in reqs] == ["gsm8k-json/3", "gsm8k-json/4"]  # row 0 is the worked example
+    head = f"{GSM8K_JSON_INSTRUCTION}\n\nProblem: Ann has 0 apples.\nJSON:\n{GSM8K_JSON_EXAMPLE}\n\n"
+    assert reqs[0].text == f"{head}Problem: Ann has 3 apples.\nJSON:\n"
+    assert json.loads(GSM8K_JSON_EXAMPLE)[0]["value"] == 48  # the example is valid JSON in the named schema
+    assert "####" not in reqs[1].text  # the GSM8K answers are never shown
+    with pytest.raises(ValueError, match="only 4 requests"):
+        load_stream("gsm8k-json", tmp_path, 5)

@@ -11,8 +11,8 @@ Workloads (``--workload``):
   this function: a code assistant's routine request on one code base, whose answers share their frame (imports,
   the ``TestCase`` class, ``assertEqual`` lines, the closing explanation) but not their content;
 - ``gsm8k-json``: GSM8K training problems, each under one fixed extraction instruction that names a JSON schema
-  (every quantity as ``{"value", "unit", "what"}``) and shows no example: the same extraction applied to many
-  documents, whose answers share one schema, so only earlier answers show the model's way of filling it.
+  (every quantity as ``{"value", "unit", "what"}``) with one worked example (the file's first problem): the same
+  extraction applied to many documents, whose answers share one schema.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ MBPP_TESTS_INSTRUCTION = ("Write unit tests with the unittest module for the Pyt
 GSM8K_JSON_INSTRUCTION = ('Extract every quantity stated in the problem below as JSON: a list of objects with the '
                           'keys "value" (a number), "unit" and "what" (what the number counts). Reply with the JSON '
                           'only.')
+GSM8K_JSON_EXAMPLE = ('[\n  {"value": 48, "unit": "clips", "what": "clips Natalia sold in April"},\n'
+                      '  {"value": 0.5, "unit": "fraction", "what": "May sales as a fraction of April sales"}\n]')
 N_SHOTS = 2
 
 
@@ -72,9 +74,9 @@ def load_stream(workload: str, data_dir: str | Path, n: int, offset: int = 0) ->
                 for i, r in enumerate(picked)]
     elif workload == "gsm8k-json":
         rows = _read_jsonl(data_dir / "gsm8k_train.jsonl")
-        picked = rows[offset: offset + n]
-        reqs = [StreamRequest(f"gsm8k-json/{offset + i}",
-                              f"{GSM8K_JSON_INSTRUCTION}\n\nProblem: {r['question']}\nJSON:\n")
+        head = f"{GSM8K_JSON_INSTRUCTION}\n\nProblem: {rows[0]['question']}\nJSON:\n{GSM8K_JSON_EXAMPLE}\n\n"
+        picked = rows[1 + offset: 1 + offset + n]
+        reqs = [StreamRequest(f"gsm8k-json/{1 + offset + i}", f"{head}Problem: {r['question']}\nJSON:\n")
                 for i, r in enumerate(picked)]
     elif workload in MBPP_PROMPTS:
         rows = _read_jsonl(data_dir / "mbpp_train.jsonl")
