@@ -4,6 +4,7 @@
         --out streams/smollm2-mbpp-tests.json
     python scripts/replay_stream.py replay --model smollm2-135m streams/smollm2-mbpp-tests.json \\
         ngram+sam ngram+sam+history --history-option min_match=2
+    python scripts/replay_stream.py coverage streams/smollm2-mbpp-tests.json
 
 ``record`` runs a ``draftless bench --stream`` workload once through ``auto`` and keeps each request's prompt and
 greedy output token ids (greedy output does not depend on the drafter, so one recording serves every setting).
@@ -15,6 +16,10 @@ decides what is accepted (the longest path that follows it, plus the bonus token
 verification would accept. A pass is costed at the curve's t(n) plus the measured draft and feedback time. It
 prints tokens per pass, nodes per pass and the modelled speedup over plain decoding per half of the stream, and
 the modelled ratio of the last spec against the first.
+
+``coverage`` reads a recording only (no model): per half of the stream, how many output tokens lie in verbatim
+repeats (4 tokens or more, parsed greedily longest first) of earlier requests' contexts and how many in repeats of
+the request's own context: an upper bound on what a history can add beyond the request's own text.
 
 What it cannot model: drafters that read the target's logits or hidden states (``recycle``, model drafters), which
 get no logits here, and what real passes cost beyond the measured curve (``engine/observed_costs.py``). On the
@@ -104,6 +109,56 @@ def replay_requests(engine, requests: list[dict]) -> list[dict]:
     return results
 
 
+def _longest_prefix_in(texts: list[list[int]], needle: list[int]) -> int:
+    """Length of the longest prefix of ``needle`` that occurs somewhere in one of ``texts`` (a plain scan: the
+    recordings are a few thousand tokens)."""
+    best = 0
+    for text in texts:
+        for i, token in enumerate(text):
+            if token != needle[0]:
+                continue
+            n = 0
+            while n < len(needle) and i + n < len(text) and text[i + n] == needle[n]:
+                n += 1
+            best = max(best, n)
+    return best
+
+
+def repeat_coverage(requests: list[dict], min_run: int = 4) -> list[dict]:
+    """Per request: output tokens, and those covered by verbatim runs (>= ``min_run`` tokens, parsed greedily) found
+    in earlier requests' contexts (``from_history``) or in its own prompt and output so far (``from_own``)."""
+    rows = []
+    for k, req in enumerate(requests):
+        earlier = [r["prompt"] + r["output"] for r in requests[:k]]
+        out, own = req["output"], req["prompt"]
+        p = from_history = from_own = 0
+        while p < len(out):
+            in_history = _longest_prefix_in(earlier, out[p:]) if earlier else 0
+            in_own = _longest_prefix_in([own + out[:p]], out[p:])
+            run = max(in_history, in_own)
+            if run < min_run:
+                p += 1
+                continue
+            if in_history > in_own:
+                from_history += run
+            else:
+                from_own += run
+            p += run
+        rows.append({"tokens": len(out), "from_history": from_history, "from_own": from_own})
+    return rows
+
+
+def coverage(args) -> None:
+    requests = json.loads(Path(args.recording).read_text())["requests"]
+    rows = repeat_coverage(requests, args.min_run)
+    half = len(rows) // 2
+    for name, part in (("first half", rows[:half]), ("second half", rows[half:])):
+        tokens = sum(r["tokens"] for r in part)
+        print(f"{name:11s}: {tokens} output tokens, {sum(r['from_history'] for r in part) / tokens:.0%} in repeats of "
+              f"earlier requests, {sum(r['from_own'] for r in part) / tokens:.0%} in repeats of the request's own "
+              f"text (runs of {args.min_run}+ tokens)")
+
+
 def _parse_options(pairs: list[str]) -> dict:
     options = {}
     for pair in pairs:
@@ -162,6 +217,10 @@ def main() -> None:
     rep.add_argument("--history-option", action="append", default=[], metavar="NAME=VALUE",
                      help="set a HistoryDrafter attribute (JSON value), e.g. min_match=2")
     rep.set_defaults(func=replay)
+    cov = sub.add_parser("coverage", help="how much of a recording's output repeats earlier requests verbatim")
+    cov.add_argument("recording")
+    cov.add_argument("--min-run", type=int, default=4, help="shortest verbatim run counted (tokens)")
+    cov.set_defaults(func=coverage)
     args = ap.parse_args()
     args.func(args)
 

@@ -34,3 +34,15 @@ def test_replay_takes_the_passes_the_engine_takes(tiny_models):
     assert sum(passes) < sum(len(r["output"]) for r in requests)  # drafts were accepted: the walk was exercised
     assert [r["tokens"] for r in rows] == [len(r["output"]) for r in requests]
     assert all(r["ms"] >= r["passes"] * FLAT_CURVE.cost(1) for r in rows)
+
+
+def test_repeat_coverage_counts_verbatim_runs_by_where_they_repeat():
+    earlier = {"prompt": [1, 2], "output": [10, 11, 12, 13, 14, 15]}
+    # output: a 5-token run of the earlier output, 2 fresh tokens, then a 4-token run of its own prompt
+    later = {"prompt": [30, 31, 32, 33], "output": [11, 12, 13, 14, 15, 40, 41, 30, 31, 32, 33]}
+    first, second = replay_stream.repeat_coverage([earlier, later])
+    assert first == {"tokens": 6, "from_history": 0, "from_own": 0}
+    assert second == {"tokens": 11, "from_history": 5, "from_own": 4}
+    # runs shorter than min_run count for nobody
+    assert replay_stream.repeat_coverage([earlier, later], min_run=6)[1] == {"tokens": 11, "from_history": 0,
+                                                                              "from_own": 0}
