@@ -153,7 +153,7 @@ def coverage(args) -> None:
     rows = repeat_coverage(requests, args.min_run)
     half = len(rows) // 2
     for name, part in (("first half", rows[:half]), ("second half", rows[half:])):
-        tokens = sum(r["tokens"] for r in part)
+        tokens = max(1, sum(r["tokens"] for r in part))  # a one-request recording has an empty first half
         print(f"{name:11s}: {tokens} output tokens, {sum(r['from_history'] for r in part) / tokens:.0%} in repeats of "
               f"earlier requests, {sum(r['from_own'] for r in part) / tokens:.0%} in repeats of the request's own "
               f"text (runs of {args.min_run}+ tokens)")

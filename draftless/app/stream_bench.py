@@ -28,13 +28,16 @@ def _hf_greedy(model, ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int]
     return seq[0, ids.shape[1]:].tolist(), time.perf_counter() - t0
 
 
-def _engine_run(engine, ids: torch.Tensor, max_new_tokens: int, namespace: str | None) -> dict:
+def _engine_run(engine, ids: torch.Tensor, max_new_tokens: int, namespace: str | None,
+                reference: list[int]) -> dict:
+    """One request through ``engine``: the report's row for it (schema in ARCHITECTURE.md)."""
     t0 = time.perf_counter()
     out = engine.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, namespace=namespace)
     seconds = time.perf_counter() - t0
-    src = {k: [v.accepted, v.proposed] for k, v in out.stats.per_source.items()}
     st = out.stats
-    return {"tokens": out.new_tokens, "seconds": seconds, "passes": st.steps, "per_source": src,
+    return {"new_tokens": len(out.new_tokens), "seconds": seconds, "passes": st.steps,
+            "identical_to_hf": list(out.new_tokens) == reference,
+            "per_source": {k: [v.accepted, v.proposed] for k, v in st.per_source.items()},
             "nodes": st.tree_nodes, "draft_ms": st.draft_ms, "verify_ms": st.verify_ms}
 
 
@@ -95,10 +98,7 @@ def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_to
                "hf": {"new_tokens": len(ref), "seconds": hf_s, "passes": len(ref)}}
         # the two engines alternate which runs first, so neither always gets the warmer caches
         for key, engine in (("auto", base), ("auto+history", hist))[:: 1 if i % 2 == 0 else -1]:
-            run = _engine_run(engine, ids, max_new_tokens, namespace)
-            row[key] = {"new_tokens": len(run["tokens"]), "seconds": run["seconds"], "passes": run["passes"],
-                        "identical_to_hf": run["tokens"] == ref, "per_source": run["per_source"],
-                        "nodes": run["nodes"], "draft_ms": run["draft_ms"], "verify_ms": run["verify_ms"]}
+            row[key] = _engine_run(engine, ids, max_new_tokens, namespace, ref)
         row["history_vs_auto"] = round(row["auto"]["seconds"] / row["auto+history"]["seconds"], 4)
         rows.append(row)
         if progress is not None:
