@@ -36,6 +36,24 @@ def test_kernel_keeps_nan_and_inf():
     assert np.all(out[:, 0] == 8) and np.all(np.isnan(out[:, 1])) and np.all(np.isposinf(out[:, 2]))
 
 
+def test_prefetch_row_takes_2d_arrays_only():
+    import numba as nb
+    from numba.core.errors import TypingError
+
+    from draftless.fastpath.kernels.prefetch import prefetch_row
+
+    @nb.njit
+    def touch_every_row(a):
+        for r in range(a.shape[0]):
+            prefetch_row(a, r)
+        return a.sum()
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert touch_every_row(a) == a.sum()  # a hint only: nothing read or written changes
+    with pytest.raises(TypingError):
+        touch_every_row(np.zeros(4, dtype=np.float32))
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (3, 7), (2, 5, 7), (1, 16, 7)])
 def test_skinny_linear_matches_f_linear(shape):
     gen = torch.Generator().manual_seed(1)
