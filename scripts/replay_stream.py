@@ -11,7 +11,7 @@ greedy output token ids (greedy output does not depend on the drafter, so one re
 
 ``replay`` sends the recorded requests, in order and in one namespace, through an engine built for each drafter
 spec: every step the spec's drafter drafts from the committed tokens, the engine's own calibration and budget code
-(``_prepare_tree``, with the model's measured cost curve) calibrates and prunes the tree, and the recorded output
+(``prepare_tree``, with the model's measured cost curve) calibrates and prunes the tree, and the recorded output
 decides what is accepted (the longest path that follows it, plus the bonus token), which is exactly what greedy
 verification would accept. A pass is costed at the curve's t(n) plus the measured draft and feedback time. It
 prints tokens per pass, nodes per pass and the modelled speedup over plain decoding per half of the stream, and
@@ -86,7 +86,7 @@ def replay_requests(engine, requests: list[dict]) -> list[dict]:
         while done < len(out):
             t0 = time.perf_counter()
             tree = engine.drafter.draft(np.asarray(context, dtype=np.int64), engine.max_nodes)
-            tree, observation = engine._prepare_tree(tree, int(context[-1]), len(out) - done)
+            tree, observation = engine.prepare_tree(tree, int(context[-1]), len(out) - done)
             draft_ms = (time.perf_counter() - t0) * 1000
             engine.draft_ms_estimate = 0.9 * engine.draft_ms_estimate + 0.1 * draft_ms
             path = _accepted_path(tree, out[done:])

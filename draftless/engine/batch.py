@@ -156,7 +156,7 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
         for r in batch.active:
             t0 = time.perf_counter()
             raw.append(engine._ask(rows[r], drafters[r]))
-            drafted.append(engine._prepare_tree(raw[-1], rows[r].root, rows[r].remaining, drafters[r],
+            drafted.append(engine.prepare_tree(raw[-1], rows[r].root, rows[r].remaining, drafters[r],
                                                 rows=len(batch.active)))
             draft_ms.append((time.perf_counter() - t0) * 1000)
         n_pass = max(len(tree) for tree, _ in drafted)
@@ -164,7 +164,7 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
             # the pass is padded to n_pass nodes anyway: a row whose budget chose fewer gets its next-best nodes free
             if len(drafted[i][0]) < min(n_pass, len(raw[i])):
                 t0 = time.perf_counter()
-                drafted[i] = engine._prepare_tree(raw[i], rows[r].root, rows[r].remaining, drafters[r],
+                drafted[i] = engine.prepare_tree(raw[i], rows[r].root, rows[r].remaining, drafters[r],
                                                   rows=len(batch.active), min_size=n_pass)
                 draft_ms[i] += (time.perf_counter() - t0) * 1000
         trees = [tree for tree, _ in drafted]

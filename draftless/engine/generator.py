@@ -333,11 +333,14 @@ class SpeculativeGenerator:
         return self.verification.context(self._path_for(n))
 
     # ------------------------------------------------------------------ draft
-    def _prepare_tree(self, tree: DraftTree, root: int, remaining: int, drafter: Drafter | None = None,
-                      rows: int = 1, min_size: int = 1) -> tuple[DraftTree, tuple | None]:
-        """Calibrate and prune a drafted tree (``rows``: how many rows share the verification pass, see
-        ``budget_curve``; ``min_size``: keep at least this many nodes where the tree has them, for a batch row
-        whose pass is padded to that size anyway).
+    def prepare_tree(self, tree: DraftTree, root: int, remaining: int, drafter: Drafter | None = None,
+                     rows: int = 1, min_size: int = 1) -> tuple[DraftTree, tuple | None]:
+        """Calibrate and prune a drafted tree, exactly as a step of this engine does before verifying it (public for
+        tools that replay drafts without the target, such as ``scripts/replay_stream.py``).
+
+        ``root``: the last committed token; ``remaining``: tokens the request may still generate; ``rows``: how many
+        rows share the verification pass (see ``budget_curve``); ``min_size``: keep at least this many nodes where
+        the tree has them, for a batch row whose pass is padded to that size anyway.
 
         Returns the tree to verify and, when calibrating, ``(calibrated full tree, its keys)`` for ``observe``:
         the calibrator learns from every drafted node, pruned ones included (the committed tokens say what the
@@ -372,7 +375,7 @@ class SpeculativeGenerator:
         """Ask the row's drafter (default: ``self.drafter``) for a tree on a read-only view of the committed tokens,
         then calibrate and prune it (``rows``: rows sharing the pass)."""
         drafter = drafter or self.drafter
-        return self._prepare_tree(self._ask(state, drafter), state.root, state.remaining, drafter, rows)
+        return self.prepare_tree(self._ask(state, drafter), state.root, state.remaining, drafter, rows)
 
     def _ask(self, state: RequestState, drafter: Drafter) -> DraftTree:
         """The drafter's raw tree for the row, drafted on a read-only view of its committed tokens."""
