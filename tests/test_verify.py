@@ -104,3 +104,82 @@ def test_stateful_models_are_refused():
     mamba = tf.MambaForCausalLM(tf.MambaConfig(vocab_size=32, hidden_size=16, state_size=4, num_hidden_layers=1))
     with pytest.raises(UnsupportedModel, match="recurrent state"):
         inspect_model(mamba)
+
+
+# ---------------------------------------------------------------------------- grouped-query attention for tree passes
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("prefix_len", [0, 7])
+def test_grouped_attention_tree_logits_equal_sequential_path_logits(arch, prefix_len):
+    """A tree pass under the verification context (grouped-query attention on) gives every node the logits of a
+    plain sequential forward of its path, and the model is back on sdpa afterwards."""
+    from draftless.fastpath import VerificationPaths
+    from draftless.hf.attention import GROUPED_SDPA
+    from draftless.hf.compat import attn_implementation
+
+    model = make_tiny_model(arch, "sdpa")
+    paths = VerificationPaths(model)
+    assert paths._attention.applies  # the tiny models have 4 query heads on 2 key/value heads
+    rng = np.random.default_rng(prefix_len + 5)
+    prefix = rng.integers(0, VOCAB, prefix_len).tolist()
+    tree = random_tree(rng, int(rng.integers(0, VOCAB)), n_paths=5)
+    seen = []
+    with torch.no_grad():
+        cache = new_cache()
+        if prefix:
+            model(input_ids=torch.tensor([prefix]), **{cache_keyword(model): cache}, use_cache=True)
+        mask = tree_attention_mask(inspect_model(model), tree.ancestor_mask(), tree.depths, len(prefix),
+                                   torch.float32, torch.device("cpu"))
+        context = paths.context("torch")
+        assert attn_implementation(model) == "sdpa"  # made, not entered: nothing switched yet
+        with context:
+            seen.append(attn_implementation(model))
+            logits = model(input_ids=torch.from_numpy(tree.tokens)[None],
+                           position_ids=torch.from_numpy(tree.depths.astype(np.int64) + len(prefix))[None],
+                           attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True).logits[0]
+        assert seen == [GROUPED_SDPA] and attn_implementation(model) == "sdpa"
+        for node in range(len(tree)):
+            seq = prefix + [int(tree.tokens[i]) for i in tree.path_to(node)]
+            ref = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            torch.testing.assert_close(logits[node], ref, atol=2e-4, rtol=1e-4)
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, groups):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = True
+
+
+@pytest.mark.parametrize("mask_kind", ["shared", "per_head", "bool"])
+@pytest.mark.parametrize("batch,groups,n", [(1, 3, 5), (2, 2, 4), (1, 4, 1)])
+def test_grouped_sdpa_attention_equals_sdpa(mask_kind, batch, groups, n):
+    """grouped_sdpa_attention against transformers' own sdpa attention (which copies keys and values per head)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from draftless.hf.attention import grouped_sdpa_attention
+
+    gen = torch.Generator().manual_seed(batch * 100 + groups * 10 + n)
+    kv_heads, keys, dim = 2, 13, 8
+    heads = kv_heads * groups
+    query = torch.randn(batch, heads, n, dim, generator=gen)
+    key = torch.randn(batch, kv_heads, keys, dim, generator=gen)
+    value = torch.randn(batch, kv_heads, keys, dim, generator=gen)
+    allowed = torch.rand(batch, 1 if mask_kind != "per_head" else heads, n, keys, generator=gen) > 0.4
+    allowed[..., 0] = True  # every query sees at least one key
+    mask = allowed if mask_kind == "bool" else torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo().min)
+    module = _Attention(groups)
+    ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    out, _ = grouped_sdpa_attention(module, query, key, value, mask, scaling=0.3)
+    assert out.shape == (batch, n, heads, dim)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_attention_does_not_apply_without_grouped_queries():
+    from draftless.fastpath import VerificationPaths
+    from draftless.hf.compat import attn_implementation
+
+    model = make_tiny_model("gpt2", "sdpa")  # as many key/value heads as query heads
+    paths = VerificationPaths(model)
+    assert not paths._attention.applies
+    with paths.context("torch"):
+        assert attn_implementation(model) == "sdpa"

@@ -5,7 +5,8 @@ linear calls to a numba kernel that reads each weight once for all rows (``skinn
 routes its tree-sized fp32 linear calls to oneDNN on weights packed once into oneDNN's blocked layout
 (``packed_linear.py``). Both reach the calls through hooks on the model's ``nn.Linear`` modules
 (``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``). The cost curve (``engine/cost_curve.py``) measures every available path at every tree size
-and the engine runs each pass on the fastest for its size. ``VerificationPaths`` is the per-engine object that
+and the engine runs each pass on the fastest for its size. Every path also runs grouped-query attention without
+its per-head copy of the cache (``hf.attention.GroupedQueryAttention``). ``VerificationPaths`` is the per-engine object that
 says which paths apply to a model and enters them, and owns what they keep (the packed weights). See README,
 "Verification cost".
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from ..hf.attention import GroupedQueryAttention
 
 # Every path a cost curve may name, in the order they are measured and reported.
 PATHS = ("torch", "skinny", "packed")
@@ -46,6 +49,7 @@ class VerificationPaths:
                 paths.append("packed")
             self._hooks = LinearHooks(model)
         self.available: tuple[str, ...] = tuple(paths)
+        self._attention = GroupedQueryAttention(model)
         self._packed = None  # PackedWeights, made on the first packed pass
         self._skinny = None  # SkinnyRouter, made on the first skinny pass
 
@@ -55,10 +59,22 @@ class VerificationPaths:
         return self._hooks.attached() if self._hooks is not None else contextlib.nullcontext()
 
     def context(self, path: str):
-        """A context manager under which a forward runs on ``path`` (one of ``PATHS``); a path that is not
-        available here runs as "torch"."""
+        """A context manager under which a forward (a tree pass) runs on ``path`` (one of ``PATHS``); a path that is
+        not available here runs as "torch". On every path, a model with grouped-query attention on ``sdpa`` runs its
+        attention without copying keys and values per query head (``hf.attention.GroupedQueryAttention``)."""
         if path not in PATHS:
             raise ValueError(f"unknown verification path {path!r}; expected one of {PATHS}")
+        linear = self._linear_context(path)
+        return self._with_attention(linear) if self._attention.applies else linear
+
+    @contextlib.contextmanager
+    def _with_attention(self, linear):
+        # entered only by the caller's ``with`` (a context made and never entered changes nothing)
+        with self._attention.context(), linear:
+            yield
+
+    def _linear_context(self, path: str):
+        """The context under which the model's linear calls run on ``path``."""
         if path not in self.available or path == "torch":
             return contextlib.nullcontext()
         if path == "skinny":

@@ -4,15 +4,23 @@ Tree verification hands the unmodified model a custom 4-D additive mask plus exp
 an attention implementation that adds the mask to the scores (``eager``, ``sdpa``), a decoder with a KV cache of
 keys/values (not a recurrent state), and to know which layers use a sliding window: transformers takes, for models
 with ``config.layer_types``, a dict of masks keyed by layer type, and otherwise one mask.
+
+``GroupedQueryAttention`` makes a tree pass cheaper on models with grouped-query attention (fewer key/value heads
+than query heads): transformers' ``sdpa`` attention, given a mask and more than one query, copies every cached key
+and value once per query head sharing it (``repeat_kv``), a copy that grows with the context; during a tree pass the
+engine switches the model to ``grouped_sdpa_attention``, registered through transformers' public
+``AttentionInterface``, which folds each group's queries into one head instead and runs the same attention.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .compat import attn_implementation, is_stateful
+from .compat import attn_implementation, is_stateful, set_attn_implementation
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -60,6 +68,85 @@ def inspect_model(model) -> AttentionLayout:
         return AttentionLayout(layer_types=kinds, sliding_window=int(window) if window else None)
     # Models without layer_types but with a sliding window (Mistral-style) apply it in every layer.
     return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None)
+
+
+# ---------------------------------------------------------------------------- grouped-query attention for tree passes
+GROUPED_SDPA = "draftless_grouped_sdpa"
+# attention keywords whose meaning grouped_sdpa_attention does not reproduce: such calls go to sdpa as they are
+_KEYWORDS_LEFT_TO_SDPA = ("softcap", "position_bias", "s_aux", "sinks")
+
+
+def grouped_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           is_causal: bool | None = None, **kwargs):
+    """transformers' ``sdpa`` attention without its copy of the keys and values per query head.
+
+    query: float [B, H, n, D]; key, value: float [B, Hkv, L, D] (H = g * Hkv, query head h reads key/value head
+    h // g, transformers' ``repeat_kv`` order); attention_mask: additive or bool [B or 1, 1 or H, n, L]. The g query
+    heads of a group become g * n query rows of one head, each row with its own copy of its mask row, and SDPA runs
+    once per key/value head: every score is the same dot product as before, only the copy of [B, H, L, D] keys and
+    values is gone. Returns (float [B, n, H, D], None), as ``sdpa`` does. Calls it does not fold (one query, no mask,
+    no groups, or keywords it does not reproduce) go to ``sdpa`` unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    batch, heads, n, dim = query.shape
+    if (groups == 1 or n == 1 or attention_mask is None or attention_mask.dim() != 4 or heads != key.shape[1] * groups
+            or attention_mask.shape[1] not in (1, heads) or attention_mask.shape[2] != n or any(kwargs.get(k) is not None for k in _KEYWORDS_LEFT_TO_SDPA)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    kv_heads, folded = key.shape[1], query.reshape(batch, key.shape[1], groups * n, dim)
+    rows, keys = attention_mask.shape[0], attention_mask.shape[-1]
+    if attention_mask.shape[1] == 1:  # one mask for every head: each of a group's heads gets its copy of the rows
+        mask = attention_mask[:, :, None].expand(rows, 1, groups, n, keys).reshape(rows, 1, groups * n, keys)
+    else:  # a mask per query head: a group's heads are consecutive, so it folds like the queries
+        mask = attention_mask.reshape(rows, kv_heads, groups * n, keys)
+    out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return out.reshape(batch, heads, n, dim).transpose(1, 2).contiguous(), None
+
+
+def _register_grouped_sdpa() -> None:
+    """Make ``GROUPED_SDPA`` a name transformers' attention (and mask) dispatch knows; idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)  # a forward that builds its own mask gets sdpa's
+
+
+def _has_grouped_queries(model) -> bool:
+    """True for a transformers model with fewer key/value heads than query heads (False for anything else)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return False
+    config = config.get_text_config(decoder=True)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    return bool(heads and kv_heads and kv_heads < heads)
+
+
+class GroupedQueryAttention:
+    """Per model: ``context()`` runs a forward (a tree pass) on ``grouped_sdpa_attention`` where that helps, i.e. on a
+    model with grouped-query attention whose implementation is ``sdpa``; elsewhere it changes nothing. Switching is
+    an attribute write on the config (restored on exit), so it is done per pass and nothing outside the pass (a
+    prefill, the user's own calls) sees it. Not thread-safe, like the engine that owns it."""
+
+    def __init__(self, model):
+        self.model = model
+        self.applies = _has_grouped_queries(model)
+        if self.applies:
+            _register_grouped_sdpa()
+
+    @contextlib.contextmanager
+    def context(self):
+        if not self.applies or attn_implementation(self.model) != "sdpa":
+            yield
+            return
+        set_attn_implementation(self.model, GROUPED_SDPA)
+        try:
+            yield
+        finally:
+            set_attn_implementation(self.model, "sdpa")
 
 
 def tree_attention_mask(

@@ -39,6 +39,13 @@ def attn_implementation(model) -> str | None:
     return getattr(model.config, "_attn_implementation", None)
 
 
+def set_attn_implementation(model, name: str) -> None:
+    """Run ``model``'s attention on the registered implementation ``name`` from its next forward: the config's
+    private ``_attn_implementation``, whose setter also sets it on the sub-configs. (``model.set_attn_implementation``
+    says the same but walks every module and validates the name: too slow to do per pass.)"""
+    model.config._attn_implementation = name
+
+
 def is_stateful(model) -> bool:
     """True for models that keep a recurrent state besides a KV cache (transformers' private ``_is_stateful``)."""
     return bool(getattr(model, "_is_stateful", False))
