@@ -161,6 +161,41 @@ def test_draft_tree_is_valid_and_layout_independent(text, budget, top_k):
         assert suffix + tuple(path) in subs
 
 
+SEP = 9  # a separator id outside ``small_texts``' alphabet
+
+
+@SETTINGS
+@given(docs=st.lists(small_texts, min_size=1, max_size=4), query=small_texts, min_length=st.integers(1, 3))
+def test_draft_backing_off_drafts_from_the_longest_suffix_with_a_continuation(docs, query, min_length):
+    """Oracle: the backed-off draft comes from the longest suffix of the query (at least ``min_length`` tokens, at
+    most three suffix-link steps from the longest match) that is followed in the text by something other than the
+    separator; its first tokens are continuations of that suffix, never the separator; None when no such suffix."""
+    text = [t for doc in docs for t in doc + [SEP]]
+    sam = SuffixAutomaton.build(text)
+    state, length = sam.match(np.asarray(query, dtype=np.int32))
+    got = sam.draft_tree_backing_off(state, length, min_length, 8, lambda n: 4, skip_token=SEP)
+    tried = []  # the match lengths the method may try: the longest match and its suffix links, three at most
+    s, n = state, length
+    for _ in range(3):
+        if n < min_length:
+            break
+        tried.append((s, n))
+        s = sam.link(s)
+        n = sam.length(s)
+
+    def followers(n):
+        suffix = tuple(query[len(query) - n:]) if n else ()
+        return {text[i + n] for i in range(len(text) - n) if tuple(text[i:i + n]) == suffix} - {SEP}
+
+    usable = [n for _, n in tried if followers(n)]
+    if not usable:
+        assert got is None
+        return
+    tokens, parents, _ = got
+    first = {int(t) for t, p in zip(tokens[1:], parents[1:]) if p == 0}
+    assert first and first <= followers(usable[0]) and SEP not in tokens
+
+
 def test_large_vocabulary_root_and_growth():
     rng = np.random.default_rng(0)
     text = rng.integers(0, 262144, size=3000).astype(np.int32)

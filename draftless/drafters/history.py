@@ -123,19 +123,13 @@ class HistoryDrafter(BaseDrafter):
             state, length = self._matches[i]
             if length < self.min_match:
                 break
-            sam = self._segments[i].sam
             # The longest match may continue only into a request separator (it ended an earlier request): back
-            # off to shorter suffixes (suffix links) a few times, as the ``sam`` drafter does over a corpus.
-            for _ in range(3):
-                tokens, parents, scores = sam.draft_tree(
-                    state, length, budget, self._depth(length), self.top_k, self.smoothing, self.min_score, SEPARATOR)
-                if len(tokens) > 1:
-                    trees.append(DraftTree.from_arrays(root, tokens, parents, scores, self.name))
-                    break
-                state = sam.link(state)
-                length = sam.length(state)
-                if length < self.min_match:
-                    break
+            # off to shorter suffixes, as the ``sam`` drafter does over a corpus.
+            arrays = self._segments[i].sam.draft_tree_backing_off(
+                state, length, self.min_match, budget, self._depth, self.top_k, self.smoothing, self.min_score,
+                SEPARATOR)
+            if arrays is not None:
+                trees.append(DraftTree.from_arrays(root, *arrays, self.name))
         return merge_nonempty(root, trees, budget)
 
 

@@ -137,13 +137,8 @@ class SamDrafter(BaseDrafter):
                 return trees[0]
             # The longest match may have no usable continuation (corpus end, document separator): back off to
             # shorter suffixes (suffix links) a few times.
-            for _ in range(3):
-                if length < self.static_min_match:
-                    break
-                tree = self._tree(self.static, root, state, length, budget, self._separator, self.static_name)
-                if len(tree) > 1:
-                    trees.append(tree)
-                    break
-                state = self.static.link(state)
-                length = self.static.length(state)
+            arrays = self.static.draft_tree_backing_off(state, length, self.static_min_match, budget, self._depth,
+                                                        self.top_k, self.smoothing, self.min_score, self._separator)
+            if arrays is not None:
+                trees.append(DraftTree.from_arrays(root, *arrays, self.static_name))
         return merge_nonempty(root, trees, budget)

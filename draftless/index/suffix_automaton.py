@@ -334,6 +334,25 @@ class SuffixAutomaton:
         return K.sam_draft_tree(*self._layout()[:6], state, length, budget, max_depth, top_k, smoothing,
                                 min_score, skip_token)
 
+    def draft_tree_backing_off(self, state: int, length: int, min_length: int, budget: int, depth_for, top_k: int = 3,
+                               smoothing: float = 1.0, min_score: float = 0.0, skip_token: int = -1, tries: int = 3):
+        """``draft_tree`` from the match ``(state, length)``, or, when that match continues only into
+        ``skip_token`` (a document or request separator) or the text's end, from its shorter suffixes (suffix
+        links), at most ``tries`` matches in all and none shorter than ``min_length``. ``depth_for(length)`` gives
+        the depth limit for a match of that length.
+
+        Returns ``draft_tree``'s arrays for the first match with a continuation, or None."""
+        for _ in range(tries):
+            if length < min_length:
+                return None
+            tokens, parents, scores = self.draft_tree(state, length, budget, depth_for(length), top_k, smoothing,
+                                                      min_score, skip_token)
+            if len(tokens) > 1:
+                return tokens, parents, scores
+            state = self.link(state)
+            length = self.length(state)
+        return None
+
     def __repr__(self) -> str:
         mode = "frozen" if self._frozen else "growable"
         return f"SuffixAutomaton({mode}, tokens={self._n}, states={self.n_states}, transitions={self.n_transitions})"
