@@ -55,6 +55,7 @@ class SkinnyRouter(LinearRouter):
         self.max_rows = int(max_rows)
         # (id(weight), id(bias)) -> (weight, bias, their data pointers, weight array or None, bias array or None)
         self._arrays: dict[tuple[int, int], tuple] = {}
+        self._routed = None  # the entry ``route`` last accepted: the hooks call ``linear`` right after it
 
     def prepare(self) -> None:
         """Before a pass: the kernel's threads follow torch's setting, so a caller who limits torch to one thread
@@ -73,7 +74,9 @@ class SkinnyRouter(LinearRouter):
         return entry
 
     def linear(self, x, weight, bias):
-        entry = self._entry(weight, bias)
+        entry, self._routed = self._routed, None  # used once, so a later direct call rechecks the storage
+        if entry is None or entry[0] is not weight or entry[1] is not bias:
+            entry = self._entry(weight, bias)
         if entry[3] is None:
             return skinny_linear(x, weight, bias)
         return _skinny(x, entry[3], entry[4])
@@ -85,4 +88,6 @@ class SkinnyRouter(LinearRouter):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             return False  # the kernel has no backward: a call autograd would record keeps aten's linear
-        return self._entry(weight, bias)[3] is not None and weight.shape[1] == x.shape[-1]
+        entry = self._entry(weight, bias)
+        self._routed = entry
+        return entry[3] is not None and weight.shape[1] == x.shape[-1]
