@@ -119,3 +119,31 @@ def test_routing_hooks_live_only_while_a_request_or_measurement_runs(tiny_models
     out = engine.generate(ids, max_new_tokens=12, do_sample=False)
     assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=12, do_sample=False))
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in linears)
+
+
+def test_an_engine_packs_its_weights_when_it_learns_a_curve_that_runs_packed(tiny_models):
+    """A curve read from the cache or passed in has packed nothing: the engine packs every routed weight when it
+    takes the curve (before its first pass), not in whichever request first verifies a big tree; a curve without
+    the packed path leaves nothing packed."""
+    import draftless
+    from draftless.engine.cost_curve import CostCurve
+    from draftless.fastpath.routing import hookable_linears
+
+    model = tiny_models("llama")
+    linears = {id(m.weight) for m in hookable_linears(model)}
+    packed = CostCurve(sizes=(1, 4, 16), ms=(10.0, 11.0, 12.0), paths=("torch", "skinny", "packed"))
+    engine = draftless.accelerate(model, "ngram", cost_curve=packed)
+    assert engine.verification.packed_bytes == 0  # nothing is made before the engine reads its curve
+    with engine.verification.attached():  # as in a request, where the engine first reads its curve
+        engine.cost_curve
+    assert len(engine.verification._packed) == len(linears)
+    outside = draftless.accelerate(model, "ngram", cost_curve=packed)
+    outside.cost_curve  # read outside a request (a caller inspecting it)
+    assert len(outside.verification._packed) == len(linears)
+    ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(5))
+    out = engine.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=12, do_sample=False))
+    assert len(engine.verification._packed) == len(linears)
+    plain = draftless.accelerate(model, "ngram", cost_curve=CostCurve(sizes=(1, 4), ms=(10.0, 11.0)))
+    plain.cost_curve
+    assert plain.verification.packed_bytes == 0

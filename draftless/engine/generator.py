@@ -270,6 +270,7 @@ class SpeculativeGenerator:
         self.dtype = next(model.parameters()).dtype
         # the ways this engine can run a pass, and what they keep (the packed path's weight copies): the engine's own
         self.verification = VerificationPaths(model)
+        self._prepared_for: CostCurve | None = None  # the curve whose paths ``verification`` was prepared for
         # ids at or past the embedding's size would be an IndexError inside the model: checked before it sees them
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._running = False
@@ -295,8 +296,11 @@ class SpeculativeGenerator:
         if self._cost_curve is None:
             self._cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose,
                                               verification=self.verification)
-            # the packed weight copies are worth their memory only where the curve runs the packed path
-            self.verification.release(keep=self._cost_curve.paths)
+        if self._prepared_for is not self._cost_curve:
+            # the packed weight copies are worth their memory only where the curve runs the packed path; where it
+            # does, they are made now (a curve read from the cache or passed in has not made them)
+            self.verification.prepare(self._cost_curve.paths)
+            self._prepared_for = self._cost_curve
         return self._cost_curve
 
     @property

@@ -24,8 +24,9 @@ PATHS = ("torch", "skinny", "packed")
 
 class VerificationPaths:
     """The verification paths of one model, for whoever runs its passes (an engine, a cost-curve measurement, the
-    profiler). Build it from the model once and keep it: the "packed" path's packed weights live here, made on the
-    first packed pass that reaches each weight and dropped with this object (or by ``release``).
+    profiler). Build it from the model once and keep it: the "packed" path's packed weights live here, made by
+    ``prepare`` (or else on the first packed pass that reaches each weight) and dropped with this object (or by
+    ``release``).
 
     ``available``: the paths that differ from "torch" on this model's device and dtype, "torch" first. "skinny" and
     "packed" apply to CPU float32 only, "packed" also needs oneDNN (``torch.backends.mkldnn``) and its linear ops;
@@ -93,6 +94,23 @@ class VerificationPaths:
     def packed_bytes(self) -> int:
         """Bytes the packed path's weight copies hold now."""
         return 0 if self._packed is None else self._packed.nbytes
+
+    def prepare(self, paths) -> None:
+        """Make ready what the paths a cost curve chose (``paths``) need, and free what the others hold: with
+        "packed" among them, pack every weight the hooks route now (~4 s for SmolLM2, longer for Gemma 3 on two
+        cores), so that the cost falls where the engine learns its curve, not inside whichever later request first
+        verifies a tree big enough for the packed path."""
+        self.release(keep=paths)
+        if "packed" not in paths or "packed" not in self.available:
+            return
+        from .packed_linear import PackedWeights
+        from .routing import weight_eligible
+
+        if self._packed is None:
+            self._packed = PackedWeights()
+        for module in self._hooks.modules():
+            if weight_eligible(module.weight, module.bias):
+                self._packed.get(module.weight)
 
     def release(self, keep=()) -> None:
         """Free what the paths not in ``keep`` hold (the packed weights unless "packed" is kept): call once the

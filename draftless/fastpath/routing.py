@@ -94,12 +94,19 @@ class LinearHooks:
         self._depth = 0
         self._pending: dict[int, torch.Tensor] = {}  # id(module) -> the output the forward hook hands back
         self._empty: dict[tuple, torch.Tensor] = {}  # (width, dtype) -> [0, width]
+        self._modules: list[torch.nn.Linear] = []  # the modules hooked while attached
+
+    def modules(self) -> list[torch.nn.Linear]:
+        """The linear modules whose calls a router computes: those hooked now, or, while no scope is open, those
+        ``attached`` would hook (``hookable_linears`` cannot tell them apart while our own hooks are on)."""
+        return list(self._modules) if self._depth else hookable_linears(self.model)
 
     @contextlib.contextmanager
     def attached(self):
         """Hooks on the model for the duration (nested uses share one set); inactive until ``routing``."""
         if self._depth == 0:
-            for module in hookable_linears(self.model):
+            self._modules = hookable_linears(self.model)
+            for module in self._modules:
                 self._handles.append(module.register_forward_pre_hook(self._before))
                 self._handles.append(module.register_forward_hook(self._after, prepend=True))
         self._depth += 1
@@ -111,6 +118,7 @@ class LinearHooks:
                 for handle in self._handles:
                     handle.remove()
                 self._handles.clear()
+                self._modules = []
                 self._pending.clear()
 
     @contextlib.contextmanager
