@@ -79,8 +79,8 @@ class CostCurve:
 
 # Bumped whenever what a cached curve means changes (v2: one path per size, preallocated cache; v3: the "packed"
 # path measured too; v4: the fast paths routed through module hooks, 5-15% cheaper; v5: grouped-query attention
-# without the per-head copy of the cache), so a curve measured by an older
-# version is measured again instead of misleading the chooser.
+# without the per-head copy of the cache), so a curve measured by an older version is measured again instead of
+# misleading the chooser.
 CURVE_FORMAT = 5
 
 

@@ -4,11 +4,12 @@ A *verification path* is a way to run one pass: "torch" is the model as it is; "
 linear calls to a numba kernel that reads each weight once for all rows (``skinny_linear.py``); "packed"
 routes its tree-sized fp32 linear calls to oneDNN on weights packed once into oneDNN's blocked layout
 (``packed_linear.py``). Both reach the calls through hooks on the model's ``nn.Linear`` modules
-(``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``). The cost curve (``engine/cost_curve.py``) measures every available path at every tree size
-and the engine runs each pass on the fastest for its size. Every path also runs grouped-query attention without
-its per-head copy of the cache (``hf.attention.GroupedQueryAttention``). ``VerificationPaths`` is the per-engine object that
-says which paths apply to a model and enters them, and owns what they keep (the packed weights). See README,
-"Verification cost".
+(``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``).
+The cost curve (``engine/cost_curve.py``) measures every available path at every tree size and the engine runs each
+pass on the fastest for its size. Every path also runs grouped-query attention without its per-head copy of the
+cache (``hf.attention.GroupedQueryAttention``). ``VerificationPaths`` is the per-engine object that says which
+paths apply to a model and enters them, and owns what they keep (the packed weights). See README, "Verification
+cost".
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class VerificationPaths:
             self._hooks = LinearHooks(model)
         self.available: tuple[str, ...] = tuple(paths)
         self._attention = GroupedQueryAttention(model)
-        self._packed = None  # PackedWeights, made on the first packed pass
+        self._packed = None  # PackedWeights, made by ``prepare`` or the first packed pass
         self._skinny = None  # SkinnyRouter, made on the first skinny pass
 
     def attached(self):

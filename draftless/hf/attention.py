@@ -91,8 +91,11 @@ def grouped_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value
 
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     batch, heads, n, dim = query.shape
-    if (groups == 1 or n == 1 or attention_mask is None or attention_mask.dim() != 4 or heads != key.shape[1] * groups
-            or attention_mask.shape[1] not in (1, heads) or attention_mask.shape[2] != n or any(kwargs.get(k) is not None for k in _KEYWORDS_LEFT_TO_SDPA)):
+    folds = (groups > 1 and n > 1 and heads == key.shape[1] * groups
+             and attention_mask is not None and attention_mask.dim() == 4
+             and attention_mask.shape[1] in (1, heads) and attention_mask.shape[2] == n
+             and all(kwargs.get(k) is None for k in _KEYWORDS_LEFT_TO_SDPA))
+    if not folds:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     kv_heads, folded = key.shape[1], query.reshape(batch, key.shape[1], groups * n, dim)
