@@ -92,7 +92,8 @@ def replay_requests(engine, requests: list[dict]) -> list[dict]:
             path = _accepted_path(tree, out[done:])
             committed = out[done: done + min(len(path), len(out) - done)]
             if observation is not None:
-                engine.calibrator.observe(*observation, committed)
+                calibrator, tree_seen, keys = observation
+                calibrator.observe(tree_seen, keys, committed)
             context.extend(committed)
             done += len(committed)
             passes += 1

@@ -1,6 +1,8 @@
 """Tiny seeded models of four architectures, built in-process from configs (no downloads)."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -200,3 +202,26 @@ def subset_logits(model, keep) -> torch.Tensor:
     with torch.no_grad():
         return LayerSubsetModel(model, keep)(torch.tensor([SUBSET_IDS]), torch.arange(T)[None], mask,
                                              new_cache()).logits
+
+
+def run_threads(n_threads: int, work) -> list:
+    """Run ``work(i)`` in ``n_threads`` threads started together; returns their results (or raises the first
+    exception a thread raised)."""
+    results, errors = [None] * n_threads, []
+    barrier = threading.Barrier(n_threads)
+
+    def target(i):
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -69,6 +69,10 @@ class HistoryDrafter(BaseDrafter):
     def begin_request(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
         # A snapshot of the segment list. A segment may still grow during this request when another request of
         # the namespace ends meanwhile (the rows of a batch): ``_sync`` then matches the context again.
+        with self.store.lock:
+            self._begin(prompt_ids, info)
+
+    def _begin(self, prompt_ids: np.ndarray, info: RequestInfo) -> None:
         self._segments = [] if self._ignored(info) else self.store.segments(info.namespace)
         # Warm-up: an almost empty history drafts from one or two unrelated requests; measured, its few nodes then
         # displace better ones of the request's own text (the first requests of a stream ran up to 14% slower).
@@ -107,13 +111,18 @@ class HistoryDrafter(BaseDrafter):
         self._last_token = int(context[-1]) if len(context) else -1
 
     def feedback(self, step: StepFeedback) -> None:
-        self._sync(step.context)
+        with self.store.lock:  # matching reads automata another thread's request may be extending
+            self._sync(step.context)
 
     # ------------------------------------------------------------------------------------------ drafting
     def _depth(self, match_len: int) -> int:
         return int(min(self.max_depth, max(self.min_depth, round(self.depth_per_match * match_len))))
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
+        with self.store.lock:  # the automata may be extended by another thread's request ending
+            return self._draft(context, budget)
+
+    def _draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self._sync(context)
         root = int(context[-1])
         # Segments are newest first; a stable sort by decreasing match length keeps the newest among equals.

@@ -11,6 +11,7 @@ on the bonus token alone.
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -24,14 +25,14 @@ from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
 from .observed_costs import ObservedCosts
 from .processing import StopRule, TreeScores
+from .shared_state import SharedState
 from .protocol import Drafter, RequestInfo, StepFeedback, begin_request, end_request
 from .stats import GenerationStats
 from .tree import DraftTree
-from ..fastpath import VerificationPaths
-from ..hf.attention import AttentionLayout, inspect_model, tree_attention_mask
+from ..hf.attention import AttentionLayout, check_position_limit, inspect_model, tree_attention_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import (DecodingPlan, decoder_only_output, plan_from_arguments, processors_for_row,
-                             split_criteria)
+                             refuse_inputs_embeds, split_criteria)
 from ..hf.kv_cache import keep_prefix_and, new_cache
 
 
@@ -223,9 +224,15 @@ class SpeculativeGenerator:
       (``engine/observed_costs.py``): trees are sized on ``running_cost_curve``, the measured curve corrected by
       what the passes took, which ``reset_learning`` also keeps.
 
-    Everything else a request needs lives in its ``RequestState``. The drafter keeps its own per-request state
-    (``begin`` resets it), so one engine serves one request at a time: a second ``generate`` while one is running
-    (another thread, a streamer calling back in) raises ``RuntimeError``. Use one engine per concurrent request.
+    Everything else a request needs lives in its ``RequestState``.
+
+    Thread contract: the drafter keeps its own per-request state (``begin`` resets it), so one engine serves one
+    request at a time: a second ``generate`` while one is running (another thread, a streamer calling back in)
+    raises ``RuntimeError``. For concurrent requests give each thread its own engine from ``sibling()``: siblings
+    share the model, its verification paths and packed weights, the cost curve and everything learned above
+    (``SharedState``, under a lock), and nothing a pass does is visible to other threads (the fast paths are active
+    in the passing thread only; the model and its config are never changed). ``draftless.custom_generate`` keeps
+    such a pool per model for you. History stores may be shared by any number of engines and threads.
     """
 
     def __init__(
@@ -240,6 +247,7 @@ class SpeculativeGenerator:
         verbose: bool = False,
         drafter_factory=None,
         learn_costs: bool | None = None,
+        shared: SharedState | None = None,
     ):
         if not isinstance(drafter, Drafter):
             raise TypeError(f"{type(drafter).__name__} does not implement the Drafter protocol (name, begin, draft, "
@@ -260,48 +268,100 @@ class SpeculativeGenerator:
         self.adaptive = adaptive
         self.min_gain = float(min_gain)
         self.verbose = verbose
-        self._cost_curve = cost_curve
+        # what this engine shares with its siblings (a fresh one for an engine of its own)
+        if shared is None:
+            shared = SharedState(model, cost_curve)
+        elif cost_curve is not None and shared.cost_curve is None:
+            shared.cost_curve = cost_curve
+        self.shared = shared
         # learn what passes really cost (engine/observed_costs.py): by default only on a curve the engine measured
         # itself; a curve passed in is the caller's statement of the costs and is used as given
         self.learn_costs = (cost_curve is None) if learn_costs is None else bool(learn_costs)
-        self._observed: ObservedCosts | None = None
         self._calibrate = calibrate
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        # the ways this engine can run a pass, and what they keep (the packed path's weight copies): the engine's own
-        self.verification = VerificationPaths(model)
-        self._prepared_for: CostCurve | None = None  # the curve whose paths ``verification`` was prepared for
         # ids at or past the embedding's size would be an IndexError inside the model: checked before it sees them
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
-        self._running = False
+        self._running = threading.Lock()  # held while a request runs (see the thread contract)
         self.last_stats: GenerationStats | None = None  # the latest run's stats (a batch's rows summed)
         self.last_row_stats: list[GenerationStats] = []
         self.last_batched = False  # whether the latest run verified its rows together (engine/batch.py)
-        self.reset_learning()
+        if shared.calibrator is None and shared.draft_ms_estimate == 0.0:
+            self.reset_learning()
+
+    def sibling(self) -> "SpeculativeGenerator":
+        """Another engine for the same model and settings, with a fresh drafter from ``drafter_factory``, sharing
+        this engine's ``SharedState`` (cost curve, packed weights, calibration, draft-time estimate): the engine for
+        a concurrent request in another thread (see the thread contract)."""
+        if self.drafter_factory is None:
+            raise RuntimeError("sibling() needs a drafter_factory to build the new engine's drafter (accelerate() "
+                               "with a spec string has one; a Drafter object passed alone has none)")
+        drafter = self.drafter_factory()
+        return SpeculativeGenerator(self.model, drafter, max_nodes=self.max_nodes, adaptive=self.adaptive,
+                                    calibrate=self._calibrate, min_gain=self.min_gain, verbose=self.verbose,
+                                    drafter_factory=self.drafter_factory, learn_costs=self.learn_costs,
+                                    shared=self.shared)
+
+    @property
+    def verification(self):
+        """The model's ``VerificationPaths`` (shared with this engine's siblings)."""
+        return self.shared.verification
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        return self.shared.calibrator
+
+    @calibrator.setter
+    def calibrator(self, value: Calibrator | None) -> None:
+        self.shared.calibrator = value
+
+    @property
+    def draft_ms_estimate(self) -> float:
+        return self.shared.draft_ms_estimate
+
+    @draft_ms_estimate.setter
+    def draft_ms_estimate(self, value: float) -> None:
+        self.shared.draft_ms_estimate = float(value)
+
+    @property
+    def _cost_curve(self) -> CostCurve | None:
+        return self.shared.cost_curve
 
     def reset_learning(self) -> None:
-        """Forget what earlier requests taught the engine: a fresh calibrator and no draft-time estimate. The cost
-        curve is kept (it describes the hardware, not the requests); the drafter's own state is the drafter's."""
-        if not self._calibrate:
-            self.calibrator: Calibrator | None = None
-        elif self.drafter.calibrates_scores:
-            # A drafter that calibrates its own sources (a fusion) only needs a neutral residual correction here.
-            self.calibrator = Calibrator(prior_ratio=1.0)
-        else:
-            self.calibrator = Calibrator()
-        self.draft_ms_estimate = 0.0  # running estimate of one draft call, charged to every non-empty tree
+        """Forget what earlier requests taught the engine (and its siblings): a fresh calibrator and no draft-time
+        estimate. The cost curve is kept (it describes the hardware, not the requests); the drafter's own state is
+        the drafter's."""
+        with self.shared.lock:
+            if not self._calibrate:
+                self.calibrator = None
+            elif self.drafter.calibrates_scores:
+                # A drafter that calibrates its own sources (a fusion) only needs a neutral residual correction here.
+                self.calibrator = Calibrator(prior_ratio=1.0)
+            else:
+                self.calibrator = Calibrator()
+            self.draft_ms_estimate = 0.0  # running estimate of one draft call, charged to every non-empty tree
 
     @property
     def cost_curve(self) -> CostCurve:
-        if self._cost_curve is None:
-            self._cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose,
-                                              verification=self.verification)
-        if self._prepared_for is not self._cost_curve:
-            # the packed weight copies are worth their memory only where the curve runs the packed path; where it
-            # does, they are made now (a curve read from the cache or passed in has not made them)
-            self.verification.prepare(self._cost_curve.paths)
-            self._prepared_for = self._cost_curve
-        return self._cost_curve
+        shared = self.shared
+        curve = shared.cost_curve
+        if curve is not None and shared.prepared_for is curve:
+            return curve
+        with shared.lock:  # one sibling measures (or prepares); the others wait for its curve
+            if shared.cost_curve is None:
+                shared.cost_curve = cost_curve_for(self.model, self.layout, verbose=self.verbose,
+                                                   verification=self.verification)
+            if shared.prepared_for is not shared.cost_curve:
+                # the packed weight copies are worth their memory only where the curve runs the packed path; where
+                # it does, they are made now (a curve read from the cache or passed in has not made them)
+                self.verification.prepare(shared.cost_curve.paths)
+                shared.prepared_for = shared.cost_curve
+            return shared.cost_curve
+
+    @cost_curve.setter
+    def cost_curve(self, curve: CostCurve) -> None:
+        with self.shared.lock:
+            self.shared.cost_curve = curve
 
     @property
     def running_cost_curve(self) -> CostCurve:
@@ -311,19 +371,25 @@ class SpeculativeGenerator:
 
     def _observer(self) -> ObservedCosts:
         """The ``ObservedCosts`` of the current measured curve (a new one when the curve was replaced)."""
-        if self._observed is None or self._observed.measured is not self.cost_curve:
-            self._observed = ObservedCosts(self.cost_curve)
-        return self._observed
+        curve = self.cost_curve
+        with self.shared.lock:
+            observed = self.shared.observed
+            if observed is None or observed.measured is not curve:
+                observed = self.shared.observed = ObservedCosts(curve)
+            return observed
 
     @property
     def observed_passes(self) -> int:
         """How many passes ``running_cost_curve`` has learnt from (0 when ``learn_costs`` is off)."""
-        return self._observed.n_observed if self.learn_costs and self._observed is not None else 0
+        observed = self.shared.observed
+        return observed.n_observed if self.learn_costs and observed is not None else 0
 
     def _observe_cost(self, n: int, ms: float) -> None:
         """A single-row pass of ``n`` nodes took ``ms``: teach the running curve (when learning)."""
         if self.learn_costs:  # only the observer: the corrected curve is rebuilt when the next tree is sized
-            self._observer().observe(n, ms)
+            observer = self._observer()
+            with self.shared.lock:
+                observer.observe(n, ms)
 
     def _path_for(self, n: int) -> str:
         """The verification path for an n-node pass: the cost curve's fastest at that size. A non-adaptive engine
@@ -346,7 +412,8 @@ class SpeculativeGenerator:
         rows share the verification pass (see ``budget_curve``); ``min_size``: keep at least this many nodes where
         the tree has them, for a batch row whose pass is padded to that size anyway.
 
-        Returns the tree to verify and, when calibrating, ``(calibrated full tree, its keys)`` for ``observe``:
+        Returns the tree to verify and, when calibrating, ``(calibrator, calibrated full tree, its keys)`` for its
+        ``observe``:
         the calibrator learns from every drafted node, pruned ones included (the committed tokens say what the
         target wanted there), so a source whose guesses are all pruned still gets the observations that can
         bring it back.
@@ -355,9 +422,11 @@ class SpeculativeGenerator:
         if len(tree) == 1:
             return tree, None
         observation = None
-        if self.calibrator is not None:
-            tree, keys = self.calibrator.calibrate(tree)
-            observation = (tree, keys)
+        calibrator = self.calibrator
+        if calibrator is not None:
+            with self.shared.lock:
+                tree, keys = calibrator.calibrate(tree)
+            observation = (calibrator, tree, keys)
         # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
         # Pinned nodes (a drafter's ``pinned_sources``, e.g. a Jacobi window) are verified on top of the budget.
         pinned = tree.pinned_mask(getattr(drafter or self.drafter, "pinned_sources", ()))
@@ -464,14 +533,17 @@ class SpeculativeGenerator:
                accept_ms: float) -> None:
         """After a row's commit: its stats, the calibrator's observation, the streamer, the drafter's feedback."""
         stats = state.stats
-        self.draft_ms_estimate = 0.9 * self.draft_ms_estimate + 0.1 * draft_ms
+        with self.shared.lock:
+            self.draft_ms_estimate = 0.9 * self.draft_ms_estimate + 0.1 * draft_ms
         stats.steps += 1
         stats.draft_ms += draft_ms
         stats.verify_ms += verify_ms
         stats.accept_ms += accept_ms
         stats.record_tree(tree, acc.accepted)
         if observation is not None:
-            self.calibrator.observe(*observation, committed)
+            calibrator, tree_seen, keys = observation
+            with self.shared.lock:
+                calibrator.observe(tree_seen, keys, committed)
         if state.streamer is not None:
             state.streamer.put(torch.tensor(committed, dtype=torch.long))
         if not state.finished:
@@ -519,6 +591,7 @@ class SpeculativeGenerator:
         another), and are assembled as ``model.generate`` assembles them (left padding kept, finished rows filled
         with ``pad_token_id``).
         """
+        refuse_inputs_embeds(kwargs)
         with self._one_request():
             if input_ids is None:
                 input_ids = kwargs.pop("inputs", None)
@@ -543,17 +616,17 @@ class SpeculativeGenerator:
     @contextmanager
     def _one_request(self):
         """The one-request-at-a-time guard (see the class docstring)."""
-        if self._running:
+        if not self._running.acquire(blocking=False):
             raise RuntimeError("this SpeculativeGenerator is already generating: one engine serves one request at a "
-                               "time (its drafter and cache state are per request); use one engine per concurrent "
-                               "request")
-        self._running = True
+                               "time (its drafter and cache state are per request); give each concurrent request "
+                               "its own engine with engine.sibling(), or call model.generate(custom_generate="
+                               "draftless.custom_generate), which keeps a pool of them")
         try:
-            # the fast paths' routing hooks stay on the model for the request, switched on per pass
+            # the fast paths' routing hooks stay on the model for the request, switched on per pass (in this thread)
             with self.verification.attached():
                 yield
         finally:
-            self._running = False
+            self._running.release()
 
     def _empty_result(self, ids: torch.Tensor, streamer) -> GenerationResult:
         if streamer is not None:
@@ -616,6 +689,7 @@ class SpeculativeGenerator:
         if batch > 1 and (plan.output_scores or plan.output_logits):
             raise ValueError("output_scores / output_logits are supported for one row only: rows commit different "
                              "numbers of tokens per step, so a batch has no per-step [B, V] scores to return")
+        check_position_limit(self.model, length, plan.max_length)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         max_length, eos, others = split_criteria(plan.criteria)

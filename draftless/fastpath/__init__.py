@@ -6,18 +6,17 @@ routes its tree-sized fp32 linear calls to oneDNN on weights packed once into on
 (``packed_linear.py``). Both reach the calls through hooks on the model's ``nn.Linear`` modules
 (``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``).
 The cost curve (``engine/cost_curve.py``) measures every available path at every tree size and the engine runs each
-pass on the fastest for its size. Every path also runs grouped-query attention without its per-head copy of the
-cache (``hf.attention.GroupedQueryAttention``). ``VerificationPaths`` is the per-engine object that says which
-paths apply to a model and enters them, and owns what they keep (the packed weights). See README, "Verification
+pass on the fastest for its size. ``VerificationPaths`` is the per-model object (one engine's, or shared by a pool
+of engines serving the same model from several threads) that says which paths apply to a model and enters them,
+and owns what they keep (the packed weights). A path is active only in the thread whose pass entered it. See README, "Verification
 cost".
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
-
-from ..hf.attention import GroupedQueryAttention
 
 # Every path a cost curve may name, in the order they are measured and reported.
 PATHS = ("torch", "skinny", "packed")
@@ -51,7 +50,7 @@ class VerificationPaths:
                 paths.append("packed")
             self._hooks = LinearHooks(model)
         self.available: tuple[str, ...] = tuple(paths)
-        self._attention = GroupedQueryAttention(model)
+        self._lock = threading.Lock()  # guards making the routers and the packed store (engines may share this)
         self._packed = None  # PackedWeights, made by ``prepare`` or the first packed pass
         self._skinny = None  # SkinnyRouter, made on the first skinny pass
 
@@ -61,35 +60,32 @@ class VerificationPaths:
         return self._hooks.attached() if self._hooks is not None else contextlib.nullcontext()
 
     def context(self, path: str):
-        """A context manager under which a forward (a tree pass) runs on ``path`` (one of ``PATHS``); a path that is
-        not available here runs as "torch". On every path, a model with grouped-query attention on ``sdpa`` runs its
-        attention without copying keys and values per query head (``hf.attention.GroupedQueryAttention``)."""
+        """A context manager under which a forward (a tree pass) in the calling thread runs on ``path`` (one of
+        ``PATHS``); a path that is not available here runs as "torch"."""
         if path not in PATHS:
             raise ValueError(f"unknown verification path {path!r}; expected one of {PATHS}")
-        linear = self._linear_context(path)
-        return self._with_attention(linear) if self._attention.applies else linear
-
-    @contextlib.contextmanager
-    def _with_attention(self, linear):
-        # entered only by the caller's ``with`` (a context made and never entered changes nothing)
-        with self._attention.context(), linear:
-            yield
+        return self._linear_context(path)
 
     def _linear_context(self, path: str):
         """The context under which the model's linear calls run on ``path``."""
         if path not in self.available or path == "torch":
             return contextlib.nullcontext()
         if path == "skinny":
-            if self._skinny is None:
-                from .skinny_linear import SkinnyRouter  # numba is imported only where the skinny path runs
+            with self._lock:
+                if self._skinny is None:
+                    from .skinny_linear import SkinnyRouter  # numba is imported only where the skinny path runs
 
-                self._skinny = SkinnyRouter()
+                    self._skinny = SkinnyRouter()
             return self._hooks.routing(self._skinny)
+        return self._hooks.routing(self._packed_router())
+
+    def _packed_router(self):
         from .packed_linear import PackedRouter, PackedWeights
 
-        if self._packed is None:
-            self._packed = PackedWeights()
-        return self._hooks.routing(PackedRouter(self._packed))
+        with self._lock:
+            if self._packed is None:
+                self._packed = PackedWeights()
+            return PackedRouter(self._packed)
 
     @property
     def packed_bytes(self) -> int:
@@ -107,8 +103,9 @@ class VerificationPaths:
         from .packed_linear import PackedWeights
         from .routing import weight_eligible
 
-        if self._packed is None:
-            self._packed = PackedWeights()
+        with self._lock:
+            if self._packed is None:
+                self._packed = PackedWeights()
         for module in self._hooks.modules():
             if weight_eligible(module.weight, module.bias):
                 self._packed.get(module.weight)

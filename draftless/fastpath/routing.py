@@ -15,6 +15,7 @@ for a whole request (``attached``) and only switched on and off per pass (``rout
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -84,55 +85,74 @@ def hookable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
 
 class LinearHooks:
     """Hooks on one model's plain linear modules through which an active ``LinearRouter`` computes their calls
-    (see the module docstring). One per model user (an engine's ``VerificationPaths``); not thread-safe: the
-    model must not run in two threads while a router is active."""
+    (see the module docstring). One per model user (an engine's ``VerificationPaths``, which a pool of engines
+    shares).
+
+    Thread contract: the router is active in the thread that entered ``routing`` only. The hooks stay on the
+    model while any thread holds an ``attached`` scope (counted under a lock), and a call in any other thread (a
+    plain ``model.generate``, another engine's pass on another path) finds no active router in its own thread
+    and runs the module as it is."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.router: LinearRouter | None = None
+        self._local = threading.local()  # per thread: ``router`` and ``pending`` (id(module) -> hook output)
+        self._lock = threading.Lock()  # guards the attach count and the handles
         self._handles: list = []
         self._depth = 0
-        self._pending: dict[int, torch.Tensor] = {}  # id(module) -> the output the forward hook hands back
-        self._empty: dict[tuple, torch.Tensor] = {}  # (width, dtype) -> [0, width]
+        self._empty: dict[tuple, torch.Tensor] = {}  # (width, dtype) -> [0, width]; read-only once made
         self._modules: list[torch.nn.Linear] = []  # the modules hooked while attached
+
+    @property
+    def router(self) -> LinearRouter | None:
+        """The router active in the calling thread (None: every call runs the module as it is)."""
+        return getattr(self._local, "router", None)
+
+    def _pending(self) -> dict:
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = {}
+        return pending
 
     def modules(self) -> list[torch.nn.Linear]:
         """The linear modules whose calls a router computes: those hooked now, or, while no scope is open, those
         ``attached`` would hook (``hookable_linears`` cannot tell them apart while our own hooks are on)."""
-        return list(self._modules) if self._depth else hookable_linears(self.model)
+        with self._lock:
+            return list(self._modules) if self._depth else hookable_linears(self.model)
 
     @contextlib.contextmanager
     def attached(self):
-        """Hooks on the model for the duration (nested uses share one set); inactive until ``routing``."""
-        if self._depth == 0:
-            self._modules = hookable_linears(self.model)
-            for module in self._modules:
-                self._handles.append(module.register_forward_pre_hook(self._before))
-                self._handles.append(module.register_forward_hook(self._after, prepend=True))
-        self._depth += 1
+        """Hooks on the model for the duration (nested and concurrent uses share one set); inactive until
+        ``routing``."""
+        with self._lock:
+            if self._depth == 0:
+                self._modules = hookable_linears(self.model)
+                for module in self._modules:
+                    self._handles.append(module.register_forward_pre_hook(self._before))
+                    self._handles.append(module.register_forward_hook(self._after, prepend=True))
+            self._depth += 1
         try:
             yield self
         finally:
-            self._depth -= 1
-            if self._depth == 0:
-                for handle in self._handles:
-                    handle.remove()
-                self._handles.clear()
-                self._modules = []
-                self._pending.clear()
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for handle in self._handles:
+                        handle.remove()
+                    self._handles.clear()
+                    self._modules = []
 
     @contextlib.contextmanager
     def routing(self, router: LinearRouter):
-        """``router`` computes the calls it takes for the duration (attaching the hooks for it if no ``attached``
-        scope is open, which costs their registration)."""
+        """``router`` computes the calls it takes, in the calling thread, for the duration (attaching the hooks
+        for it if no ``attached`` scope is open, which costs their registration)."""
         with self.attached():
             router.prepare()
-            previous, self.router = self.router, router
+            previous, self._local.router = self.router, router
             try:
                 yield router
             finally:
-                self.router = previous
-                self._pending.clear()
+                self._local.router = previous
+                self._pending().clear()
 
     def _before(self, module: torch.nn.Linear, args: tuple):
         router = self.router
@@ -142,17 +162,20 @@ class LinearHooks:
         weight, bias = module.weight, module.bias
         if not router.route(x, weight, bias):
             return None
-        self._pending[id(module)] = router.linear(x, weight, bias)
+        self._pending()[id(module)] = router.linear(x, weight, bias)
         # the module's own F.linear now multiplies zero rows (one empty stand-in per width, made once)
         key = (x.shape[-1], x.dtype)
         empty = self._empty.get(key)
         if empty is None:
             with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
-                empty = self._empty[key] = torch.empty((0, x.shape[-1]), dtype=x.dtype)
+                empty = torch.empty((0, x.shape[-1]), dtype=x.dtype)
+            empty = self._empty.setdefault(key, empty)
         return (empty,)
 
     def _after(self, module: torch.nn.Linear, args: tuple, output: torch.Tensor):
-        return self._pending.pop(id(module), None)  # None: the module's own output stands
+        if getattr(self._local, "router", None) is None:
+            return None  # this thread routes nothing: the module's own output stands
+        return self._pending().pop(id(module), None)  # None: the module's own output stands
 
 
 def route_linears(model: torch.nn.Module, router: LinearRouter):

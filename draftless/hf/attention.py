@@ -5,22 +5,20 @@ an attention implementation that adds the mask to the scores (``eager``, ``sdpa`
 keys/values (not a recurrent state), and to know which layers use a sliding window: transformers takes, for models
 with ``config.layer_types``, a dict of masks keyed by layer type, and otherwise one mask.
 
-``GroupedQueryAttention`` makes a tree pass cheaper on models with grouped-query attention (fewer key/value heads
-than query heads): transformers' ``sdpa`` attention, given a mask and more than one query, copies every cached key
-and value once per query head sharing it (``repeat_kv``), a copy that grows with the context; during a tree pass the
-engine switches the model to ``grouped_sdpa_attention``, registered through transformers' public
-``AttentionInterface``, which folds each group's queries into one head instead and runs the same attention.
+Nothing here changes the user's model or config: a tree pass is an ordinary forward with a mask, so a plain
+``model.generate`` in another thread at the same moment runs as it always does. (An earlier version switched the
+config's attention implementation to a grouped-query SDPA for the pass, which another thread could see; it was
+removed for that reason.)
 """
 from __future__ import annotations
 
-import contextlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .compat import attn_implementation, is_stateful, set_attn_implementation
+from .compat import attn_implementation, is_stateful
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -39,6 +37,24 @@ class AttentionLayout:
     sliding_window: int | None
 
 
+def uses_alibi(model) -> str | None:
+    """How ``model`` applies ALiBi position biases, in words (None when it does not): Bloom and MPT always do,
+    Falcon with ``alibi=True``, any config with ``position_embedding_type="alibi"``."""
+    config = model.config.get_text_config(decoder=True)
+    model_type = getattr(config, "model_type", "")
+    if model_type == "bloom":
+        return "bloom: ALiBi in every layer"
+    if model_type == "mpt":
+        attn_config = getattr(config, "attn_config", None)
+        if getattr(attn_config, "alibi", True):
+            return "mpt: attn_config.alibi"
+    if getattr(config, "alibi", False) is True:
+        return f"{model_type}: alibi=True"
+    if getattr(config, "position_embedding_type", None) == "alibi":
+        return f"{model_type}: position_embedding_type='alibi'"
+    return None
+
+
 def inspect_model(model) -> AttentionLayout:
     """Validate ``model`` for tree verification and describe its attention layout."""
     config = model.config
@@ -49,6 +65,13 @@ def inspect_model(model) -> AttentionLayout:
             f"{type(model).__name__} keeps a recurrent state that cannot be rolled back to an accepted tree path; "
             "draftless supports attention models with a key/value cache"
         )
+    alibi = uses_alibi(model)
+    if alibi:
+        raise UnsupportedModel(
+            f"{type(model).__name__} ({alibi}) adds ALiBi position biases that its forward builds from a 2-D "
+            "padding mask and the keys' order, not from position_ids, so a tree node cannot be given its tree "
+            "position (prefix + depth); draftless does not verify ALiBi models yet (rotary and learned-position "
+            "models are supported)")
     impl = attn_implementation(model)
     if impl not in SUPPORTED_ATTENTION:
         raise UnsupportedModel(
@@ -70,86 +93,31 @@ def inspect_model(model) -> AttentionLayout:
     return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None)
 
 
-# ---------------------------------------------------------------------------- grouped-query attention for tree passes
-GROUPED_SDPA = "draftless_grouped_sdpa"
-# attention keywords whose meaning grouped_sdpa_attention does not reproduce: such calls go to sdpa as they are
-_KEYWORDS_LEFT_TO_SDPA = ("softcap", "position_bias", "s_aux", "sinks")
+def learned_position_table(model) -> int | None:
+    """Rows of the model's learned absolute position embedding (GPT-2's ``wpe``, OPT's ``embed_positions``, ...),
+    None for a model without one (rotary, ALiBi: positions past the trained range still compute)."""
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("wpe", "embed_positions", "position_embeddings") and isinstance(module, torch.nn.Embedding):
+            return int(module.num_embeddings)
+    return None
 
 
-def grouped_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                           is_causal: bool | None = None, **kwargs):
-    """transformers' ``sdpa`` attention without its copy of the keys and values per query head.
-
-    query: float [B, H, n, D]; key, value: float [B, Hkv, L, D] (H = g * Hkv, query head h reads key/value head
-    h // g, transformers' ``repeat_kv`` order); attention_mask: additive or bool [B or 1, 1 or H, n, L]. The g query
-    heads of a group become g * n query rows of one head, each row with its own copy of its mask row, and SDPA runs
-    once per key/value head: every score is the same dot product as before, only the copy of [B, H, L, D] keys and
-    values is gone. Returns (float [B, n, H, D], None), as ``sdpa`` does. Calls it does not fold (one query, no mask,
-    no groups, or keywords it does not reproduce) go to ``sdpa`` unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
-    batch, heads, n, dim = query.shape
-    folds = (groups > 1 and n > 1 and heads == key.shape[1] * groups
-             and attention_mask is not None and attention_mask.dim() == 4
-             and attention_mask.shape[1] in (1, heads) and attention_mask.shape[2] == n
-             and all(kwargs.get(k) is None for k in _KEYWORDS_LEFT_TO_SDPA))
-    if not folds:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    kv_heads, folded = key.shape[1], query.reshape(batch, key.shape[1], groups * n, dim)
-    rows, keys = attention_mask.shape[0], attention_mask.shape[-1]
-    if attention_mask.shape[1] == 1:  # one mask for every head: each of a group's heads gets its copy of the rows
-        mask = attention_mask[:, :, None].expand(rows, 1, groups, n, keys).reshape(rows, 1, groups * n, keys)
-    else:  # a mask per query head: a group's heads are consecutive, so it folds like the queries
-        mask = attention_mask.reshape(rows, kv_heads, groups * n, keys)
-    out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
-    return out.reshape(batch, heads, n, dim).transpose(1, 2).contiguous(), None
-
-
-def _register_grouped_sdpa() -> None:
-    """Make ``GROUPED_SDPA`` a name transformers' attention (and mask) dispatch knows; idempotent."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)  # a forward that builds its own mask gets sdpa's
-
-
-def _has_grouped_queries(model) -> bool:
-    """True for a transformers model with fewer key/value heads than query heads (False for anything else)."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "get_text_config"):
-        return False
-    config = config.get_text_config(decoder=True)
-    heads = getattr(config, "num_attention_heads", None)
-    kv_heads = getattr(config, "num_key_value_heads", None)
-    return bool(heads and kv_heads and kv_heads < heads)
-
-
-class GroupedQueryAttention:
-    """Per model: ``context()`` runs a forward (a tree pass) on ``grouped_sdpa_attention`` where that helps, i.e. on a
-    model with grouped-query attention whose implementation is ``sdpa``; elsewhere it changes nothing. Switching is
-    an attribute write on the config (restored on exit), so it is done per pass and nothing outside the pass (a
-    prefill, the user's own calls) sees it. Not thread-safe, like the engine that owns it."""
-
-    def __init__(self, model):
-        self.model = model
-        self.applies = _has_grouped_queries(model)
-        if self.applies:
-            _register_grouped_sdpa()
-
-    @contextlib.contextmanager
-    def context(self):
-        if not self.applies or attn_implementation(self.model) != "sdpa":
-            yield
-            return
-        set_attn_implementation(self.model, GROUPED_SDPA)
-        try:
-            yield
-        finally:
-            set_attn_implementation(self.model, "sdpa")
+def check_position_limit(model, prompt_len: int, max_length: int) -> None:
+    """Before any work: a prompt (``prompt_len`` tokens, padding included) that a learned position table cannot
+    hold is refused with a ``ValueError`` (the model would fail with an ``IndexError`` inside its embedding); a run
+    whose ``max_length`` passes the config's ``max_position_embeddings`` gets the warning transformers gives, as
+    output there is past what the model was trained on."""
+    table = learned_position_table(model)
+    if table is not None and prompt_len > table:
+        raise ValueError(f"the prompt holds {prompt_len} tokens but {type(model).__name__} has learned positions "
+                         f"for {table} only; shorten the prompt")
+    config = model.config.get_text_config(decoder=True)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        warnings.warn(f"this generation may reach {max_length} tokens, past the model's max_position_embeddings "
+                      f"({limit}): output beyond it may degrade (and a learned position table ends there)",
+                      UserWarning, stacklevel=3)
 
 
 def tree_attention_mask(

@@ -39,16 +39,30 @@ def attn_implementation(model) -> str | None:
     return getattr(model.config, "_attn_implementation", None)
 
 
-def set_attn_implementation(model, name: str) -> None:
-    """Run ``model``'s attention on the registered implementation ``name`` from its next forward: the config's
-    private ``_attn_implementation``, whose setter also sets it on the sub-configs. (``model.set_attn_implementation``
-    says the same but walks every module and validates the name: too slow to do per pass.)"""
-    model.config._attn_implementation = name
+# How transformers 5.x names layers that keep a recurrent (state-space, linear-attention, convolution) state
+# instead of, or besides, a key/value cache: 5.24 flagged such models with the private ``_is_stateful``; 5.25
+# dropped it and reports them through ``config.layer_types`` ("linear_attention" for Mamba). Model types are the
+# last resort for configs that report neither.
+RECURRENT_LAYER_TYPES = ("linear_attention", "mamba", "recurrent", "conv", "short_conv", "rwkv", "ssm")
+RECURRENT_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "recurrent_gemma", "jamba", "zamba", "zamba2",
+                         "bamba", "falcon_h1", "granitemoehybrid", "lfm2", "xlstm", "nemotron_h", "qwen3_next")
 
 
 def is_stateful(model) -> bool:
-    """True for models that keep a recurrent state besides a KV cache (transformers' private ``_is_stateful``)."""
-    return bool(getattr(model, "_is_stateful", False))
+    """True for models that keep a recurrent state besides (or instead of) a KV cache, however the installed
+    transformers says so: the private ``_is_stateful`` flag (<= 5.24), a recurrent kind among the text config's
+    ``layer_types`` or ``layers_block_type`` (5.25), or a known recurrent ``model_type``."""
+    if getattr(model, "_is_stateful", False):
+        return True
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for attribute in ("layer_types", "layers_block_type"):
+        kinds = getattr(text, attribute, None)
+        if isinstance(kinds, (list, tuple)) and any(str(k) in RECURRENT_LAYER_TYPES for k in kinds):
+            return True
+    return getattr(text, "model_type", None) in RECURRENT_MODEL_TYPES
 
 
 def tied_weight_keys(model) -> set[str]:

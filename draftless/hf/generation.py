@@ -123,6 +123,14 @@ def refuse_search_changes(config: GenerationConfig, **arguments) -> None:
                                           "and multinomial sampling are)")
 
 
+def refuse_inputs_embeds(model_kwargs: dict) -> None:
+    """``UnsupportedGenerationOption`` when a call passes ``inputs_embeds`` (drafters work on token ids)."""
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise UnsupportedGenerationOption(
+            "inputs_embeds is not supported by draftless: drafters guess token ids from the ids they have seen, "
+            "so pass the prompt as input_ids")
+
+
 def plan_from_arguments(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                         generation_config: GenerationConfig | None, logits_processor, stopping_criteria,
                         tokenizer, kwargs: dict) -> DecodingPlan:

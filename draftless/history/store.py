@@ -16,6 +16,7 @@ With a ``path`` the store is persisted (``draftless.history.persist``) every ``s
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -64,6 +65,10 @@ class HistoryStore:
         self._unsaved = 0
         self.n_recorded = 0  # requests recorded since this object was made (reloaded ones not counted)
         self.n_evicted_segments = 0
+        # Thread contract: any number of engines and threads may share a store. ``lock`` is held while a request is
+        # recorded (its segment's automaton grows in place) and by readers of a segment's automaton
+        # (``HistoryDrafter`` matches and drafts under it), so no reader ever sees an automaton mid-extend.
+        self.lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------------ persistence
     @classmethod
@@ -92,8 +97,9 @@ class HistoryStore:
 
         if self.path is None:
             raise ValueError("this history has no path to save to")
-        save_history(self.path, self._all_segments(), self.tokenizer_identity)
-        self._unsaved = 0
+        with self.lock:
+            save_history(self.path, self._all_segments(), self.tokenizer_identity)
+            self._unsaved = 0
 
     def flush(self) -> None:
         """Save what is not saved yet (a no-op without a path or unsaved records)."""
@@ -105,16 +111,17 @@ class HistoryStore:
         """Append one finished request's ``context`` (int[L]: prompt + output) to ``namespace``'s history, then
         evict to the bound and save when due."""
         _check_namespace(namespace)
-        segments = self._spaces.setdefault(namespace, [])
-        if not segments or self._full(segments[-1]):
-            segments.append(Segment(self._next_seq))
-            self._next_seq += 1
-        segments[-1].add(context)
-        self.n_recorded += 1
-        self._evict()
-        self._unsaved += 1
-        if self.path is not None and self._unsaved >= self.save_every:
-            self.save()
+        with self.lock:
+            segments = self._spaces.setdefault(namespace, [])
+            if not segments or self._full(segments[-1]):
+                segments.append(Segment(self._next_seq))
+                self._next_seq += 1
+            segments[-1].add(context)
+            self.n_recorded += 1
+            self._evict()
+            self._unsaved += 1
+            if self.path is not None and self._unsaved >= self.save_every:
+                self.save()
 
     def _full(self, seg: Segment) -> bool:
         if seg.n_requests >= self.segment_requests:
@@ -140,7 +147,8 @@ class HistoryStore:
     def segments(self, namespace: str | None) -> list[Segment]:
         """``namespace``'s segments, newest first (a new list; the segments themselves are live)."""
         _check_namespace(namespace)
-        return list(reversed(self._spaces.get(namespace, [])))
+        with self.lock:
+            return list(reversed(self._spaces.get(namespace, [])))
 
     def namespaces(self) -> list[str | None]:
         return list(self._spaces)
