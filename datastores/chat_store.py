@@ -14,8 +14,10 @@ import json
 import time
 from pathlib import Path
 
+from draftless.paths import bench_data_dir
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_TASKS = HERE.parent.parent / "shared" / "bench" / "self_instruct_seed_tasks.jsonl"
+DEFAULT_TASKS = bench_data_dir() / "self_instruct_seed_tasks.jsonl"
 
 
 def task_prompt(task: dict) -> str:
@@ -38,10 +40,10 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     import draftless
-    from draftless.stores.build import build_store
-    from draftless.hf.loading import load_model
     from draftless.app.prompts import encode_prompt
     from draftless.atomic import atomic_file
+    from draftless.hf.loading import load_model
+    from draftless.stores.build import build_store
 
     model, tokenizer = load_model(args.model)
     chat = bool(getattr(tokenizer, "chat_template", None))

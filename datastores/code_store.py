@@ -31,8 +31,8 @@ def main(argv=None) -> None:
     if not args.stdlib and not args.mbpp:
         parser.error("nothing to build: --no-stdlib and --mbpp ''")
 
-    from draftless.stores.build import build_store
     from draftless.hf.loading import load_tokenizer
+    from draftless.stores.build import build_store
 
     tokenizer = load_tokenizer(args.model)
     corpus, exclude_overlap = [], None

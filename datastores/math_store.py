@@ -22,8 +22,10 @@ from pathlib import Path
 
 from _recipe import add_kind_args, builder_opts, store_suffix
 
+from draftless.paths import bench_data_dir
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_GSM8K = HERE.parent.parent / "shared" / "bench" / "gsm8k_train.jsonl"
+DEFAULT_GSM8K = bench_data_dir() / "gsm8k_train.jsonl"
 CLEAN_PATH = HERE / "gsm8k-train-clean.jsonl"
 ANNOTATION = re.compile(r"<<[^<>]*>>")
 FINAL_ANSWER = re.compile(r"\n?#### [^\n]*\s*$")
@@ -59,8 +61,8 @@ def main(argv=None) -> None:
     if not Path(args.gsm8k).is_file():
         parser.error(f"GSM8K file not found: {args.gsm8k} (pass --gsm8k PATH)")
 
-    from draftless.stores.build import build_store
     from draftless.hf.loading import load_tokenizer
+    from draftless.stores.build import build_store
 
     out = args.out or HERE / f"math{store_suffix(args.kind)}-{Path(args.model).stem}"
     corpus = args.gsm8k if args.keep_annotations else write_clean_copy(args.gsm8k)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from draftless.paths import bench_data_dir
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_MBPP = HERE.parent.parent / "shared" / "bench" / "mbpp_train.jsonl"
+DEFAULT_MBPP = bench_data_dir() / "mbpp_train.jsonl"
 HOLDOUT_EVERY = 20
 PROMPTS_PATH = HERE / "mbpp-heldout-prompts.jsonl"
 HELDIN_PATH = HERE / "mbpp-heldin.jsonl"

@@ -11,10 +11,10 @@ or, holding the engine yourself (same arguments as ``model.generate``, plus per-
 """
 from __future__ import annotations
 
-from .engine.protocol import BaseDrafter, Drafter, NullDrafter, StepFeedback
-from .engine.generator import GenerationResult, SpeculativeGenerator
-from .engine.tree import DraftTree, merge
 from .dropin import CustomGenerate, custom_generate
+from .engine.generator import GenerationResult, SpeculativeGenerator
+from .engine.protocol import BaseDrafter, Drafter, NullDrafter, StepFeedback
+from .engine.tree import DraftTree, merge
 from .hf.generation import UnsupportedGenerationOption
 
 __version__ = "0.1.0"

@@ -19,13 +19,14 @@ from pathlib import Path
 import draftless
 from draftless.app.prompts import encode_prompt
 from draftless.hf.loading import load_model
+from draftless.paths import bench_data_dir
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--chat", action="store_true")
-    ap.add_argument("--prompts", default=str(Path(__file__).resolve().parents[2] / "shared/bench/spec_bench_dev.jsonl"))
+    ap.add_argument("--prompts", default=str(bench_data_dir() / "spec_bench_dev.jsonl"))
     ap.add_argument("--per-category", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()

@@ -40,6 +40,7 @@ from draftless.app.prompts import encode_prompt
 from draftless.app.streams import WORKLOADS, load_stream
 from draftless.engine.protocol import RequestInfo, StepFeedback, begin_request, end_request
 from draftless.hf.loading import load_model
+from draftless.paths import bench_data_dir
 
 NAMESPACE = "replay"
 
@@ -208,7 +209,7 @@ def main() -> None:
     rec.add_argument("--workload", default="mbpp", choices=WORKLOADS)
     rec.add_argument("--requests", type=int, default=32)
     rec.add_argument("--max-new-tokens", type=int, default=128)
-    rec.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/bench"))
+    rec.add_argument("--data", default=str(bench_data_dir()))
     rec.add_argument("--out", required=True)
     rec.set_defaults(func=record)
     rep = sub.add_parser("replay", help="replay a recording through drafter specs")

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from draftless.paths import bench_data_dir
+
 DRAFTLESS_CLASS = "draftless.integrations.vllm.DraftlessProposer"
 METHODS = ("none", "ngram", "suffix", "suffix-memory", "draftless")  # and "draftless:SOURCES" (worker_env)
 WARMUP_TEXT = "Name three colours."
@@ -370,10 +372,10 @@ def run_interleaved(args, methods, levels, model_path, tmp: Path, raw: dict, not
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="HF folder or draftless short name")
-    ap.add_argument("--prompts", default=str(Path(__file__).resolve().parents[2] / "shared/bench/spec_bench_dev.jsonl"))
+    ap.add_argument("--prompts", default=str(bench_data_dir() / "spec_bench_dev.jsonl"))
     ap.add_argument("--workload", default=None, help="a stream of related requests instead of --prompts "
                     "(draftless.app.streams: gsm8k, mbpp, mbpp-tests), read from --data")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/bench"))
+    ap.add_argument("--data", default=str(bench_data_dir()))
     ap.add_argument("--disjoint-levels", action="store_true",
                     help="each level runs its own prompts (consecutive slices): for methods that remember requests")
     ap.add_argument("--per-category", type=int, default=None)

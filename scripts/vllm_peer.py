@@ -51,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from draftless.paths import bench_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("vllm_peer_worker.py")
 VLLM_METHODS = {"vllm-ngram": "ngram", "vllm-none": "none"}
@@ -245,7 +247,7 @@ def _parse_cpus(text: str) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="local HF folder, .gguf file or shipped model name")
-    ap.add_argument("--prompts", default=str(REPO.parent / "shared" / "bench" / "spec_bench_dev.jsonl"))
+    ap.add_argument("--prompts", default=str(bench_data_dir() / "spec_bench_dev.jsonl"))
     ap.add_argument("--per-category", type=int, default=None, help="first K prompts of each category")
     ap.add_argument("--limit", type=int, default=None, help="at most K prompts in all (categories round-robin)")
     ap.add_argument("--categories", default=None, help="comma-separated categories to keep")

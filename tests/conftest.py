@@ -5,7 +5,6 @@ import threading
 
 import pytest
 import torch
-
 from tiny_models import ARCHS, VOCAB, make_tiny_model  # noqa: F401 (re-exported to the tests)
 
 

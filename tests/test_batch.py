@@ -14,14 +14,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
-
-import draftless
-from draftless.engine.accept import SamplingWarper
-
 from conftest import ARCHS, VOCAB, OracleDrafter
 from test_cli import tiny_folder  # noqa: F401 (a fixture: a tiny model saved with a tokenizer)
 from test_greedy import FAST_PATH_CURVES, FLAT_CURVE
 from test_sampling import PROMPT, LikelyBranchesDrafter, chi_square_pvalue
+
+import draftless
+from draftless.engine.accept import SamplingWarper
 
 SPECS = ["ngram", "sam", "auto"]
 
@@ -207,9 +206,9 @@ def test_batch_bench_cli_reports_every_batch_size(tiny_folder, tmp_path, monkeyp
     reports speed without identity."""
     import json
 
-    from draftless.app.cli import main
-
     from test_cli import WORDS
+
+    from draftless.app.cli import main
 
     monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path / "state"))
     prompts = tmp_path / "p.jsonl"

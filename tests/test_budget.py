@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from draftless.engine.protocol import BaseDrafter
-from draftless.engine.budget import best_tree_size
-from draftless.engine.cost_curve import CostCurve
-from draftless.engine.calibration import Calibrator
 from draftless.drafters.fusion import FusedDrafter
+from draftless.engine.budget import best_tree_size
+from draftless.engine.calibration import Calibrator
+from draftless.engine.cost_curve import CostCurve
+from draftless.engine.protocol import BaseDrafter
 from draftless.engine.tree import DraftTree, merge
 
 

@@ -2,10 +2,9 @@
 import json
 
 import pytest
+from conftest import VOCAB, make_tiny_model
 
 from draftless.app.cli import main
-
-from conftest import VOCAB, make_tiny_model
 
 WORDS = [f"w{i}" for i in range(VOCAB - 3)]
 

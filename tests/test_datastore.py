@@ -6,16 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from draftless.stores.build import build_store
-from draftless.stores.kinds import BUILDERS
-from draftless.stores.corpus import iter_pieces, tokenize_corpus
-from draftless.stores.datastore import (FORMAT, FORMAT_VERSION, DatastoreError, open_store, tokenizer_identity,
-                                 verify_checksums, write_store)
-from draftless.index.suffix_automaton import SuffixAutomaton
-
 from conftest import CharTokenizer
 
+from draftless.index.suffix_automaton import SuffixAutomaton
+from draftless.stores.build import build_store
+from draftless.stores.corpus import iter_pieces, tokenize_corpus
+from draftless.stores.datastore import (
+    FORMAT,
+    FORMAT_VERSION,
+    DatastoreError,
+    open_store,
+    tokenizer_identity,
+    verify_checksums,
+    write_store,
+)
+from draftless.stores.kinds import BUILDERS
 
 ARRAYS = {"tokens": np.arange(100, dtype=np.int32), "table": np.arange(12, dtype=np.float32).reshape(3, 4)}
 

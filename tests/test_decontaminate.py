@@ -6,8 +6,14 @@ import json
 import pytest
 
 from draftless.stores.corpus import Piece, iter_pieces
-from draftless.stores.decontaminate import (NGramIndex, filter_documents, filter_pieces, new_report, normalise_words,
-                                     write_filtered_jsonl)
+from draftless.stores.decontaminate import (
+    NGramIndex,
+    filter_documents,
+    filter_pieces,
+    new_report,
+    normalise_words,
+    write_filtered_jsonl,
+)
 
 PROMPT = ("Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences "
           "and must-see attractions.")

@@ -1,19 +1,17 @@
 """Dense retrieval stores (DReSD): exact / high-recall search, store round trip and refusals, DenseDrafter trees."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
-
-from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
-from draftless.index.dense_index import DenseStore, OnlineDenseIndex, index_keys, set_search_params
-from draftless.stores.dense_build import build_dense_store, hidden_states, iter_hidden_states
-from draftless.engine.protocol import StepFeedback
-from draftless.drafters.dense import DenseDrafter
-from draftless.engine.tree import DraftTree
-
 from conftest import VOCAB, assert_common_store_refusals, best_path, check_tree
+
+from draftless.drafters.dense import DenseDrafter
+from draftless.engine.protocol import StepFeedback
+from draftless.engine.tree import DraftTree
+from draftless.index.dense_index import DenseStore, OnlineDenseIndex, index_keys, set_search_params
+from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.stores.dense_build import build_dense_store, hidden_states, iter_hidden_states
 
 
 class IdTokenizer:

@@ -2,13 +2,12 @@
 logits as the target's own first-N-layer view, keeps Gemma 3's per-layer attention types, and drafts losslessly."""
 import pytest
 import torch
-
-import draftless
-from draftless.hf.derive import derive_shallow_model, save_shallow_model
-from draftless.drafters.model_drafter import ModelDrafter
-
 from conftest import SUBSET_IDS, make_tiny_model, subset_logits
 from test_greedy import prompts, reference
+
+import draftless
+from draftless.drafters.model_drafter import ModelDrafter
+from draftless.hf.derive import derive_shallow_model, save_shallow_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])

@@ -12,13 +12,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import ARCHS, VOCAB, OracleDrafter, RecordingStreamer
+from test_greedy import FLAT_CURVE, drafter_from_spec
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 import draftless
 from draftless.engine.tree import DraftTree
-
-from conftest import ARCHS, VOCAB, OracleDrafter, RecordingStreamer
-from test_greedy import FLAT_CURVE, drafter_from_spec
 
 SPECS = ["ngram", "recycle", "sam+recycle", "ngram+sam+recycle", "auto"]
 MAX_NEW = 24

@@ -5,12 +5,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import ARCHS, VOCAB, OracleDrafter, RecordingStreamer
 
 import draftless
-from draftless.engine.cost_curve import CostCurve
 from draftless.drafters.spec import DrafterContext, build_drafter
-
-from conftest import ARCHS, VOCAB, OracleDrafter, RecordingStreamer
+from draftless.engine.cost_curve import CostCurve
 
 DRAFTER_SPECS = ["none", "ngram", "recycle", "ngram+recycle", "sam", "sam+recycle", "ngram+sam+recycle", "auto", "history",
                  "auto+history", "lookahead:3", "lookahead:2+sam+recycle"]

@@ -9,15 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_sampling import PROMPT, chi_square_pvalue, exact_two_token_distribution, sample_pairs
 
 import draftless
 from draftless.drafters.history import HistoryDrafter
 from draftless.engine.accept import SamplingWarper
 from draftless.engine.protocol import RequestInfo
 from draftless.history import HistoryError, HistoryStore
-
-from conftest import VOCAB
-from test_sampling import PROMPT, chi_square_pvalue, exact_two_token_distribution, sample_pairs
 
 IDENTITY = {"name": "tiny", "vocab_hash": "a" * 64, "vocab_size": 48}
 OTHER_IDENTITY = {"name": "tiny", "vocab_hash": "b" * 64, "vocab_size": 48}

@@ -6,23 +6,22 @@ import json
 import numpy as np
 import pytest
 import torch
-
-import draftless
-from draftless.hf.compat import cache_keyword
-from draftless.engine.protocol import BaseDrafter
-from draftless.engine.accept import SamplingWarper
-from draftless.drafters.model_drafter import ModelDrafter, TokenizerMismatch
-from draftless.drafters.ngram import NGramDrafter
-from draftless.drafters.self_spec import SelfSpecDrafter, chain_speedup, parse_layers
-from draftless.drafters.fusion import FusedDrafter
-from draftless.drafters.hybrid import HybridFusion, SelectiveDrafter, best_path_expected
-from draftless.hf.kv_cache import new_cache
-from draftless.hf.layer_view import LayerSubsetModel
-from draftless.engine.tree import DraftTree
-
 from conftest import SUBSET_IDS, VOCAB, make_tiny_model, subset_logits
 from test_greedy import prompts, reference
 from test_sampling import PROMPT, chi_square_pvalue, exact_two_token_distribution
+
+import draftless
+from draftless.drafters.fusion import FusedDrafter
+from draftless.drafters.hybrid import HybridFusion, SelectiveDrafter, best_path_expected
+from draftless.drafters.model_drafter import ModelDrafter, TokenizerMismatch
+from draftless.drafters.ngram import NGramDrafter
+from draftless.drafters.self_spec import SelfSpecDrafter, chain_speedup, parse_layers
+from draftless.engine.accept import SamplingWarper
+from draftless.engine.protocol import BaseDrafter
+from draftless.engine.tree import DraftTree
+from draftless.hf.compat import cache_keyword
+from draftless.hf.kv_cache import new_cache
+from draftless.hf.layer_view import LayerSubsetModel
 
 SMALL = dict(topk=3, max_depth=4, max_nodes=24)
 
@@ -243,8 +242,8 @@ def test_self_spec_chooses_layers_by_measurement_and_caches_the_choice(pairs, tm
 
 
 def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(pairs, tmp_path, monkeypatch):
-    from draftless.engine.cost_curve import CostCurve
     from draftless.drafters.spec import FUSED_SPEC, auto_spec
+    from draftless.engine.cost_curve import CostCurve
 
     target, _ = pairs("llama")
     steep, flat = CostCurve((1, 8), (10.0, 25.0)), CostCurve((1, 8, 16), (10.0, 11.0, 15.0))

@@ -4,7 +4,10 @@ architecture, sampled distribution) with the window in every pass."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import ARCHS, VOCAB
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_sampling import SamplingWarper, chi_square_pvalue, exact_two_token_distribution, sample_pairs
 
 import draftless
 from draftless.drafters.lookahead import WINDOW_SOURCE, LookaheadDrafter, window_for_curve
@@ -13,9 +16,6 @@ from draftless.engine.budget import best_size_for_scores, best_tree_size
 from draftless.engine.cost_curve import CostCurve
 from draftless.engine.tree import DraftTree, merge
 from draftless.index.ngram_pool import NGramPool
-
-from conftest import ARCHS, VOCAB
-from test_sampling import PROMPT, SamplingWarper, chi_square_pvalue, exact_two_token_distribution, sample_pairs
 
 FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5))
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import draftless
-from draftless.engine.cost_curve import CostCurve
 from draftless.app.prompts import encode_prompt
+from draftless.engine.cost_curve import CostCurve
 
 # Lets big trees through (the hardest case for exactness), on each verification path.
 GENEROUS_CURVES = {path: CostCurve((1, 8, 32), (1.0, 1.3, 2.0), (path,) * 3)

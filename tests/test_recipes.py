@@ -5,10 +5,10 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
+from draftless.paths import bench_data_dir
 
 DATASTORES = Path(__file__).resolve().parent.parent / "datastores"
-MBPP = DATASTORES.parent.parent / "shared" / "bench" / "mbpp_train.jsonl"
+MBPP = bench_data_dir() / "mbpp_train.jsonl"
 
 
 def load_recipe(name: str):
@@ -30,7 +30,6 @@ def test_gsm8k_answers_lose_calculator_annotations_and_the_final_line():
     assert recipe.clean_answer("a < b and c >> d\n#### 5") == "a < b and c >> d"
 
 
-@pytest.mark.skipif(not MBPP.is_file(), reason="needs ../shared/bench/mbpp_train.jsonl")
 def test_mbpp_split_holds_out_the_committed_prompt_set(tmp_path):
     split = load_recipe("mbpp_split")
     prompts, heldin, n_out, n_in = split.split_mbpp(MBPP, tmp_path / "prompts.jsonl", tmp_path / "heldin.jsonl")

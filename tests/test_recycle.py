@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draftless.engine.protocol import Drafter, StepFeedback
 from draftless.drafters.recycle import RecycleDrafter
+from draftless.engine.protocol import Drafter, StepFeedback
 from draftless.engine.tree import DraftTree
 
 SEEDS = st.integers(0, 2**32 - 1)

@@ -6,10 +6,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from draftless.index.suffix_automaton import SuffixAutomaton
 from draftless.engine.tree import DraftTree
+from draftless.index.suffix_automaton import SuffixAutomaton
 
 # Small alphabets make states share prefixes and hash tables collide; the large ids exercise a 262k vocabulary.
 ALPHABET = [0, 1, 2, 3, 262000, 262143]

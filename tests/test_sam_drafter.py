@@ -5,16 +5,15 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from draftless.drafters.sam import SamDrafter
+from draftless.engine.protocol import StepFeedback
+from draftless.engine.tree import DraftTree
 from draftless.stores.build import build_store
 from draftless.stores.datastore import DatastoreError
-from draftless.engine.protocol import StepFeedback
-from draftless.drafters.sam import SamDrafter
-from draftless.engine.tree import DraftTree
-
-from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
-
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps"]
 

@@ -7,13 +7,12 @@ fixed seeds. A deliberately biased walk is run through the same test to show the
 import numpy as np
 import pytest
 import torch
+from conftest import VOCAB
 from scipy import stats as st
 
 import draftless
 from draftless.engine.accept import Acceptance, SamplingWarper
 from draftless.engine.tree import DraftTree
-
-from conftest import VOCAB
 
 PROMPT = [5, 9, 5, 9, 5]
 
@@ -148,10 +147,13 @@ def test_samples_follow_the_models_own_generation_config(tiny_models):
     ``model.generation_config``, as ``model.generate`` reads them, and the penalty is applied at every tree node
     with that node's own path. The exact distribution is computed with transformers' processors in
     ``model.generate``'s order (penalty, then temperature, then top-k)."""
-    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                              TopKLogitsWarper)
-
     from tiny_models import make_tiny_model
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+    )
 
     model = make_tiny_model("llama")  # its own copy: the generation config is changed below
     model.generation_config.do_sample = True

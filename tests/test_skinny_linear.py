@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t
 from draftless.fastpath.routing import route_linears
 from draftless.fastpath.skinny_linear import SkinnyRouter, skinny_linear
-from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t
 
 
 @settings(max_examples=40, deadline=None)

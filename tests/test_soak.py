@@ -9,12 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import VOCAB, run_threads
+from test_greedy import FLAT_CURVE
 
 import draftless
 from draftless.hf.kv_cache import PreallocatedCache
-
-from conftest import VOCAB, run_threads
-from test_greedy import FLAT_CURVE
 
 SPECS = ["none", "ngram", "recycle", "sam+recycle", "ngram+sam+recycle", "auto", "lookahead:2+sam+recycle"]
 OPTIONS = [{}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 3}, {"eos_token_id": 7}, {"min_new_tokens": 5,

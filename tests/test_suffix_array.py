@@ -6,14 +6,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from draftless.stores.build import build_store
-from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
 from draftless.drafters.rest import RestDrafter
 from draftless.index.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
-
-from conftest import CharTokenizer, assert_common_store_refusals, best_path, check_tree
+from draftless.stores.build import build_store
+from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps",
         "the quick brown cat sleeps"]

@@ -7,13 +7,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import VOCAB, run_threads
+from test_greedy import FLAT_CURVE, reference
 
 import draftless
 from draftless.hf.attention import UnsupportedModel
 from draftless.hf.generation import UnsupportedGenerationOption
-
-from conftest import VOCAB, run_threads
-from test_greedy import FLAT_CURVE, reference
 
 SPEC = "ngram+sam+recycle"
 

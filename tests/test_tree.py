@@ -1,7 +1,8 @@
 """DraftTree operations against slow, obvious oracles."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from draftless.engine.tree import DraftTree, merge
 

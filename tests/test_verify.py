@@ -3,13 +3,12 @@ forward of the accepted sequence. Run on every tiny architecture and both mask-h
 import numpy as np
 import pytest
 import torch
-
-from draftless.hf.compat import cache_keyword
-from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask
-from draftless.hf.kv_cache import keep_prefix_and, new_cache
-from draftless.engine.tree import DraftTree
-
 from conftest import ARCHS, VOCAB, make_tiny_model
+
+from draftless.engine.tree import DraftTree
+from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask
+from draftless.hf.compat import cache_keyword
+from draftless.hf.kv_cache import keep_prefix_and, new_cache
 
 CASES = [(a, "sdpa") for a in ARCHS] + [("llama", "eager"), ("gemma3", "eager")]
 

@@ -220,8 +220,10 @@ def markdown_table(report: dict) -> str:
 
 def plot_speedups(report: dict, path: str | Path) -> None:
     """Grouped bars: speedup over ``hf`` per category, one bar per method."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install 'draftless[plots]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from ..paths import bench_data_dir  # standard library only
 from .streams import WORKLOADS  # standard library only: the parser stays light
 
 DEFAULT_PROMPT = (  # an extraction task: the kind of prompt where reusing context pays off most
@@ -132,8 +133,8 @@ def _batch_bench(args, model, tokenizer, prompts, methods, sampling) -> int:
 
 
 def cmd_build(args) -> int:
-    from ..stores.build import build_store
     from ..hf.loading import load_tokenizer
+    from ..stores.build import build_store
 
     tokenizer = load_tokenizer(args.model)
     opts = {}
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workload", default="gsm8k", choices=WORKLOADS,
                    help="--stream: which stream (app/streams.py WORKLOADS; read from --data)")
     b.add_argument("--requests", type=int, default=32, help="--stream: requests in the stream")
-    b.add_argument("--data", default="../shared/bench", help="--stream: folder with gsm8k_train.jsonl, mbpp_train.jsonl")
+    b.add_argument("--data", default=str(bench_data_dir()),
+                   help="--stream: folder with gsm8k_train.jsonl, mbpp_train.jsonl (default: the shipped copies)")
     b.add_argument("--history", default=None, metavar="DIR",
                    help="--stream: keep the history in DIR (reloaded first, saved after each request)")
     _add_model_args(b)

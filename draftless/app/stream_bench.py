@@ -1,7 +1,7 @@
 """``draftless bench --stream``: a stream of related requests through one engine, with and without a history.
 
 A deployment sees requests one after another, and they repeat themselves (one instruction over many inputs, one
-output format). This benchmark builds such a stream from the public data in ``../shared/bench`` and runs it in
+output format). This benchmark builds such a stream from the public data shipped in ``draftless/data/bench`` and runs it in
 order through two engines of the same model: ``auto`` without a history and ``auto`` with one (``history=True``,
 or a directory). Each request runs plain greedy ``model.generate`` first (the reference every output must equal),
 then both engines (alternating which goes first), back to back, so drifts of the machine hit all three alike.
@@ -20,6 +20,7 @@ import torch
 from ..hf.compat import model_path
 from .prompts import encode_prompt
 from .streams import StreamRequest, load_stream
+
 
 def _hf_greedy(model, ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], float]:
     t0 = time.perf_counter()

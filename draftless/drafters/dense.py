@@ -23,12 +23,12 @@ import os
 
 import numpy as np
 
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..engine.tree import DraftTree, merge_nonempty, top_of_trie
+from ..index.dense_index import DenseStore, OnlineDenseIndex, model_info
+from ..index.kernels import suffix_array_kernels as K
 from ..stores.datastore import DatastoreError
 from ..stores.datastore import tokenizer_identity as _tokenizer_identity
-from ..index.dense_index import DenseStore, OnlineDenseIndex, model_info
-from ..engine.protocol import BaseDrafter, StepFeedback
-from ..index.kernels import suffix_array_kernels as K
-from ..engine.tree import DraftTree, merge_nonempty, top_of_trie
 
 
 class DenseDrafter(BaseDrafter):

@@ -21,7 +21,6 @@ from ..engine.tree import DraftTree, merge_nonempty
 from ..history.segment import SEPARATOR, Segment
 from ..history.store import HistoryStore
 
-
 # ``accelerate``'s default: an in-memory history for the requests of ``auto`` that pass a namespace
 AUTO_HISTORY = "auto"
 

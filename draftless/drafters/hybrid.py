@@ -18,8 +18,8 @@ import numpy as np
 
 from ..engine.calibration import SourceCalibrators
 from ..engine.protocol import CompositeDrafter, Drafter, StepFeedback
-from .model_drafter import ModelDrafter
 from ..engine.tree import DraftTree, merge
+from .model_drafter import ModelDrafter
 
 
 def best_path_expected(tree: DraftTree) -> float:

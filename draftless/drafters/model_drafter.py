@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..engine.protocol import BaseDrafter, StepFeedback
+from ..engine.tree import DraftTree, ancestor_matrix
 from ..hf.attention import inspect_model, tree_attention_mask
 from ..hf.compat import cache_keyword
-from ..engine.protocol import BaseDrafter, StepFeedback
 from ..hf.kv_cache import keep_prefix_and, new_cache
-from ..engine.tree import DraftTree, ancestor_matrix
 
 CHAIN_CHUNK = 256  # committed tokens fed per pass when the draft cache catches up (prompt prefill)
 

@@ -70,7 +70,7 @@ class RecycleDrafter(BaseDrafter):
         self.next_probs = np.zeros((self.vocab_size, self.k), dtype=prob_dtype)
 
     @classmethod
-    def for_model(cls, model, **kwargs) -> "RecycleDrafter":
+    def for_model(cls, model, **kwargs) -> RecycleDrafter:
         """A drafter sized to ``model``'s logits (its output embedding rows)."""
         head = model.get_output_embeddings()
         vocab = head.weight.shape[0] if head is not None else model.config.vocab_size

@@ -18,11 +18,11 @@ import os
 
 import numpy as np
 
-from ..stores.datastore import tokenizer_identity as _tokenizer_identity
 from ..engine.protocol import BaseDrafter
+from ..engine.tree import DraftTree, top_of_trie
 from ..index.kernels import suffix_array_kernels as K
 from ..index.suffix_array import SuffixArray
-from ..engine.tree import DraftTree, top_of_trie
+from ..stores.datastore import tokenizer_identity as _tokenizer_identity
 
 
 class RestDrafter(BaseDrafter):

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stores.datastore import tokenizer_identity as _tokenizer_identity
 from ..engine.protocol import BaseDrafter, StepFeedback
-from ..index.suffix_automaton import SuffixAutomaton
 from ..engine.tree import DraftTree, merge_nonempty
+from ..index.suffix_automaton import SuffixAutomaton
+from ..stores.datastore import tokenizer_identity as _tokenizer_identity
 
 
 class SamDrafter(BaseDrafter):

@@ -5,8 +5,8 @@ path). Several sources become one ``FusedDrafter``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..engine.protocol import Drafter, NullDrafter
 
@@ -26,8 +26,8 @@ FLAT_COST_AT_16 = 1.2
 
 def _curve(model):
     """The model's measured verification cost curve (measured once per model and device, then cached)."""
-    from ..hf.attention import inspect_model
     from ..engine.cost_curve import cost_curve_for
+    from ..hf.attention import inspect_model
 
     return cost_curve_for(model, inspect_model(model))
 
@@ -141,8 +141,8 @@ def _none(arg, ctx):
 
 def _model(arg, ctx):
     """``model:PATH``: a smaller causal LM with the target's tokenizer (HF folder, .gguf or shipped name)."""
-    from .model_drafter import ModelDrafter
     from ..hf.loading import load_model
+    from .model_drafter import ModelDrafter
 
     if not arg:
         raise ValueError("'model:PATH' needs a draft model: a local HF folder, a .gguf file or a shipped model name")

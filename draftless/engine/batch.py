@@ -34,13 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .generator import RequestState, new_row_state
-from .protocol import Drafter, RequestInfo, begin_request, end_request
-from .tree import DraftTree
 from ..hf.attention import AttentionLayout, batch_tree_mask, padded_prefill_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import DecodingPlan, processors_for_row
 from ..hf.kv_cache import move_row_entries, new_cache, select_batch_rows
+from .generator import RequestState, new_row_state
+from .protocol import Drafter, RequestInfo, begin_request, end_request
+from .tree import DraftTree
 
 
 @dataclass

@@ -72,7 +72,7 @@ class CostCurve:
                 "by_path": {p: list(v) for p, v in self.by_path.items()}}
 
     @classmethod
-    def from_json(cls, data: dict) -> "CostCurve":
+    def from_json(cls, data: dict) -> CostCurve:
         return cls(tuple(int(s) for s in data["sizes"]), tuple(float(m) for m in data["ms"]),
                    tuple(data.get("paths") or ()), {p: tuple(v) for p, v in (data.get("by_path") or {}).items()})
 

@@ -19,21 +19,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..hf.attention import AttentionLayout, check_position_limit, inspect_model, tree_attention_mask
+from ..hf.compat import cache_keyword
+from ..hf.generation import (
+    DecodingPlan,
+    decoder_only_output,
+    plan_from_arguments,
+    processors_for_row,
+    refuse_inputs_embeds,
+    split_criteria,
+)
+from ..hf.kv_cache import keep_prefix_and, new_cache
 from .accept import SOFTMAX, Acceptance, accept_greedy, accept_sampling
 from .budget import best_size_for_scores
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
 from .observed_costs import ObservedCosts
 from .processing import StopRule, TreeScores
-from .shared_state import SharedState
 from .protocol import Drafter, RequestInfo, StepFeedback, begin_request, end_request
+from .shared_state import SharedState
 from .stats import GenerationStats
 from .tree import DraftTree
-from ..hf.attention import AttentionLayout, check_position_limit, inspect_model, tree_attention_mask
-from ..hf.compat import cache_keyword
-from ..hf.generation import (DecodingPlan, decoder_only_output, plan_from_arguments, processors_for_row,
-                             refuse_inputs_embeds, split_criteria)
-from ..hf.kv_cache import keep_prefix_and, new_cache
 
 
 @dataclass
@@ -289,7 +295,7 @@ class SpeculativeGenerator:
         if shared.calibrator is None and shared.draft_ms_estimate == 0.0:
             self.reset_learning()
 
-    def sibling(self) -> "SpeculativeGenerator":
+    def sibling(self) -> SpeculativeGenerator:
         """Another engine for the same model and settings, with a fresh drafter from ``drafter_factory``, sharing
         this engine's ``SharedState`` (cost curve, packed weights, calibration, draft-time estimate): the engine for
         a concurrent request in another thread (see the thread contract)."""

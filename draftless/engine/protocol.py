@@ -6,7 +6,7 @@ model verified (``feedback``). A root-only tree means "no guess": the step decod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class StepFeedback:
     new_tokens: np.ndarray
     context: np.ndarray
     logits: torch.Tensor
-    hidden: Optional[torch.Tensor] = None
+    hidden: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

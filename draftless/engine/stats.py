@@ -63,7 +63,7 @@ class GenerationStats:
             entry.accepted += int((has & accepted_mask).sum())
 
     @staticmethod
-    def combined(rows: list["GenerationStats"]) -> "GenerationStats":
+    def combined(rows: list[GenerationStats]) -> GenerationStats:
         """One run's stats over the rows of a batch (run one after another): counts and times summed."""
         if len(rows) == 1:
             return rows[0]

@@ -16,8 +16,8 @@ Everything else (depths, ancestor mask, paths) derives from ``parents``. Childre
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class DraftTree:
 
     # ------------------------------------------------------------------ constructors
     @staticmethod
-    def root_only(root_token: int) -> "DraftTree":
+    def root_only(root_token: int) -> DraftTree:
         """The "no guess" tree: verifying it decodes exactly one token."""
         return DraftTree(
             tokens=np.array([root_token], dtype=np.int64),
@@ -43,13 +43,13 @@ class DraftTree:
         )
 
     @staticmethod
-    def from_chain(root_token: int, chain: Sequence[int], scores: Sequence[float] | None = None, source: str = "") -> "DraftTree":
+    def from_chain(root_token: int, chain: Sequence[int], scores: Sequence[float] | None = None, source: str = "") -> DraftTree:
         """A single path ``root -> chain[0] -> chain[1] ...``; ``scores`` are per-node cumulative scores."""
         return DraftTree.from_paths(root_token, [list(chain)], None if scores is None else [list(scores)], source)
 
     @staticmethod
     def from_arrays(root_token: int, tokens, parents, scores, source: str = "",
-                    depths: np.ndarray | None = None) -> "DraftTree":
+                    depths: np.ndarray | None = None) -> DraftTree:
         """A single-source tree from aligned node arrays (a numba kernel's output, a ``Trie``'s lists).
 
         ``tokens`` int[n], ``parents`` int[n] (topological: ``parents[i] < i``), ``scores`` float[n], optionally
@@ -78,7 +78,7 @@ class DraftTree:
         paths: Sequence[Sequence[int]],
         path_scores: Sequence[Sequence[float]] | None = None,
         source: str = "",
-    ) -> "DraftTree":
+    ) -> DraftTree:
         """A trie of root-to-node token paths (the root token is implicit, not part of the paths).
 
         ``path_scores[i][j]`` scores the node reached by ``paths[i][:j+1]``; where several paths share a node the
@@ -152,7 +152,7 @@ class DraftTree:
         return float(self.scores[1:].sum())
 
     # ------------------------------------------------------------------ edits
-    def subset(self, keep: np.ndarray) -> "DraftTree":
+    def subset(self, keep: np.ndarray) -> DraftTree:
         """The tree restricted to the sorted node indices ``keep`` (must contain 0 and be closed under parents)."""
         keep = np.asarray(keep, dtype=np.int64)
         remap = np.full(len(self), -1, dtype=np.int32)
@@ -214,7 +214,7 @@ class DraftTree:
             push_children(node)
         return np.sort(np.asarray(chosen + extra, dtype=np.int64))
 
-    def prune(self, budget: int, max_depth: int | None = None, pinned: np.ndarray | None = None) -> "DraftTree":
+    def prune(self, budget: int, max_depth: int | None = None, pinned: np.ndarray | None = None) -> DraftTree:
         """Keep at most ``budget`` nodes (root included): best-first by score, always a connected tree.
 
         Nodes deeper than ``max_depth`` are dropped. Ties go to the lower index (the proposer's order).
@@ -223,13 +223,13 @@ class DraftTree:
         keep = self.prune_indices(budget, max_depth, pinned)
         return self if len(keep) == len(self) else self.subset(keep)
 
-    def with_source(self, name: str) -> "DraftTree":
+    def with_source(self, name: str) -> DraftTree:
         """The same tree with every non-root node attributed to the single source ``name``."""
         mask = np.ones(len(self), dtype=np.uint32)
         mask[0] = 0
         return DraftTree(self.tokens, self.parents, self.scores, mask, (name,), self._depths)
 
-    def with_scores(self, scores: np.ndarray) -> "DraftTree":
+    def with_scores(self, scores: np.ndarray) -> DraftTree:
         return DraftTree(self.tokens, self.parents, np.asarray(scores, dtype=np.float32), self.source_mask,
                          self.source_names, self._depths)
 

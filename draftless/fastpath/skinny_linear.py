@@ -12,8 +12,8 @@ import numba
 import numpy as np
 import torch
 
-from .routing import LinearRouter, input_eligible, weight_eligible
 from .kernels.skinny_gemm import skinny_matmul_t
+from .routing import LinearRouter, input_eligible, weight_eligible
 
 # Up to this many rows the kernel beat MKL on every layer shape measured (576-1536 wide layers, 49k and 262k-row
 # heads on a 2-core AVX-512 CPU); above it MKL's blocked GEMM catches up.

@@ -10,10 +10,10 @@ spells it ``model(**{cache_keyword(model): cache}, ...)``.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 
 
-@lru_cache(maxsize=None)
+@cache
 def _keyword_of(forward_type: type) -> str:
     try:
         params = inspect.signature(forward_type.forward).parameters

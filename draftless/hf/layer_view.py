@@ -16,8 +16,8 @@ which covers Llama, Qwen2/3, Mistral, Gemma 3 text and SmolLM2.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

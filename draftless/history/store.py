@@ -72,7 +72,7 @@ class HistoryStore:
 
     # ------------------------------------------------------------------------------------------ persistence
     @classmethod
-    def open(cls, path: str | os.PathLike, tokenizer_identity: dict, **config) -> "HistoryStore":
+    def open(cls, path: str | os.PathLike, tokenizer_identity: dict, **config) -> HistoryStore:
         """The store persisted at ``path`` (an empty one when ``path`` does not exist yet), saving back there.
 
         Raises ``HistoryError`` (a ``DatastoreError``) for a directory that is not a history, a corrupt one, a newer

@@ -29,13 +29,12 @@ states of committed tokens, searched exactly (a matrix-vector product).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from ..hf.compat import model_path
-
 from ..stores.datastore import DatastoreError, open_store, write_store
 
 KIND = "dense"
@@ -64,10 +63,19 @@ def project(states: np.ndarray, components: np.ndarray, mean: np.ndarray) -> np.
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _faiss():
+    """The ``faiss`` module, or an ImportError that says how to get it (dense stores are an extra)."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError("dense datastores need FAISS: pip install 'draftless[dense]' (or faiss-cpu)") from exc
+    return faiss
+
+
 def make_index(dim: int, kind: str = "ivf", n_keys: int = 0, hnsw_m: int = 32, ef_construction: int = 80,
                nlist: int | None = None):
     """An empty FAISS inner-product index of ``kind`` (IVF needs ``train`` before ``add``)."""
-    import faiss
+    faiss = _faiss()
 
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
@@ -82,7 +90,7 @@ def make_index(dim: int, kind: str = "ivf", n_keys: int = 0, hnsw_m: int = 32, e
 
 
 def set_search_params(index, ef_search: int = 64, nprobe: int = 32) -> None:
-    import faiss
+    faiss = _faiss()
 
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = int(ef_search)
@@ -140,7 +148,7 @@ class DenseStore:
 
     def keys(self) -> np.ndarray:
         """float32[m, dim]: every key, read back from the index."""
-        import faiss
+        faiss = _faiss()
 
         if isinstance(self.index, faiss.IndexIVF):
             self.index.make_direct_map()
@@ -149,7 +157,7 @@ class DenseStore:
     # ------------------------------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
              build_args: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:
-        import faiss
+        faiss = _faiss()
 
         blob = faiss.serialize_index(self.index)
         meta = dict(self.store_meta)
@@ -164,12 +172,12 @@ class DenseStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike, tokenizer_identity: Mapping | None = None, verify: str = "size",
-             mmap: bool = True, ef_search: int = 64, nprobe: int = 32) -> "DenseStore":
+             mmap: bool = True, ef_search: int = 64, nprobe: int = 32) -> DenseStore:
         """Open a ``"dense"`` store; ``DatastoreError`` when it is missing, corrupt, foreign or inconsistent.
 
         The corpus tokens and positions stay memory-mapped; the FAISS index is deserialised into memory.
         """
-        import faiss
+        faiss = _faiss()
 
         store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
         missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]

@@ -24,14 +24,14 @@ Store kind ``"rest"``: ``tokens.npy`` int32[n] + ``sa.npy`` (int32 below 2**31 t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
-from .tokens import as_token_array
 from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import suffix_array_kernels as K
+from .tokens import as_token_array
 
 KIND = "rest"
 FORMAT_ARRAYS = ("tokens", "sa")
@@ -133,7 +133,7 @@ class SuffixArray:
         self.store_meta = store_meta
 
     @classmethod
-    def build(cls, tokens, progress: bool = False) -> "SuffixArray":
+    def build(cls, tokens, progress: bool = False) -> SuffixArray:
         tokens = as_token_array(tokens)
         return cls(tokens, build_suffix_array(tokens, progress=progress))
 
@@ -206,7 +206,7 @@ class SuffixArray:
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, tokenizer_identity: Mapping | None = None,
-             verify: str = "size") -> "SuffixArray":
+             verify: str = "size") -> SuffixArray:
         """Open a ``"rest"`` datastore; ``DatastoreError`` when it is missing, corrupt, foreign or inconsistent."""
         store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
         missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]

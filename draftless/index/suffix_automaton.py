@@ -18,14 +18,14 @@ Token ids are int32 values in ``[0, 2**31 - 1)``; states are ints with the root 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
-from .tokens import as_token_array
 from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import sam_kernels as K
+from .tokens import as_token_array
 
 KIND = "sam"
 FORMAT_ARRAYS = ("tokens", "states", "edge_off", "edge_tok", "edge_to", "root_next")
@@ -55,7 +55,7 @@ class SuffixAutomaton:
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, tokens, copy: bool = True, reserve: int = 0) -> "SuffixAutomaton":
+    def build(cls, tokens, copy: bool = True, reserve: int = 0) -> SuffixAutomaton:
         """Batch-build the growable automaton of ``tokens`` (counts propagated once at the end).
 
         ``copy=False`` keeps a reference to an int32 contiguous ``tokens`` instead of copying it (big corpora);
@@ -104,7 +104,7 @@ class SuffixAutomaton:
         self._st, self._pool = K.sam_extend(self._tokens, self._n, self._n + k, self._st, self._pool, self._hdr, True)
         self._n += k
 
-    def freeze(self, vocab_size: int | None = None) -> "SuffixAutomaton":
+    def freeze(self, vocab_size: int | None = None) -> SuffixAutomaton:
         """Convert to the compact read-only layout in place (drops the hash tables); returns ``self``.
 
         ``vocab_size`` sizes the dense root row (default: largest token + 1).
@@ -146,7 +146,7 @@ class SuffixAutomaton:
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, tokenizer_identity: Mapping | None = None,
-             verify: str = "size") -> "SuffixAutomaton":
+             verify: str = "size") -> SuffixAutomaton:
         """Open a ``"sam"`` datastore (frozen; memory-mapped unless ``mmap=False``).
 
         ``tokenizer_identity`` (from ``draftless.stores.datastore.tokenizer_identity``) refuses a store built with another
@@ -180,7 +180,7 @@ class SuffixAutomaton:
         self.store_meta = store.meta
         return self
 
-    def copy(self) -> "SuffixAutomaton":
+    def copy(self) -> SuffixAutomaton:
         """A deep copy (used arrays only)."""
         other = SuffixAutomaton.__new__(SuffixAutomaton)
         other._n = self._n

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..engine.calibration import Calibrator
 from ..engine.protocol import Drafter, RequestInfo, end_request
-from ..history.store import HistoryStore
 from ..engine.tree import DraftTree, merge_nonempty
+from ..history.store import HistoryStore
 from .step_costs import StepCosts, allocate
 
 

@@ -68,7 +68,7 @@ class StepCosts:
             self._curves.append((drafts, ms))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "StepCosts":
+    def from_json(cls, path: str | Path) -> StepCosts:
         """From the report ``scripts/vllm_cost_curve.py --json`` writes (its ``ms_per_step`` grid)."""
         try:
             report = json.loads(Path(path).read_text())
@@ -78,7 +78,7 @@ class StepCosts:
         return cls(grid)
 
     @classmethod
-    def default(cls) -> "StepCosts":
+    def default(cls) -> StepCosts:
         """The grid measured on this project's CPU (``DEFAULT_STEP_MS``)."""
         return cls(DEFAULT_STEP_MS)
 

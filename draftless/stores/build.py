@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
-
 
 from .corpus import tokenize_corpus
 from .datastore import tokenizer_identity

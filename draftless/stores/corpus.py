@@ -15,9 +15,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def _read_jsonl(path: Path, fields: Sequence[str] | None) -> Iterator[Piece]:
 
 def _read_text(path: Path, piece_chars: int) -> Iterator[Piece]:
     first = True
-    with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
         while True:
             text = f.read(piece_chars)
             if not text:

@@ -12,9 +12,9 @@ To add a kind: an index structure in ``draftless/index/`` with ``save``/``load``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
