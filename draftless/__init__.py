@@ -34,9 +34,10 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     directory (kept there, reloaded at start; needs ``tokenizer``), a ``HistoryStore``, or None (off); it adds a
     ``history`` source to a spec string (``auto`` included). The default, ``"auto"``, is an in-memory history that
     only ``auto`` uses and only for requests that pass a namespace (a request without one drafts as with None;
-    every namespace stays silent until it holds a few requests). ``config``: ``max_nodes``, ``adaptive``, ``cost_curve``, ``learn_costs``, ``calibrate``,
-    ``min_gain``, ``verbose``, ``drafter_factory`` (see ``SpeculativeGenerator``; a spec string gets a factory of
-    its own, so the rows of a batch are verified together, each with its own drafter).
+    every namespace stays silent until it holds a few requests). ``config``: ``max_nodes``, ``adaptive``,
+    ``cost_curve``, ``learn_costs``, ``calibrate``, ``min_gain``, ``verbose``, ``drafter_factory`` (see
+    ``SpeculativeGenerator``; a spec string gets a factory of its own, so the rows of a batch are verified together,
+    each with its own drafter).
     """
     from .drafters.history import AUTO_HISTORY
     from .drafters.spec import DrafterContext, build_drafter
@@ -60,7 +61,8 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     elif history is not None and not default:
         raise ValueError("history= needs a spec string drafter; to a Drafter object add a HistoryDrafter yourself")
     elif not isinstance(drafter, Drafter):
-        raise TypeError(f"drafter must be a spec string or implement the Drafter protocol, got {type(drafter).__name__}")
+        raise TypeError("drafter must be a spec string or implement the Drafter protocol, "
+                        f"got {type(drafter).__name__}")
     return SpeculativeGenerator(model, drafter, **config)
 
 

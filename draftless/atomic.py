@@ -1,10 +1,13 @@
 """Atomic writes: build a file or a directory in a temporary sibling, then rename it into place.
 
 A reader (another process, a crashed run's successor) sees either the old content or the new one, never a half
-written file: ``os.replace`` is atomic within one filesystem, and the sibling lives in the same directory.
+written file: ``os.replace`` is atomic within one filesystem, and the sibling lives in the same directory. A write
+that fails for want of space (a full disk, a quota, a file-size limit) raises ``StorageFullError`` naming the
+target and saying that it was left as it was.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -12,6 +15,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+# errno values that mean "no room for this write" rather than a bug or a permission problem
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class StorageFullError(OSError):
+    """A write ran out of room (``errno`` ENOSPC, EFBIG or EDQUOT); what it was replacing is unchanged."""
+
+
+def _no_room(exc: BaseException, target: Path) -> StorageFullError | None:
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        return StorageFullError(exc.errno, f"could not write {target}: {exc.strerror} (no room on its filesystem, "
+                                           f"or a file-size limit); {target} was left as it was")
+    return None
 
 
 @contextmanager
@@ -32,8 +49,11 @@ def atomic_directory(out_dir: str | os.PathLike, replace_existing: bool = False)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _no_room(exc, out)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -49,8 +69,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     try:
         with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename makes it the file: a power cut leaves old or new
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = _no_room(exc, out)
+        if full is not None:
+            raise full from exc
         raise

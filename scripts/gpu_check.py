@@ -102,8 +102,8 @@ def batch_check(model, arch: str, rng, device: torch.device) -> dict:
         want = model.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
     fast = draftless.accelerate(model, drafter="ngram", cost_curve=FLAT)
     got = fast.generate(ids, attention_mask=mask, max_new_tokens=30, pad_token_id=0)
-    return {"arch": arch, "trial": "batch of 3", "drafter": "ngram", "identical": bool(torch.equal(got.sequences, want)),
-            "mean_accepted": round(got.stats.mean_accepted, 3)}
+    return {"arch": arch, "trial": "batch of 3", "drafter": "ngram",
+            "identical": bool(torch.equal(got.sequences, want)), "mean_accepted": round(got.stats.mean_accepted, 3)}
 
 
 def billion_llama(dtype: torch.dtype, device: torch.device):

@@ -54,7 +54,10 @@ def main() -> None:
                 seconds = time.perf_counter() - t0
                 got[key] = (out.new_tokens, seconds, out.stats.steps, out.stats.tree_nodes)
                 t = totals[key]
-                t[0] += len(out.new_tokens); t[1] += seconds; t[2] += out.stats.steps; t[3] += out.stats.tree_nodes
+                t[0] += len(out.new_tokens)
+                t[1] += seconds
+                t[2] += out.stats.steps
+                t[3] += out.stats.tree_nodes
             assert got["measured"][0] == got["running"][0], f"outputs differ on {category}"
             m, r = got["measured"], got["running"]
             print(f"{category:14s} measured {m[1]:.2f}s {m[2]}p {m[3] / m[2]:.1f}n | running {r[1]:.2f}s {r[2]}p "

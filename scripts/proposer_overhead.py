@@ -2,8 +2,8 @@
 
 A simulated engine runs R requests side by side, each 180 random tokens followed by one 40-token unit repeated to
 the end, so that every step drafts a full chain (the most work per step); a step accepts the drafted prefix that
-matches the text plus one token, as vLLM's verification would. Prints the median and 90th-percentile milliseconds of one ``propose`` call over all rows, per
-source setting and row count:
+matches the text plus one token, as vLLM's verification would. Prints the median and 90th-percentile milliseconds
+of one ``propose`` call over all rows, per source setting and row count:
 
     python scripts/proposer_overhead.py --rows 1,16 --sources sam sam,ngram
 """

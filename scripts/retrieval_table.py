@@ -28,13 +28,14 @@ def family(method: str, model: str) -> str:
 
 def column_title(report: dict, path: Path) -> str:
     style = "chat" if report.get("chat") else "raw"
-    return f"{report['model']} {style}, {path.stem.split('-')[-2] if '-' in path.stem else path.stem} ({report['n_prompts']} prompts)"
+    label = path.stem.split("-")[-2] if "-" in path.stem else path.stem
+    return f"{report['model']} {style}, {label} ({report['n_prompts']} prompts)"
 
 
 def merged_table(paths: list[Path]) -> str:
     reports = [(p, json.loads(p.read_text())) for p in paths]
     rows: dict[str, dict[int, str]] = {}
-    for col, (path, report) in enumerate(reports):
+    for col, (_path, report) in enumerate(reports):
         for method, m in report["methods"].items():
             cell = f"{m['speedup_vs_hf']:.2f}x / {m['mean_accepted']:.2f}"
             if not m.get("identical_to_hf", True):

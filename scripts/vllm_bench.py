@@ -230,7 +230,8 @@ def summarize(raw: dict[str, dict], levels: list[int]) -> dict:
         for name in methods:
             for c in levels:
                 base = methods["none"]["levels"][str(c)]["tokens_per_s"]
-                methods[name]["levels"][str(c)]["speedup_vs_none"] = methods[name]["levels"][str(c)]["tokens_per_s"] / base
+                level = methods[name]["levels"][str(c)]
+                level["speedup_vs_none"] = level["tokens_per_s"] / base
     return methods
 
 
@@ -437,7 +438,8 @@ def main(argv=None) -> None:
         "disjoint_levels": args.disjoint_levels,
         "k_ngram": args.k_ngram, "k_draftless": args.k_draftless,
         "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND",
-                                                   "VLLM_CPU_KVCACHE_SPACE")} | {"affinity": sorted(os.sched_getaffinity(0))},
+                                                   "VLLM_CPU_KVCACHE_SPACE")}
+                   | {"affinity": sorted(os.sched_getaffinity(0))},
         "methods": summarize(raw, levels), "draftless_engine": engine, "notes": notes,
     }
     if args.json:

@@ -31,8 +31,10 @@ measured; ``auto`` must equal ``hf`` everywhere), and per category the tokens/s 
 Run it (one line per model; 26 prompts, 2 per category, 128 new tokens; add ``vllm-none`` to ``--methods`` for
 vLLM without speculation):
 
-    python scripts/vllm_peer.py --model smollm2-135m --chat --per-category 2 --json bench-results/vllm-peer-smollm2-chat.json --markdown bench-results/vllm-peer-smollm2-chat.md
-    python scripts/vllm_peer.py --model gemma3-270m --per-category 2 --json bench-results/vllm-peer-gemma3-raw.json --markdown bench-results/vllm-peer-gemma3-raw.md
+    python scripts/vllm_peer.py --model smollm2-135m --chat --per-category 2 \\
+        --json bench-results/vllm-peer-smollm2-chat.json --markdown bench-results/vllm-peer-smollm2-chat.md
+    python scripts/vllm_peer.py --model gemma3-270m --per-category 2 \\
+        --json bench-results/vllm-peer-gemma3-raw.json --markdown bench-results/vllm-peer-gemma3-raw.md
 
 A quick check: ``--limit 2 --max-new-tokens 16``. ``--vllm-iomp`` preloads the vLLM environment's Intel OpenMP into
 the workers (vLLM-CPU warns that speculative decoding without it loses speed; torch here uses GNU OpenMP). The
@@ -163,7 +165,7 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
             compared = sum(1 for p in prompts if (p, m) in by and (p, REFERENCE) in by)
             entry.update(identical_to_hf=same, compared_to_hf=compared, first_difference=diverge)
         out["methods"][m] = entry
-    for m, entry in out["methods"].items():
+    for _m, entry in out["methods"].items():
         for ref, key in ((BASELINE, "vs_vllm_ngram"), (REFERENCE, "vs_hf")):
             base = out["methods"].get(ref, {}).get("tokens_per_s")
             entry[key] = entry["tokens_per_s"] / base if base else None
@@ -264,8 +266,8 @@ def main(argv=None) -> int:
                     help="OMP_WAIT_POLICY for both sides (default: the OpenMP runtime's own)")
     ap.add_argument("--vllm-python", default="/work/vllm-venv/bin/python", help="the vLLM environment's interpreter")
     ap.add_argument("--vllm-iomp", action="store_true",
-                    help="preload the vLLM environment's Intel OpenMP (lib/libiomp5.so) into the workers, as vLLM's CPU "
-                         "guide recommends for speculative decoding")
+                    help="preload the vLLM environment's Intel OpenMP (lib/libiomp5.so) into the workers, "
+                         "as vLLM's CPU guide recommends for speculative decoding")
     ap.add_argument("--log-dir", default=None, help="keep the vLLM workers' logs here (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="write the full report here")
     ap.add_argument("--markdown", default=None, help="write the markdown table here")
@@ -325,8 +327,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         for m, w in workers.items():
             hello = w.wait_ready()
-            print(f"[vllm_peer] {m} ready ({hello['startup_s']:.0f} s start-up, torch threads {hello['torch_threads']})",
-                  file=sys.stderr, flush=True)
+            print(f"[vllm_peer] {m} ready ({hello['startup_s']:.0f} s start-up, "
+                  f"torch threads {hello['torch_threads']})", file=sys.stderr, flush=True)
         if workers:
             print(f"[vllm_peer] workers ready after {time.perf_counter() - t0:.0f} s; logs in {log_dir}",
                   file=sys.stderr, flush=True)

@@ -7,6 +7,9 @@ import pytest
 import torch
 from tiny_models import ARCHS, VOCAB, make_tiny_model  # noqa: F401 (re-exported to the tests)
 
+# the words of ``tiny_folder``'s word-level tokenizer (ids 3 and up; 0-2 are <unk>, <s>, </s>)
+WORDS = [f"w{i}" for i in range(VOCAB - 3)]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_state_dir(tmp_path_factory):
@@ -35,6 +38,24 @@ def tiny_models():
         return cache[(arch, attn)]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny llama saved as a local HF folder with a word-level tokenizer over ``WORDS`` (the CLI tests' model)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    model = make_tiny_model("llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 class OracleDrafter:

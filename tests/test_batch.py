@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import ARCHS, VOCAB, OracleDrafter
-from test_cli import tiny_folder  # noqa: F401 (a fixture: a tiny model saved with a tokenizer)
 from test_greedy import FAST_PATH_CURVES, FLAT_CURVE
 from test_sampling import PROMPT, LikelyBranchesDrafter, chi_square_pvalue
 
@@ -83,7 +82,7 @@ def test_deep_acceptance_compacts_ragged_rows(tiny_models, arch):
         want = reference(model, ids, mask, 40, **kw)
         oracles = [OracleDrafter(want[r, width - len(rows[r]):].tolist() + [0] * 8, VOCAB, seed=r) for r in range(4)]
         handed = iter(oracles[1:])
-        fast = draftless.accelerate(model, drafter=oracles[0], drafter_factory=lambda: next(handed),
+        fast = draftless.accelerate(model, drafter=oracles[0], drafter_factory=lambda handed=handed: next(handed),
                                     cost_curve=FLAT_CURVE, max_nodes=24)
         got = fast.generate(ids, attention_mask=mask, max_new_tokens=40, pad_token_id=0, **kw)
         assert fast.last_batched

@@ -108,7 +108,8 @@ def test_calibrator_starts_an_agreement_group_from_its_best_proposer():
     for _ in range(50):  # a's guess is right every time, b's never
         t, k = cal.calibrate(merge(a_only, b_only))
         cal.observe(t, k, [1])
-    both = merge(DraftTree.from_paths(0, [[5]], [[0.6]], source="a"), DraftTree.from_paths(0, [[5]], [[0.6]], source="b"))
+    both = merge(DraftTree.from_paths(0, [[5]], [[0.6]], source="a"),
+                 DraftTree.from_paths(0, [[5]], [[0.6]], source="b"))
     agreed, _ = cal.calibrate(both)
     assert int(both.source_mask[1]) == 3
     assert agreed.scores[1] > 0.9  # a cold group would start at 0.6 * prior_ratio = 0.3

@@ -2,11 +2,9 @@
 import json
 
 import pytest
-from conftest import VOCAB, make_tiny_model
+from conftest import WORDS
 
 from draftless.app.cli import main
-
-WORDS = [f"w{i}" for i in range(VOCAB - 3)]
 
 
 @pytest.fixture(autouse=True)
@@ -14,23 +12,6 @@ def private_cache(tmp_path, monkeypatch):
     """Measured cost curves of the throwaway models (and anything converted) go to temporary directories."""
     monkeypatch.setenv("DRAFTLESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path / "state"))
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-    model = make_tiny_model("llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def test_generate_prints_text_stats_and_speedup(tiny_folder, capsys):
@@ -63,7 +44,7 @@ def test_bench_writes_report_with_contract_keys(tiny_folder, tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert {"model", "device", "dtype", "max_new_tokens", "n_prompts", "methods"} <= set(report)
     assert report["n_prompts"] == 3 and set(report["methods"]) == {"hf", "hf-pld", "ngram"}
-    for name, m in report["methods"].items():
+    for _name, m in report["methods"].items():
         assert {"tokens_per_s", "wall_s", "new_tokens", "mean_accepted", "speedup_vs_hf", "identical_to_hf",
                 "per_category"} <= set(m)
         assert set(m["per_category"]) == {"qa", "code", "math"}

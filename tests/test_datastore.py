@@ -160,7 +160,8 @@ def test_tokenizer_identity():
 
 # ------------------------------------------------------------------------------------------ corpus and build
 def test_corpus_readers_and_separators(tmp_path):
-    (tmp_path / "a.jsonl").write_text(json.dumps({"q": "ab", "a": "cd", "z": 1}) + "\n\n" + json.dumps({"q": "e", "a": "f"}) + "\n")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"q": "ab", "a": "cd", "z": 1}) + "\n\n"
+                                      + json.dumps({"q": "e", "a": "f"}) + "\n")
     src = tmp_path / "src"
     (src / "pkg" / "site-packages").mkdir(parents=True)
     (src / "x.py").write_text("xx")
@@ -176,7 +177,8 @@ def test_corpus_readers_and_separators(tmp_path):
     assert texts == ["yy", "xx"]  # sorted paths: pkg/y.py before x.py
     tok = CharTokenizer()
     corpus = tokenize_corpus([tmp_path / "a.jsonl", tmp_path / "plain.txt"], tok, fields=["q", "a"], progress=False)
-    expected = tok(["ab\ncd"])["input_ids"][0] + [0] + tok(["e\nf"])["input_ids"][0] + [0] + tok(["hello"])["input_ids"][0]
+    expected = (tok(["ab\ncd"])["input_ids"][0] + [0] + tok(["e\nf"])["input_ids"][0] + [0]
+                + tok(["hello"])["input_ids"][0])
     assert corpus.tokens.dtype == np.int32 and corpus.tokens.tolist() == expected
     assert corpus.n_documents == 3 and corpus.separator_id == 0
     with pytest.raises(FileNotFoundError):

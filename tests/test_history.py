@@ -354,7 +354,7 @@ def test_sampling_with_history_follows_the_exact_target_distribution(tiny_models
 
 
 # ---------------------------------------------------------------------------------------------- command line
-from test_cli import WORDS, private_cache, tiny_folder  # noqa: E402,F401 (fixtures: a tiny model folder, temp dirs)
+from test_cli import WORDS, private_cache  # noqa: E402,F401 (an autouse fixture: temp cache and state dirs)
 
 
 def test_generate_keeps_a_history_across_runs(tiny_folder, tmp_path, capsys):

@@ -135,15 +135,15 @@ def test_an_engine_packs_its_weights_when_it_learns_a_curve_that_runs_packed(tin
     engine = draftless.accelerate(model, "ngram", cost_curve=packed)
     assert engine.verification.packed_bytes == 0  # nothing is made before the engine reads its curve
     with engine.verification.attached():  # as in a request, where the engine first reads its curve
-        engine.cost_curve
+        _ = engine.cost_curve  # reading the property prepares the curve's paths (packs the weights)
     assert len(engine.verification._packed) == len(linears)
     outside = draftless.accelerate(model, "ngram", cost_curve=packed)
-    outside.cost_curve  # read outside a request (a caller inspecting it)
+    _ = outside.cost_curve  # read outside a request (a caller inspecting it)
     assert len(outside.verification._packed) == len(linears)
     ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(5))
     out = engine.generate(ids, max_new_tokens=12, do_sample=False)
     assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=12, do_sample=False))
     assert len(engine.verification._packed) == len(linears)
     plain = draftless.accelerate(model, "ngram", cost_curve=CostCurve(sizes=(1, 4), ms=(10.0, 11.0)))
-    plain.cost_curve
+    _ = plain.cost_curve  # reading the curve prepares its paths: here none that packs
     assert plain.verification.packed_bytes == 0

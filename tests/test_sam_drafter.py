@@ -173,8 +173,11 @@ def test_store_refusals(store, tmp_path):
     with pytest.raises(DatastoreError) as err:
         SamDrafter(store, CharTokenizer("other-model", shift=3))
     assert "'chars'" in str(err.value) and "'other-model'" in str(err.value)
-    assert_common_store_refusals(lambda path, tokenizer=CharTokenizer(), verify="size": SamDrafter(
-        path, tokenizer, verify=verify), store, tmp_path, "sam", "edge_to.npy", CharTokenizer("other-model", shift=3),
-        corrupt_file="states.npy")
+
+    def open_store(path, tokenizer=None, verify="size"):
+        return SamDrafter(path, CharTokenizer() if tokenizer is None else tokenizer, verify=verify)
+
+    assert_common_store_refusals(open_store, store, tmp_path, "sam", "edge_to.npy",
+                                 CharTokenizer("other-model", shift=3), corrupt_file="states.npy")
     with pytest.raises(DatastoreError, match="not found"):
         SamDrafter(tmp_path / "missing")

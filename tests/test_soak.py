@@ -87,8 +87,11 @@ def _check_one_engine_set(model, n_requests: int, seed: int) -> None:
     for _ in range(n_requests):
         req = _request(rng)
         fast = engines[req["spec"]]
-        run = lambda: fast.generate(req["ids"], attention_mask=req["mask"], max_new_tokens=req["max_new"],  # noqa: E731
-                                    generator=torch.Generator().manual_seed(req["seed"]), **req["options"])
+
+        def run(fast=fast, req=req):
+            return fast.generate(req["ids"], attention_mask=req["mask"], max_new_tokens=req["max_new"],
+                                 generator=torch.Generator().manual_seed(req["seed"]), **req["options"])
+
         out = run().sequences
         if req["sample"]:
             assert torch.equal(out, run().sequences), req  # the same seed, the same draws

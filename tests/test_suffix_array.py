@@ -121,8 +121,10 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_store_refusals(store, tmp_path):
-    assert_common_store_refusals(lambda path, tokenizer=CharTokenizer(), verify="size": RestDrafter(
-        path, tokenizer, verify=verify), store, tmp_path, "rest", "sa.npy", CharTokenizer("other-model", shift=3))
+    def open_store(path, tokenizer=None, verify="size"):
+        return RestDrafter(path, CharTokenizer() if tokenizer is None else tokenizer, verify=verify)
+
+    assert_common_store_refusals(open_store, store, tmp_path, "rest", "sa.npy", CharTokenizer("other-model", shift=3))
     inconsistent = write_store(tmp_path / "bad", "rest", {"tokens": np.zeros(3, np.int32),
                                                           "sa": np.zeros(2, np.int32)}, None)
     with pytest.raises(DatastoreError, match="inconsistent"):

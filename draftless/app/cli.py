@@ -122,8 +122,8 @@ def _batch_bench(args, model, tokenizer, prompts, methods, sampling) -> int:
 
     try:
         sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
-    except ValueError:
-        raise SystemExit(f"--batch-size takes comma-separated integers, got {args.batch_size!r}")
+    except ValueError as exc:
+        raise SystemExit(f"--batch-size takes comma-separated integers, got {args.batch_size!r}") from exc
     report = run_batch_bench(model, tokenizer, prompts, methods, sizes, max_new_tokens=args.max_new_tokens,
                              chat=args.chat, sampling=sampling, datastore=args.datastore, max_nodes=args.max_nodes,
                              draft_model=args.draft_model, model_name=args.model or "smollm2-135m")
@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--categories", default=None, help="comma-separated categories to keep")
     b.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
     b.add_argument("--datastore", default=None, help="a datastore directory that auto adds as a source")
-    b.add_argument("--draft-model", default=None, metavar="self|PATH", help="a model drafter auto combines with retrieval")
+    b.add_argument("--draft-model", default=None, metavar="self|PATH",
+                   help="a model drafter auto combines with retrieval")
     b.add_argument("--max-nodes", type=int, default=32)
     b.add_argument("--json", required=True, help="write the report here")
     b.add_argument("--markdown", default=None, help="also write a markdown table here")

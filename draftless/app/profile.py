@@ -124,13 +124,15 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
                 pos = torch.arange(prefix_len, prefix_len + n, device=device)[None]
                 cases[n] = (ids, pos, mask, mask_ms)
 
-            def run(n, path):
+            # the loop's cache, cases and prefix_len are bound as defaults: run is only called in this iteration
+            def run(n, path, cases=cases, cache=cache, prefix_len=prefix_len):
                 ids, pos, mask, _ = cases[n]
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 with verification.context(path):
-                    model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
+                    model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache},
+                          use_cache=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t1 = time.perf_counter()
@@ -188,7 +190,8 @@ def format_report(report: dict) -> str:
         by_cache[row["cache_len"]].append(row)
     for cache_len, rows in by_cache.items():
         paths = list(dict.fromkeys(r["path"] for r in rows))
-        lines.append(f"\ncache {cache_len}: t(n) ms (t(n)/t(1)) per path; stage split (ms, instrumented) of the fastest")
+        lines.append(f"\ncache {cache_len}: t(n) ms (t(n)/t(1)) per path; "
+                     "stage split (ms, instrumented) of the fastest")
         header = "   n  " + "  ".join(f"{p:>16}" for p in paths) + "  " + " ".join(f"{s[:10]:>10}" for s in STAGES)
         lines.append(header + "   mask  compact  fastest")
         for n in sorted({r["n"] for r in rows}):

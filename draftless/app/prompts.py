@@ -49,7 +49,8 @@ def load_prompt_file(path: str | Path, per_category: int | None = None, limit: i
             except (ValueError, KeyError, IndexError) as exc:
                 raise ValueError(f"{path}:{line_no}: not a Spec-Bench prompt line ({exc})") from exc
             category = str(row.get("category", "all"))
-            by_category.setdefault(category, []).append(BenchPrompt(str(row.get("question_id", line_no)), category, text))
+            by_category.setdefault(category, []).append(
+                BenchPrompt(str(row.get("question_id", line_no)), category, text))
     if per_category is not None:
         by_category = {k: v[:per_category] for k, v in by_category.items()}
     ordered: list[BenchPrompt] = []

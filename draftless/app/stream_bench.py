@@ -1,12 +1,12 @@
 """``draftless bench --stream``: a stream of related requests through one engine, with and without a history.
 
 A deployment sees requests one after another, and they repeat themselves (one instruction over many inputs, one
-output format). This benchmark builds such a stream from the public data shipped in ``draftless/data/bench`` and runs it in
-order through two engines of the same model: ``auto`` without a history and ``auto`` with one (``history=True``,
-or a directory). Each request runs plain greedy ``model.generate`` first (the reference every output must equal),
-then both engines (alternating which goes first), back to back, so drifts of the machine hit all three alike.
-The report gives the speedup of the history per request index, by bucket of request indices and by half of the
-stream: the warm-up curve.
+output format). This benchmark builds such a stream from the public data shipped in ``draftless/data/bench`` and
+runs it in order through two engines of the same model: ``auto`` without a history and ``auto`` with one
+(``history=True``, or a directory). Each request runs plain greedy ``model.generate`` first (the reference every
+output must equal), then both engines (alternating which goes first), back to back, so drifts of the machine hit all
+three alike. The report gives the speedup of the history per request index, by bucket of request indices and by half
+of the stream: the warm-up curve.
 
 Workloads (``--workload``): ``app/streams.py``.
 """

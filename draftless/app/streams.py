@@ -1,6 +1,6 @@
 """The request streams of ``draftless bench --stream`` (and ``scripts/vllm_bench.py --workload``): related
-requests built from the public data shipped in ``draftless/data/bench``, with no dependency beyond the standard library, so a
-serving engine's environment can read them too.
+requests built from the public data shipped in ``draftless/data/bench``, with no dependency beyond the standard
+library, so a serving engine's environment can read them too.
 
 Workloads (``--workload``):
 
@@ -44,7 +44,8 @@ class StreamRequest:
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (the stream workloads read gsm8k_train.jsonl and mbpp_train.jsonl; pass --data DIR)")
+        raise FileNotFoundError(f"{path} not found (the stream workloads read gsm8k_train.jsonl and "
+                                "mbpp_train.jsonl; pass --data DIR)")
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 

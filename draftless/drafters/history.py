@@ -42,8 +42,8 @@ class HistoryDrafter(BaseDrafter):
 
     def __init__(self, store: HistoryStore | None = None, *, min_match: int = 2, max_segments: int = 2,
                  min_depth: int = 4, max_depth: int = 16, depth_per_match: float = 2.0, top_k: int = 3,
-                 smoothing: float = 1.0, min_score: float = 0.02, warmup_requests: int = 4, namespaced_only: bool = False,
-                 record: bool = True):
+                 smoothing: float = 1.0, min_score: float = 0.02, warmup_requests: int = 4,
+                 namespaced_only: bool = False, record: bool = True):
         self.store = store if store is not None else HistoryStore()
         self.min_match = max(1, int(min_match))
         self.max_segments = max(1, int(max_segments))

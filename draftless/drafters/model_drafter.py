@@ -113,7 +113,8 @@ class _Growth:
 
 class ModelDrafter(BaseDrafter):
     """Drafts with ``draft_model`` (an HF causal LM, or any callable taking ``input_ids, position_ids,
-    attention_mask`` and the cache (under ``hf.compat.cache_keyword``'s name) and returning ``.logits``, like ``hf.layer_view.LayerSubsetModel``).
+    attention_mask`` and the cache (under ``hf.compat.cache_keyword``'s name) and returning ``.logits``, like
+    ``hf.layer_view.LayerSubsetModel``).
 
     Parameters
     ----------

@@ -4,10 +4,10 @@ The draft model is a ``hf.layer_view.LayerSubsetModel``: the target's own embedd
 norm and head, run with the drafter's own KV cache; the target is not modified. Drafting is ``ModelDrafter``'s
 dynamic tree.
 
-Which layers to skip is chosen by measurement, once per model, and cached as json under
-``state_dir()/self_spec/`` (see ``draftless.paths``). A calibration sequence (a short text plus the target's own greedy continuation of it)
-is run teacher-forced through candidate subsets; a subset's *agreement* ``a`` is how often its argmax equals the
-full model's, and its relative cost ``r`` is the parameters a decode step touches (kept layers + head) over the full
+Which layers to skip is chosen by measurement, once per model, and cached as json under ``state_dir()/self_spec/``
+(see ``draftless.paths``). A calibration sequence (a short text plus the target's own greedy continuation of it) is
+run teacher-forced through candidate subsets; a subset's *agreement* ``a`` is how often its argmax equals the full
+model's, and its relative cost ``r`` is the parameters a decode step touches (kept layers + head) over the full
 model's. Treating acceptances as independent with probability ``a``, a chain of ``g`` drafts commits on average
 ``(1 - a^(g+1)) / (1 - a)`` tokens for a cost of ``1 + g*r`` target steps, so each candidate is scored by
 

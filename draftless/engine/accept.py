@@ -62,7 +62,8 @@ class SamplingWarper:
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
         if not temperature or temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for sampling (got {temperature}); use do_sample=False for greedy")
+            raise ValueError(f"temperature must be > 0 for sampling (got {temperature}); "
+                             "use do_sample=False for greedy")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 (got {top_k})")
         if top_p is not None and not 0 < top_p <= 1:
@@ -98,8 +99,9 @@ SOFTMAX = _Softmax()
 def accept_sampling(
     tree: DraftTree, logits: torch.Tensor, warper, generator: torch.Generator | None = None
 ) -> Acceptance:
-    """Sample-and-walk (see module docstring). ``logits``: float[n, V] (or a ``processing.TreeScores``); ``warper``: a ``SamplingWarper`` on raw
-    logits, or ``SOFTMAX`` on scores the request's processors already warped."""
+    """Sample-and-walk (see module docstring). ``logits``: float[n, V] (or a ``processing.TreeScores``);
+    ``warper``: a ``SamplingWarper`` on raw logits, or ``SOFTMAX`` on scores the request's processors already
+    warped."""
     child = _child_index(tree) if len(tree) > 1 else {}
     path = [0]
     node = 0

@@ -41,6 +41,9 @@ from .shared_state import SharedState
 from .stats import GenerationStats
 from .tree import DraftTree
 
+# the info of a request that passes none (the default namespace); RequestInfo is frozen, so one instance serves all
+_DEFAULT_INFO = RequestInfo()
+
 
 @dataclass
 class GenerationResult:
@@ -212,8 +215,9 @@ class SpeculativeGenerator:
 
     ``max_nodes``: the most tree nodes (root included) one pass may verify. ``adaptive``: choose each step's tree
     size from the measured cost curve and calibrated scores (see ``budget.py``); when False every step verifies up
-    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring (it is then used as given unless ``learn_costs=True``). ``min_gain``: verify a tree only when its
-    expected speed beats plain decoding by this factor (a margin for misestimated scores). ``drafter_factory``: a
+    to ``max_nodes`` nodes. ``cost_curve``: pass one to skip measuring (it is then used as given unless
+    ``learn_costs=True``). ``min_gain``: verify a tree only when its expected speed beats plain decoding by this
+    factor (a margin for misestimated scores). ``drafter_factory``: a
     callable returning a fresh, independent drafter like ``drafter``; with one, the rows of a batch are verified
     together (``engine/batch.py``), each row drafting with its own instance (built on first need, then kept for
     later calls); without one (a ``Drafter`` object passed alone) a batch runs row by row through ``drafter``.
@@ -680,7 +684,7 @@ class SpeculativeGenerator:
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, plan: DecodingPlan,
                streamer=None, generator: torch.Generator | None = None, as_result: bool = False,
-               info: RequestInfo = RequestInfo()):
+               info: RequestInfo = _DEFAULT_INFO):
         """The loop for resolved arguments (both entry points end here): ``input_ids`` int64 [B, P] and
         ``attention_mask`` int64 [B, P] or None, checked, on the model's device; ``plan``: a ``DecodingPlan``.
 
@@ -739,7 +743,7 @@ class SpeculativeGenerator:
         return GenerationResult(sequences, produced[0] if batch == 1 else produced, self.last_stats, rows)
 
     def _run_row(self, padded_row: np.ndarray, n_pad: int, plan: DecodingPlan, processors, stop: StopRule,
-                 streamer, generator, info: RequestInfo = RequestInfo()) -> RequestState:
+                 streamer, generator, info: RequestInfo = _DEFAULT_INFO) -> RequestState:
         """Decode one row (``padded_row``: int64[P], ``n_pad`` leading padding ids) until a criterion stops it."""
         t_start = time.perf_counter()
         state = new_row_state(padded_row, n_pad, plan, processors, stop, streamer, generator, new_cache())

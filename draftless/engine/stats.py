@@ -93,5 +93,6 @@ class GenerationStats:
             f"{self.new_tokens} tokens in {self.steps} steps, {self.mean_accepted:.2f} tokens/step, "
             f"{self.tokens_per_s:.1f} tok/s (draft {self.draft_ms:.0f} ms, verify {self.verify_ms:.0f} ms, "
             f"accept {self.accept_ms:.0f} ms, feedback {self.feedback_ms:.0f} ms, "
-            f"mean tree {self.mean_tree_size:.1f} nodes)" + (f"; accepted/proposed per source: {sources}" if sources else "")
+            f"mean tree {self.mean_tree_size:.1f} nodes)"
+            + (f"; accepted/proposed per source: {sources}" if sources else "")
         )

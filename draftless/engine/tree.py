@@ -43,7 +43,8 @@ class DraftTree:
         )
 
     @staticmethod
-    def from_chain(root_token: int, chain: Sequence[int], scores: Sequence[float] | None = None, source: str = "") -> DraftTree:
+    def from_chain(root_token: int, chain: Sequence[int], scores: Sequence[float] | None = None,
+                   source: str = "") -> DraftTree:
         """A single path ``root -> chain[0] -> chain[1] ...``; ``scores`` are per-node cumulative scores."""
         return DraftTree.from_paths(root_token, [list(chain)], None if scores is None else [list(scores)], source)
 

@@ -8,8 +8,8 @@ routes its tree-sized fp32 linear calls to oneDNN on weights packed once into on
 The cost curve (``engine/cost_curve.py``) measures every available path at every tree size and the engine runs each
 pass on the fastest for its size. ``VerificationPaths`` is the per-model object (one engine's, or shared by a pool
 of engines serving the same model from several threads) that says which paths apply to a model and enters them,
-and owns what they keep (the packed weights). A path is active only in the thread whose pass entered it. See README, "Verification
-cost".
+and owns what they keep (the packed weights). A path is active only in the thread whose pass entered it. See
+README, "Verification cost".
 """
 from __future__ import annotations
 

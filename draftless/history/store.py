@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -121,7 +122,16 @@ class HistoryStore:
             self._evict()
             self._unsaved += 1
             if self.path is not None and self._unsaved >= self.save_every:
-                self.save()
+                self._save_when_due()
+
+    def _save_when_due(self) -> None:
+        """The automatic save after a record: a failure to write (a full disk) must not cost the caller the
+        generation it just finished, so it warns and keeps the records in memory for the next save."""
+        try:
+            self.save()
+        except OSError as exc:
+            warnings.warn(f"history not saved ({exc}); its {self._unsaved} unsaved request(s) stay in memory and "
+                          f"the next save retries", RuntimeWarning, stacklevel=3)
 
     def _full(self, seg: Segment) -> bool:
         if seg.n_requests >= self.segment_requests:

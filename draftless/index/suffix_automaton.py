@@ -149,8 +149,8 @@ class SuffixAutomaton:
              verify: str = "size") -> SuffixAutomaton:
         """Open a ``"sam"`` datastore (frozen; memory-mapped unless ``mmap=False``).
 
-        ``tokenizer_identity`` (from ``draftless.stores.datastore.tokenizer_identity``) refuses a store built with another
-        tokenizer; ``verify="full"`` also checks sha256 checksums. Raises ``DatastoreError`` on any problem.
+        ``tokenizer_identity`` (from ``draftless.stores.datastore.tokenizer_identity``) refuses a store built with
+        another tokenizer; ``verify="full"`` also checks sha256 checksums. Raises ``DatastoreError`` on any problem.
         """
         store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
         missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]

@@ -17,8 +17,9 @@ request and step. ``ChainDrafter`` bridges the two without knowing anything abou
   (``step_costs.best_draft_count``): the candidate tokens of every row, best gain first, are taken while they
   raise the step's expected tokens per millisecond on the engine's measured step-cost grid (``StepCosts``: the
   rows and the draft tokens of a step set its time; on vLLM's CPU backend one draft token adds about 15% to a
-  one-request step, and sixteen, one per row, 45% to a sixteen-request step). Each row gets the prefix of its chain that made the cut; zero tokens is a
-  candidate, so a step whose drafts do not pay for themselves speculates on no row;
+  one-request step, and sixteen, one per row, 45% to a sixteen-request step). Each row gets the prefix of its chain
+  that made the cut; zero tokens is a candidate, so a step whose drafts do not pay for themselves speculates on no
+  row;
 - the next call shows what the engine accepted: the request's context has grown by the accepted drafts plus one
   token the target chose (the "bonus"), and those tokens are fed back to the calibrators;
 - engines reuse and compact rows: a row may hold another request than last step, and a request may move to another

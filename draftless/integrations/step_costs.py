@@ -43,8 +43,8 @@ class StepCosts:
     speculation); every c must be measured at k = 0 and at least one k > 0. Between measured points the cost is
     linear in the batch's draft tokens ``D = c * k`` and, between measured row counts, linear in the rows; past the
     largest measured D it grows with the last segment's slope, past the largest c by what a row added to a plain
-    step between the last two measured row counts. Costs are made non-decreasing in D (a step that verifies more is never planned cheaper: dips in a
-    measured grid are noise or a kernel path too narrow to aim at).
+    step between the last two measured row counts. Costs are made non-decreasing in D (a step that verifies more is
+    never planned cheaper: dips in a measured grid are noise or a kernel path too narrow to aim at).
     """
 
     def __init__(self, grid: Mapping[int | str, Mapping[int | str, float]]):

@@ -47,7 +47,8 @@ class BuildReport:
     def summary(self) -> str:
         mb = 1 / 1e6
         lines = [
-            f"[draftless] {self.kind} store: {self.n_tokens:,} tokens ({self.n_documents:,} documents) -> {self.out_dir}",
+            f"[draftless] {self.kind} store: {self.n_tokens:,} tokens ({self.n_documents:,} documents) "
+            f"-> {self.out_dir}",
             f"  tokenize {self.tokenize_s:.1f} s ({self.n_tokens / max(self.tokenize_s, 1e-9) / 1e6:.2f}M tok/s)"
             f" | build {self.build_s:.2f} s ({self.tokens_per_s:,.0f} tok/s excluding tokenization"
             + (f", {self.indexed_tokens:,} tokens indexed" if self.indexed_tokens != self.n_tokens else "") + ")",

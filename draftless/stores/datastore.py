@@ -70,7 +70,8 @@ def same_tokenizer(a: Mapping | None, b: Mapping | None) -> bool:
 def _describe(identity: Mapping | None) -> str:
     if identity is None:
         return "an unrecorded tokenizer"
-    return f"tokenizer {identity.get('name')!r} (vocab {identity.get('vocab_size')}, hash {str(identity.get('vocab_hash'))[:12]})"
+    return (f"tokenizer {identity.get('name')!r} (vocab {identity.get('vocab_size')}, "
+            f"hash {str(identity.get('vocab_hash'))[:12]})")
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -87,6 +88,17 @@ def _is_store(path: Path) -> bool:
         return json.loads((path / META_FILE).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _save_npy(file: Path, array: np.ndarray) -> None:
+    """``np.save`` without pickles, written through Python's file object: numpy's own ``tofile`` reports a short
+    write (a full disk) as an ``OSError`` without an errno, so the caller could not tell it from a bug."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ValueError(f"{file.name}: arrays of Python objects cannot be stored (they would need pickles)")
+    with open(file, "wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, np.lib.format.header_data_from_array_1_0(array))
+        fh.write(memoryview(array.reshape(-1)).cast("B"))
 
 
 def write_store(out_dir: str | os.PathLike, kind: str, arrays: Mapping[str, np.ndarray],
@@ -109,7 +121,7 @@ def write_store(out_dir: str | os.PathLike, kind: str, arrays: Mapping[str, np.n
         for name, array in arrays.items():
             array = np.asarray(array)
             file = tmp / f"{name}.npy"
-            np.save(file, np.ascontiguousarray(array), allow_pickle=False)
+            _save_npy(file, array)
             files[file.name] = {"sha256": _sha256_file(file), "size": file.stat().st_size,
                                 "dtype": array.dtype.str, "shape": list(array.shape)}
         if n_tokens is None:
@@ -167,7 +179,8 @@ def _read_meta(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise DatastoreError(f"{meta_path} is unreadable or not JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DatastoreError(f"{path} is not a draftless datastore (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DatastoreError(f"{path} is not a draftless datastore (format {found!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise DatastoreError(
@@ -185,7 +198,8 @@ def _check_npy(file: Path, info: Mapping) -> None:
         raise DatastoreError(f"datastore file missing: {file}")
     size = file.stat().st_size
     if size != int(info["size"]):
-        raise DatastoreError(f"datastore file {file} is {size} bytes, meta.json says {info['size']}: truncated or replaced")
+        raise DatastoreError(f"datastore file {file} is {size} bytes, meta.json says {info['size']}: "
+                             "truncated or replaced")
     try:
         with open(file, "rb") as f:
             version = np.lib.format.read_magic(f)

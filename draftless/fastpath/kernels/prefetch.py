@@ -38,7 +38,8 @@ def prefetch_row(typingctx, array, row):
         prefetch = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.prefetch.p0i8")
         # arguments: address, 0 = read, 3 = keep in all cache levels, 1 = data cache
         flags = [ir.Constant(ir.IntType(32), v) for v in (0, 3, 1)]
-        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), row_bytes, ir.Constant(intp, _CACHE_LINE)) as (offset, _):
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), row_bytes,
+                                     ir.Constant(intp, _CACHE_LINE)) as (offset, _):
             builder.call(prefetch, [builder.gep(start, [offset])] + flags)
         return context.get_dummy_value()
 

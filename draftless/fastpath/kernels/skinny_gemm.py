@@ -21,7 +21,8 @@ _FASTMATH = {"reassoc", "contract", "nsz"}
 # Output columns per parallel task: enough tasks to balance two cores on a 576-wide layer, long enough runs of
 # weight rows for the prefetch to run ahead within a task.
 _COLUMNS_PER_TASK = 64
-# How many weight rows ahead of the one being computed the prefetch asks for (1, 2 and 4 measured within noise of each other; 8 and 16 slower).
+# How many weight rows ahead of the one being computed the prefetch asks for (1, 2 and 4 measured within noise of
+# each other; 8 and 16 slower).
 _PREFETCH_AHEAD = 2
 
 
