@@ -24,6 +24,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 
+from .api import accelerate
 from .hf.generation import plan_from_prepared, refuse_inputs_embeds
 
 
@@ -111,8 +112,6 @@ class CustomGenerate:
         """The persistent ``EnginePool`` for ``model`` with ``drafter`` (a spec string or a ``Drafter`` object) and
         ``drafter_options`` (``draftless.accelerate``'s keywords: ``tokenizer``, ``datastore``, ``max_nodes``,
         ...); its first engine is built on first use."""
-        from . import accelerate
-
         options = dict(drafter_options or {})
         key = self._key(model, drafter, options)
         with self._lock:

@@ -350,6 +350,63 @@ def _bf16_agreement(reports: list[dict]) -> str:
     return rows_to_table(head, rows)
 
 
+# ------------------------------------------------------------------------------------------ corpus stores at scale
+@table("sa-builders", "sa-builders.json")
+def _sa_builders(reports: list[dict]) -> str:
+    names = {"divsufsort": "`divsufsort` (default): libdivsufsort on 2 bytes a token",
+             "doubling": "`doubling` (fallback): prefix doubling in numpy",
+             "pydivsufsort-int": "`pydivsufsort.divsufsort` on the int32 array"}
+    head = ["tokens", "ids below", "builder", "seconds", "M tokens/s", "CPU s", "peak memory added"]
+    rows = []
+    for run in reports[0]["runs"]:
+        rows.append([f"{run['n_tokens'] / 1e6:.0f}M", f"{run['max_id'] + 1:,}", names[run["builder"]],
+                     f"{run['seconds']:.1f}", f"{run['tokens_per_s'] / 1e6:.2f}", f"{run['cpu_seconds']:.1f}",
+                     f"{run['peak_added_bytes'] / 1e6:,.0f} MB = {run['peak_bytes_per_token']:.1f} B/token"])
+    return rows_to_table(head, rows)
+
+
+@table("corpus-scale-builds", "corpus-scale.json")
+def _corpus_scale_builds(reports: list[dict]) -> str:
+    r = reports[0]
+    names = {"1-shard": "one store (`build_store`)", "sharded": f"{r['shards']} shards, in-process",
+             "ray": f"{r['shards']} shards on Ray ({r['ray_cpus']} CPUs)"}
+    head = ["corpus", "build", "tokenize", "suffix arrays (CPU, all shards)", "after tokenizing (wall)", "disk",
+            "peak memory added", "process peak"]
+    rows = []
+    for entry in r["sizes"].values():
+        for method, b in entry["builds"].items():
+            procs = (f"{b['tokenize_processes']} processes x 1 thread" if method == "ray"
+                     else f"1 process, {b['tokenizer_threads']} tokenizer threads")
+            peak = b["peak_added_bytes"]
+            added = "-" if peak is None else f"{peak / 1e6:,.0f} MB = {peak / b['n_tokens']:.1f} B/token"
+            if method == "ray" and peak is not None:
+                per_shard_token = peak / b["largest_shard_tokens"]
+                added = f"{peak / 1e6:,.0f} MB (the largest shard task: {per_shard_token:.1f} B/shard token)"
+            rows.append([f"{b['n_tokens'] / 1e6:.1f}M tokens ({entry['files']:,} files)", names[method],
+                         f"{b['tokenize_s']:.1f} s = {b['tokens_per_s_tokenize'] / 1e6:.2f}M tok/s ({procs})",
+                         f"{b['construct_s']:.1f} s", f"{b['build_s']:.1f} s",
+                         f"{b['disk_bytes_per_token']:.1f} B/token", added,
+                         f"{b['process_peak_bytes'] / 1e6:,.0f} MB" + (" (driver)" if method == "ray" else "")])
+    return rows_to_table(head, rows)
+
+
+@table("corpus-scale-latency", "corpus-scale.json")
+def _corpus_scale_latency(reports: list[dict]) -> str:
+    head = ["corpus", "store", "open", "draft median", "draft p90", "steps drafting", "mean match",
+            "trees identical to one store's"]
+    rows = []
+    for entry in reports[0]["sizes"].values():
+        lat = entry["latency"]
+        tokens = entry["builds"]["1-shard"]["n_tokens"]
+        for name in ("1-shard", "sharded"):
+            m = lat[name]
+            rows.append([f"{tokens / 1e6:.1f}M tokens", "one store" if name == "1-shard" else f"{m['shards']} shards",
+                         f"{m['open_ms']:.0f} ms", f"{m['median_ms']:.3f} ms", f"{m['p90_ms']:.3f} ms",
+                         f"{m['drafted']} / {lat['contexts']}", f"{m['mean_match']:.1f} tokens",
+                         "-" if name == "1-shard" else f"{lat['identical_trees']} / {lat['contexts']}"])
+    return rows_to_table(head, rows)
+
+
 # ------------------------------------------------------------------------------------------ the regions
 def rewrite(text: str) -> tuple[str, list[str], list[str]]:
     """``text`` with every region re-rendered; also the names of the regions that changed and the problems (unknown

@@ -22,18 +22,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the checkout's draftless, installed or not
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tiny_models import ARCHS, VOCAB, make_tiny_model  # noqa: E402
 
 import draftless  # noqa: E402
 from draftless.engine.cost_curve import CostCurve, measure_cost_curve  # noqa: E402
 from draftless.engine.protocol import BaseDrafter  # noqa: E402
 from draftless.engine.tree import DraftTree  # noqa: E402
 from draftless.hf.attention import inspect_model  # noqa: E402
+from draftless.hf.tiny_models import ARCHS, VOCAB, make_tiny_model  # noqa: E402
 
 FLAT = CostCurve((1, 8, 64), (1.0, 1.05, 1.2))  # lets big trees through on tiny models
 

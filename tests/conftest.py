@@ -5,7 +5,8 @@ import threading
 
 import pytest
 import torch
-from tiny_models import ARCHS, VOCAB, make_tiny_model  # noqa: F401 (re-exported to the tests)
+
+from draftless.hf.tiny_models import ARCHS, VOCAB, make_tiny_model  # noqa: F401 (re-exported to the tests)
 
 # the words of ``tiny_folder``'s word-level tokenizer (ids 3 and up; 0-2 are <unk>, <s>, </s>)
 WORDS = [f"w{i}" for i in range(VOCAB - 3)]

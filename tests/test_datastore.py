@@ -10,17 +10,19 @@ from conftest import CharTokenizer
 
 from draftless.index.suffix_automaton import SuffixAutomaton
 from draftless.stores.build import build_store
-from draftless.stores.corpus import iter_pieces, tokenize_corpus
+from draftless.stores.corpus import tokenize_corpus
 from draftless.stores.datastore import (
     FORMAT,
     FORMAT_VERSION,
     DatastoreError,
     open_store,
-    tokenizer_identity,
     verify_checksums,
     write_store,
 )
+from draftless.stores.documents import iter_pieces
+from draftless.stores.indexes import load_index
 from draftless.stores.kinds import BUILDERS
+from draftless.tokenizer_identity import tokenizer_identity
 
 ARRAYS = {"tokens": np.arange(100, dtype=np.int32), "table": np.arange(12, dtype=np.float32).reshape(3, 4)}
 
@@ -201,7 +203,7 @@ def test_build_store_sam(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "bytes/token" in printed and "excluding tokenization" in printed
     assert report.n_tokens == 6 + 1 + 3 + 1 + 4 and report.bytes_per_token > 0
-    sam = SuffixAutomaton.load(tmp_path / "store", tokenizer_identity=tokenizer_identity(tok), verify="full")
+    sam = load_index(SuffixAutomaton, tmp_path / "store", tokenizer_identity=tokenizer_identity(tok), verify="full")
     ids = tok(["abc"])["input_ids"][0]
     assert sam.occurrences(ids) == 3
     assert sam.store_meta["separator_id"] == 0 and sam.store_meta["build_args"]["kind"] == "sam"

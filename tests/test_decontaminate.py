@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from draftless.stores.corpus import Piece, iter_pieces
 from draftless.stores.decontaminate import (
     NGramIndex,
     filter_documents,
@@ -14,6 +13,7 @@ from draftless.stores.decontaminate import (
     normalise_words,
     write_filtered_jsonl,
 )
+from draftless.stores.documents import Piece, iter_pieces
 
 PROMPT = ("Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences "
           "and must-see attractions.")

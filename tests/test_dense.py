@@ -10,8 +10,10 @@ from draftless.drafters.dense import DenseDrafter
 from draftless.engine.protocol import StepFeedback
 from draftless.engine.tree import DraftTree
 from draftless.index.dense_index import DenseStore, OnlineDenseIndex, index_keys, set_search_params
-from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.stores.datastore import DatastoreError, write_store
 from draftless.stores.dense_build import build_dense_store, hidden_states, iter_hidden_states
+from draftless.stores.indexes import load_index, save_index
+from draftless.tokenizer_identity import tokenizer_identity
 
 
 class IdTokenizer:
@@ -51,7 +53,7 @@ def sequence(model):
 def store(model, sequence, tmp_path_factory):
     built = build_dense_store(model, sequence, dim=32, index="flat", window=256, overlap=16, progress=False)
     path = tmp_path_factory.mktemp("dense") / "store"
-    built.save(path, tokenizer_identity(IdTokenizer()), {"test": True})
+    save_index(built, path, tokenizer_identity(IdTokenizer()), {"test": True})
     return path
 
 
@@ -99,11 +101,11 @@ def test_online_index_is_exact_and_capped():
 
 # ------------------------------------------------------------------------------------------ store
 def test_round_trip(store, sequence):
-    loaded = DenseStore.load(store, tokenizer_identity=tokenizer_identity(IdTokenizer()), verify="full")
+    loaded = load_index(DenseStore, store, tokenizer_identity=tokenizer_identity(IdTokenizer()), verify="full")
     assert np.array_equal(loaded.tokens, sequence.astype(np.int32))
     assert len(loaded) == len(sequence) - 1 and loaded.dim == 32 and loaded.hidden_size == 64
     q = loaded.project(np.random.default_rng(3).normal(size=(2, 64)))
-    again = DenseStore.load(store)
+    again = load_index(DenseStore, store)
     np.testing.assert_array_equal(loaded.search(q, 5)[1], again.search(q, 5)[1])
     assert loaded.store_meta["model"]["hidden_size"] == 64 and loaded.store_meta["build_args"] == {"test": True}
 
@@ -112,7 +114,7 @@ def test_refusals(store, tmp_path, model):
     assert_common_store_refusals(lambda path, tokenizer=None, verify="size": DenseDrafter(
         path, tokenizer, verify=verify), store, tmp_path, "dense", "index.npy", IdTokenizer("other", shift=1))
     garbage = tmp_path / "garbage"
-    loaded = DenseStore.load(store)
+    loaded = load_index(DenseStore, store)
     write_store(garbage, "dense", {"tokens": loaded.tokens, "positions": loaded.positions,
                                    "pca_components": loaded.components, "pca_mean": loaded.mean,
                                    "index": np.frombuffer(b"not a faiss index" * 4, dtype=np.uint8)}, None)

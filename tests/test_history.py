@@ -360,7 +360,7 @@ from test_cli import WORDS, private_cache  # noqa: E402,F401 (an autouse fixture
 def test_generate_keeps_a_history_across_runs(tiny_folder, tmp_path, capsys):
     from draftless.app.cli import main
     from draftless.hf.loading import load_tokenizer
-    from draftless.stores.datastore import tokenizer_identity
+    from draftless.tokenizer_identity import tokenizer_identity
 
     history = tmp_path / "hist"
     prompt = " ".join(WORDS[3:9] * 2)

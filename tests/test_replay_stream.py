@@ -1,20 +1,12 @@
-"""``scripts/replay_stream.py``: replaying a recorded greedy output through a drafter takes exactly the passes the
-real engine takes (same drafter, fixed tree sizes), without running the target."""
+"""``draftless.app.replay`` (``scripts/replay_stream.py``): replaying a recorded greedy output through a drafter takes
+exactly the passes the real engine takes (same drafter, fixed tree sizes), without running the target."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from test_greedy import FLAT_CURVE
 
 import draftless
-
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "replay_stream.py"
-_spec = importlib.util.spec_from_file_location("replay_stream", _PATH)
-replay_stream = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(replay_stream)
-
-from test_greedy import FLAT_CURVE  # noqa: E402
+from draftless.app import replay as replay_stream
 
 
 def test_replay_takes_the_passes_the_engine_takes(tiny_models):

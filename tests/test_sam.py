@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from draftless.engine.tree import DraftTree
 from draftless.index.suffix_automaton import SuffixAutomaton
+from draftless.stores.indexes import load_index, save_index
 
 # Small alphabets make states share prefixes and hash tables collide; the large ids exercise a 262k vocabulary.
 ALPHABET = [0, 1, 2, 3, 262000, 262143]
@@ -60,8 +61,8 @@ def all_modes(text: list[int]):
     yield "mixed", mixed
     yield "frozen", frozen
     with tempfile.TemporaryDirectory() as tmp:
-        online.save(tmp + "/store")
-        yield "loaded", SuffixAutomaton.load(tmp + "/store")
+        save_index(online, tmp + "/store")
+        yield "loaded", load_index(SuffixAutomaton, tmp + "/store")
 
 
 # ------------------------------------------------------------------------------------------ properties

@@ -104,7 +104,7 @@ def fast_accepts_drafts(fast, kw):
 def test_the_test_detects_a_biased_walk(tiny_models, monkeypatch):
     """Negative control: accepting a drafted child whenever it is the draw OR a coin flip says so is lossy."""
     import draftless.engine.accept as accept_mod
-    import draftless.engine.generator as engine_mod
+    import draftless.engine.step as step_mod
 
     model = tiny_models("llama")
     kw = dict(temperature=1.0)
@@ -118,7 +118,7 @@ def test_the_test_detects_a_biased_walk(tiny_models, monkeypatch):
             return Acceptance(np.append(acc.accepted, kids[0]), acc.bonus)
         return acc
 
-    monkeypatch.setattr(engine_mod, "accept_sampling", biased)
+    monkeypatch.setattr(step_mod, "accept_sampling", biased)
     fast = draftless.accelerate(model, drafter=LikelyBranchesDrafter(model), adaptive=False, calibrate=False)
     counts = sample_pairs(fast, 1500, seed=1, **kw)
     assert chi_square_pvalue(counts, exact) < 1e-3
@@ -147,13 +147,14 @@ def test_samples_follow_the_models_own_generation_config(tiny_models):
     ``model.generation_config``, as ``model.generate`` reads them, and the penalty is applied at every tree node
     with that node's own path. The exact distribution is computed with transformers' processors in
     ``model.generate``'s order (penalty, then temperature, then top-k)."""
-    from tiny_models import make_tiny_model
     from transformers import (
         LogitsProcessorList,
         RepetitionPenaltyLogitsProcessor,
         TemperatureLogitsWarper,
         TopKLogitsWarper,
     )
+
+    from draftless.hf.tiny_models import make_tiny_model
 
     model = make_tiny_model("llama")  # its own copy: the generation config is changed below
     model.generation_config.do_sample = True

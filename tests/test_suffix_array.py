@@ -11,9 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from draftless.drafters.rest import RestDrafter
-from draftless.index.suffix_array import SuffixArray, brute_force_suffix_array, build_suffix_array
+from draftless.index.suffix_array import (
+    SA_METHODS,
+    SuffixArray,
+    brute_force_suffix_array,
+    build_suffix_array,
+    symbol_map,
+)
 from draftless.stores.build import build_store
-from draftless.stores.datastore import DatastoreError, tokenizer_identity, write_store
+from draftless.stores.datastore import DatastoreError, write_store
+from draftless.stores.indexes import load_index, save_index
+from draftless.tokenizer_identity import tokenizer_identity
 
 DOCS = ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n", "the quick brown fox jumps",
         "the quick brown cat sleeps"]
@@ -46,6 +54,58 @@ def test_suffix_array_equals_brute_force(tokens):
     sa = build_suffix_array(arr)
     assert sa.dtype == np.int32
     assert np.array_equal(sa, brute_force_suffix_array(arr))
+
+
+wide_alphabets = st.lists(st.integers(0, 2**31 - 2), min_size=257, max_size=300, unique=True).flatmap(
+    lambda ids: st.lists(st.sampled_from(ids), min_size=0, max_size=200).map(lambda extra: ids + extra))
+
+
+@pytest.mark.parametrize("method", SA_METHODS)
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.one_of(token_lists, wide_alphabets), separator=st.one_of(st.none(), st.integers(0, 3)))
+def test_every_builder_equals_brute_force(method, tokens, separator):
+    """Both builders, plain and separator-first (the separator below every id), over small and wide alphabets (more
+    than 256 distinct ids: 2 bytes a token for libdivsufsort)."""
+    arr = np.asarray(tokens, dtype=np.int32)
+    sa = build_suffix_array(arr, method=method, separator=separator)
+    assert sa.dtype == np.int32
+    assert np.array_equal(sa, brute_force_suffix_array(arr, separator=separator))
+
+
+@pytest.mark.parametrize("top", [300_000, 2**31 - 2])
+def test_builders_agree_on_three_byte_symbols(top):
+    """More than 65,536 distinct ids (libdivsufsort sorts 3 bytes a token), from a 300k vocabulary and from ids
+    spread up to the largest allowed (renumbered before the table by id)."""
+    rng = np.random.default_rng(0)
+    ids = rng.choice(top, 70_000, replace=False)
+    tokens = np.concatenate([ids, rng.choice(ids, 30_000), ids[:500]]).astype(np.int32)
+    if top < 2**20:
+        assert symbol_map(tokens)[1] > 65_536
+    for separator in (None, int(tokens[7])):
+        assert np.array_equal(build_suffix_array(tokens, method="divsufsort", separator=separator),
+                              build_suffix_array(tokens, method="doubling", separator=separator))
+
+
+def test_doubling_is_the_fallback_without_pydivsufsort(monkeypatch):
+    from draftless.index.suffix_array import default_sa_method
+
+    assert default_sa_method() == "divsufsort"
+    monkeypatch.setitem(__import__("sys").modules, "pydivsufsort", None)  # import fails
+    assert default_sa_method() == "doubling"
+    tokens = np.array([3, 1, 3, 1, 2, 0, 3, 1], dtype=np.int32)
+    assert np.array_equal(build_suffix_array(tokens, separator=0), brute_force_suffix_array(tokens, separator=0))
+
+
+def test_symbol_map_keeps_the_order_and_puts_the_separator_first():
+    tokens = np.array([50, 7, 9, 7, 3], dtype=np.int32)
+    symbol_of, n = symbol_map(tokens)
+    assert n == 4 and symbol_of[[3, 7, 9, 50]].tolist() == [0, 1, 2, 3]
+    symbol_of, n = symbol_map(tokens, separator=50)  # the largest id present
+    assert n == 4 and symbol_of[[50, 3, 7, 9]].tolist() == [0, 1, 2, 3]
+    symbol_of, n = symbol_map(tokens, separator=60)  # absent: still symbol 0
+    assert n == 5 and symbol_of[[60, 3, 7, 9, 50]].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="unknown suffix-array method"):
+        build_suffix_array(tokens, method="quick")
 
 
 @settings(max_examples=100, deadline=None)
@@ -113,8 +173,8 @@ def test_save_load_round_trip(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 50, 500).astype(np.int32)
     built = SuffixArray.build(tokens)
     ident = tokenizer_identity(CharTokenizer())
-    built.save(tmp_path / "s", ident, {"a": 1}, {"separator_id": 0})
-    loaded = SuffixArray.load(tmp_path / "s", tokenizer_identity=ident, verify="full")
+    save_index(built, tmp_path / "s", ident, {"a": 1}, {"separator_id": 0})
+    loaded = load_index(SuffixArray, tmp_path / "s", tokenizer_identity=ident, verify="full")
     assert np.array_equal(loaded.tokens, tokens) and np.array_equal(loaded.sa, built.sa)
     assert loaded.separator_id == 0 and loaded.store_meta["build_args"] == {"a": 1}
     assert loaded.find([int(tokens[3]), int(tokens[4])]) == built.find([int(tokens[3]), int(tokens[4])])

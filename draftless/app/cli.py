@@ -134,10 +134,29 @@ def _batch_bench(args, model, tokenizer, prompts, methods, sampling) -> int:
 
 def cmd_build(args) -> int:
     from ..hf.loading import load_tokenizer
-    from ..stores.build import build_store
+    from ..stores.build import build_sharded_store, build_store
 
+    sharded = args.shards is not None or args.ray
+    if sharded and args.kind != "rest":
+        raise SystemExit("--shards / --ray build 'rest' stores only")
+    if args.shards is not None and args.shards < 1:
+        raise SystemExit("--shards takes a positive number")
+    if (args.address or args.num_cpus) and not args.ray:
+        raise SystemExit("--address / --num-cpus go with --ray")
     tokenizer = load_tokenizer(args.model)
-    opts = {}
+    if args.ray:
+        from ..stores.ray_build import build_sharded_store_ray
+
+        build_sharded_store_ray(args.corpus, tokenizer, args.out, shards=args.shards or 1, fields=args.field or None,
+                                glob=args.glob, exclude=args.exclude or (), address=args.address,
+                                num_cpus=args.num_cpus, sa_method=args.sa_method,
+                                exclude_overlap=args.exclude_overlap)
+        return 0
+    if sharded:
+        build_sharded_store(args.corpus, tokenizer, args.out, args.shards, fields=args.field or None, glob=args.glob,
+                            exclude=args.exclude or (), exclude_overlap=args.exclude_overlap, sa_method=args.sa_method)
+        return 0
+    opts = {"sa_method": args.sa_method} if args.kind == "rest" and args.sa_method else {}
     if args.kind == "dense":
         from ..hf.loading import DEFAULT_MODEL
 
@@ -243,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dim", type=int, default=96, help="dense: PCA dimension of the keys")
     s.add_argument("--index", default="ivf", choices=["ivf", "hnsw", "flat"], help="dense: FAISS index type")
     s.add_argument("--max-tokens", type=int, default=None, help="dense: index only the first N corpus tokens")
+    s.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="rest: a sharded store of N shards cut at document boundaries (built one shard at a time)")
+    s.add_argument("--ray", action="store_true",
+                   help="rest: build the shards on Ray (needs the 'ray' extra): parallel reading and tokenizing, one "
+                        "task per shard index")
+    s.add_argument("--address", default=None, help="--ray: the Ray cluster to join (default: start one here)")
+    s.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray instance (default: all)")
+    s.add_argument("--sa-method", default=None, choices=["divsufsort", "doubling"],
+                   help="rest: suffix-array construction (default divsufsort when pydivsufsort is installed)")
     s.add_argument("--out", required=True, help="output directory (written atomically)")
     s.add_argument("--model", default=None, help="model whose tokenizer the store uses")
     s.set_defaults(func=cmd_build)

@@ -130,7 +130,7 @@ def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_to
 
 
 def markdown_table(report: dict) -> str:
-    """The per-bucket table the README shows."""
+    """The per-bucket table docs/benchmarks.md shows."""
     lines = ["| requests | hf tok/s | auto tok/s | auto+history tok/s | tokens/pass auto | tokens/pass +history | "
              "history vs auto |", "|---|---|---|---|---|---|---|"]
     for name, part in [(f"{b['first']}-{b['last']}", b) for b in report["buckets"]] + [

@@ -25,10 +25,12 @@ import numpy as np
 
 from ..engine.protocol import BaseDrafter, StepFeedback
 from ..engine.tree import DraftTree, merge_nonempty, top_of_trie
-from ..index.dense_index import DenseStore, OnlineDenseIndex, model_info
+from ..index.dense_index import DenseStore, OnlineDenseIndex
 from ..index.kernels import suffix_array_kernels as K
 from ..stores.datastore import DatastoreError
-from ..stores.datastore import tokenizer_identity as _tokenizer_identity
+from ..stores.dense_build import model_info
+from ..stores.indexes import load_index
+from ..tokenizer_identity import tokenizer_identity as _tokenizer_identity
 
 
 class DenseDrafter(BaseDrafter):
@@ -60,8 +62,8 @@ class DenseDrafter(BaseDrafter):
             self.store = store_path
         elif store_path is not None:
             identity = _tokenizer_identity(tokenizer) if tokenizer is not None else None
-            self.store = DenseStore.load(store_path, tokenizer_identity=identity, verify=verify,
-                                         ef_search=ef_search, nprobe=nprobe)
+            self.store = load_index(DenseStore, store_path, tokenizer_identity=identity, verify=verify,
+                                    ef_search=ef_search, nprobe=nprobe)
         else:
             self.store = None
         if model is not None:

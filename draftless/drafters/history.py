@@ -5,7 +5,8 @@ At ``begin_request`` the drafter takes the request's namespace and that namespac
 those matches by the newly committed tokens (amortized O(1) per token and segment). A draft comes from the
 segments with the longest matches (ties: the newest, so recent requests win), each a best-first tree over the
 segment's transitions scored from occurrence counts (how often a continuation followed the match, see
-``SuffixAutomaton.draft_tree``), merged by longest prefix. At ``end_request`` the finished context is recorded into
+``SuffixAutomaton.draft_tree``), merged by longest prefix. Matches become trees by the ``SuffixDraftPolicy``
+(``suffix_policy.py``) the ``sam`` drafter drafts by too. At ``end_request`` the finished context is recorded into
 the namespace's history (and saved, when the store has a path).
 
 Nodes carry the source name ``history``, so the engine calibrates them apart from the request's own ``sam`` nodes.
@@ -14,12 +15,15 @@ history at all (verification keeps only what the target model produces); only sp
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..engine.protocol import BaseDrafter, RequestInfo, StepFeedback
 from ..engine.tree import DraftTree, merge_nonempty
 from ..history.segment import SEPARATOR, Segment
 from ..history.store import HistoryStore
+from .suffix_policy import DEFAULT_POLICY, SuffixDraftPolicy
 
 # ``accelerate``'s default: an in-memory history for the requests of ``auto`` that pass a namespace
 AUTO_HISTORY = "auto"
@@ -29,29 +33,25 @@ class HistoryDrafter(BaseDrafter):
     """Draft trees from a ``HistoryStore`` (see the module docstring).
 
     - ``store``: the history (None: a fresh in-memory ``HistoryStore()``), shared by every request this drafter sees;
-    - ``min_match``: shortest match (tokens) that drafts; ``max_segments``: segments whose trees are merged;
+    - ``policy``: the ``SuffixDraftPolicy`` (``min_match``, the depth limit, ``top_k``, ``smoothing``,
+      ``min_score``), as ``SamDrafter``'s; its fields may also be given as keywords (``min_match=3``), which override
+      ``policy``'s;
+    - ``max_segments``: segments whose trees are merged;
     - ``warmup_requests``: the drafter stays silent for a request whose namespace holds fewer past requests than
       this (the first requests of a deployment then draft exactly as the engine without a history does);
     - ``namespaced_only``: requests with no namespace (``namespace=None``) neither read nor extend the history
       (``accelerate``'s default history: only callers that say which requests belong together share one);
-    - depth limit ``clip(depth_per_match * match_length, min_depth, max_depth)``, ``top_k``, ``smoothing``,
-      ``min_score``: as ``SamDrafter``'s.
+    - ``record``: add each finished request to the history.
     """
 
     name = "history"
 
-    def __init__(self, store: HistoryStore | None = None, *, min_match: int = 2, max_segments: int = 2,
-                 min_depth: int = 4, max_depth: int = 16, depth_per_match: float = 2.0, top_k: int = 3,
-                 smoothing: float = 1.0, min_score: float = 0.02, warmup_requests: int = 4,
-                 namespaced_only: bool = False, record: bool = True):
+    def __init__(self, store: HistoryStore | None = None, *, policy: SuffixDraftPolicy = DEFAULT_POLICY,
+                 max_segments: int = 2, warmup_requests: int = 4, namespaced_only: bool = False, record: bool = True,
+                 **policy_fields):
         self.store = store if store is not None else HistoryStore()
-        self.min_match = max(1, int(min_match))
+        self.policy = replace(policy, **policy_fields)
         self.max_segments = max(1, int(max_segments))
-        self.min_depth, self.max_depth = int(min_depth), int(max_depth)
-        self.depth_per_match = float(depth_per_match)
-        self.top_k = int(top_k)
-        self.smoothing = float(smoothing)
-        self.min_score = float(min_score)
         self.warmup_requests = max(0, int(warmup_requests))
         self.namespaced_only = bool(namespaced_only)
         self.record = bool(record)
@@ -114,9 +114,6 @@ class HistoryDrafter(BaseDrafter):
             self._sync(step.context)
 
     # ------------------------------------------------------------------------------------------ drafting
-    def _depth(self, match_len: int) -> int:
-        return int(min(self.max_depth, max(self.min_depth, round(self.depth_per_match * match_len))))
-
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         with self.store.lock:  # the automata may be extended by another thread's request ending
             return self._draft(context, budget)
@@ -129,13 +126,11 @@ class HistoryDrafter(BaseDrafter):
         trees = []
         for i in order[: self.max_segments]:
             state, length = self._matches[i]
-            if length < self.min_match:
+            if length < self.policy.min_match:
                 break
             # The longest match may continue only into a request separator (it ended an earlier request): back
             # off to shorter suffixes, as the ``sam`` drafter does over a corpus.
-            arrays = self._segments[i].sam.draft_tree_backing_off(
-                state, length, self.min_match, budget, self._depth, self.top_k, self.smoothing, self.min_score,
-                SEPARATOR)
+            arrays = self.policy.draft_backing_off(self._segments[i].sam, state, length, budget, SEPARATOR)
             if arrays is not None:
                 trees.append(DraftTree.from_arrays(root, *arrays, self.name))
         return merge_nonempty(root, trees, budget)
@@ -157,7 +152,7 @@ def history_store_for(history, tokenizer=None) -> HistoryStore | None:
         if tokenizer is None:
             raise ValueError(f"history={str(history)!r} keeps the history on disk and needs tokenizer=... (its "
                              f"identity is recorded and checked on reload)")
-        from ..stores.datastore import tokenizer_identity
+        from ..tokenizer_identity import tokenizer_identity
 
         return HistoryStore.open(history, tokenizer_identity(tokenizer))
     raise TypeError(f"history must be None, True, a directory or a HistoryStore, not {type(history).__name__}")

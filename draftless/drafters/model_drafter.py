@@ -52,11 +52,11 @@ def _vocab_size(model) -> int | None:
 def check_same_vocabulary(draft_model, target=None, tokenizer=None, target_tokenizer=None) -> None:
     """Raise ``TokenizerMismatch`` unless the draft model can draft for the target.
 
-    With both tokenizers: their vocabularies must hash alike (``datastore.tokenizer_identity``). Otherwise the
+    With both tokenizers: their vocabularies must hash alike (``draftless.tokenizer_identity``). Otherwise the
     models' configured vocabulary sizes must agree (a weaker check: pass the tokenizers when you have them).
     """
     if tokenizer is not None and target_tokenizer is not None:
-        from ..stores.datastore import same_tokenizer, tokenizer_identity
+        from ..tokenizer_identity import same_tokenizer, tokenizer_identity
 
         a, b = tokenizer_identity(tokenizer), tokenizer_identity(target_tokenizer)
         if not same_tokenizer(a, b):

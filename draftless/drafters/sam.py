@@ -9,7 +9,8 @@ Two automata answer "what followed the longest suffix of the context before?":
 
 Each match of at least ``min_match`` tokens becomes a best-first tree over the automaton's transitions (the
 continuation of the longest match plus branches to other frequent continuations), scored from occurrence counts,
-with a depth limit that grows with the match length.
+with a depth limit that grows with the match length: the ``SuffixDraftPolicy`` (``suffix_policy.py``) that the
+``history`` drafter drafts by too.
 
 How the two automata share a step's budget is ``static_policy``:
 
@@ -20,7 +21,7 @@ How the two automata share a step's budget is ``static_policy``:
   dynamic one's, so a corpus never crowds out what this request itself repeats;
 - ``"fallback"`` (the default): the static tree is drafted only when the context has no match of ``min_match``
   tokens at all. Measured on math and code prompts with GSM8K and stdlib + MBPP stores, on both shipped models, it
-  was as fast as or faster than ``"fuse"`` and context-only drafting everywhere (README, "Corpus retrieval"): a
+  was as fast as or faster than ``"fuse"`` and context-only drafting everywhere (docs/benchmarks.md, "Datastores"): a
   repeat inside the request beats a corpus match, and a corpus fills the steps that would otherwise draft nothing.
 
 The static tree's source name is ``sam:<store directory name>``, the dynamic tree's ``sam``.
@@ -28,6 +29,7 @@ The static tree's source name is ``sam:<store directory name>``, the dynamic tre
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,9 @@ import numpy as np
 from ..engine.protocol import BaseDrafter, StepFeedback
 from ..engine.tree import DraftTree, merge_nonempty
 from ..index.suffix_automaton import SuffixAutomaton
-from ..stores.datastore import tokenizer_identity as _tokenizer_identity
+from ..stores.indexes import load_index
+from ..tokenizer_identity import tokenizer_identity as _tokenizer_identity
+from .suffix_policy import DEFAULT_POLICY, SuffixDraftPolicy
 
 
 class SamDrafter(BaseDrafter):
@@ -45,37 +49,30 @@ class SamDrafter(BaseDrafter):
     - ``tokenizer``: the target's tokenizer; when given, a store built with another tokenizer is refused;
     - ``use_dynamic``: also draft from the request's own text;
     - ``static_policy``: ``"fallback"``, ``"fuse"`` or ``"longer"`` (see the module docstring);
-    - ``min_match``: shortest match (tokens) that drafts anything; ``static_min_match`` for the datastore;
-    - depth limit ``clip(depth_per_match * match_length, min_depth, max_depth)``: longer matches earn longer drafts;
-    - ``top_k``: continuations considered per node; ``smoothing``: prior pseudo-count (scaled by 2/match length)
-      against over-trusting few occurrences; ``min_score``: nodes below this estimated acceptance are not drafted.
+    - ``policy``: the ``SuffixDraftPolicy`` (``min_match``, the depth limit, ``top_k``, ``smoothing``,
+      ``min_score``); its fields may also be given as keywords (``min_match=3``), which override ``policy``'s;
+    - ``static_min_match``: the shortest match in the datastore that drafts.
     """
 
     name = "sam"
     STATIC_POLICIES = ("fuse", "longer", "fallback")
 
     def __init__(self, store_path: str | os.PathLike | None = None, tokenizer=None, *, use_dynamic: bool = True,
-                 min_match: int = 2, static_min_match: int = 2, min_depth: int = 4, max_depth: int = 16,
-                 depth_per_match: float = 2.0, top_k: int = 3, smoothing: float = 1.0, min_score: float = 0.02,
-                 static_policy: str = "fallback", verify: str = "size"):
+                 policy: SuffixDraftPolicy = DEFAULT_POLICY, static_min_match: int = 2,
+                 static_policy: str = "fallback", verify: str = "size", **policy_fields):
         if static_policy not in self.STATIC_POLICIES:
             raise ValueError(f"static_policy must be one of {self.STATIC_POLICIES}, not {static_policy!r}")
         self.static_policy = static_policy
         self.use_dynamic = use_dynamic
-        self.min_match = max(1, int(min_match))
+        self.policy = replace(policy, **policy_fields)
         self.static_min_match = max(1, int(static_min_match))
-        self.min_depth, self.max_depth = int(min_depth), int(max_depth)
-        self.depth_per_match = float(depth_per_match)
-        self.top_k = int(top_k)
-        self.smoothing = float(smoothing)
-        self.min_score = float(min_score)
         self.static: SuffixAutomaton | None = None
         self.static_name = ""
         self._separator = -1
         if store_path is not None:
             self.static_name = f"sam:{Path(store_path).resolve().name}"
             identity = _tokenizer_identity(tokenizer) if tokenizer is not None else None
-            self.static = SuffixAutomaton.load(store_path, mmap=True, tokenizer_identity=identity, verify=verify)
+            self.static = load_index(SuffixAutomaton, store_path, tokenizer_identity=identity, verify=verify, mmap=True)
             sep = (self.static.store_meta or {}).get("separator_id")
             self._separator = -1 if sep is None else int(sep)
         self.dynamic: SuffixAutomaton | None = None
@@ -112,14 +109,6 @@ class SamDrafter(BaseDrafter):
         self._sync(step.context)
 
     # ------------------------------------------------------------------------------------------ drafting
-    def _depth(self, match_len: int) -> int:
-        return int(min(self.max_depth, max(self.min_depth, round(self.depth_per_match * match_len))))
-
-    def _tree(self, sam: SuffixAutomaton, root: int, state: int, length: int, budget: int, skip: int,
-              source: str) -> DraftTree:
-        tokens, parents, scores = sam.draft_tree(state, length, budget, self._depth(length), self.top_k,
-                                                 self.smoothing, self.min_score, skip)
-        return DraftTree.from_arrays(root, tokens, parents, scores, source)
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         self._sync(context)
@@ -128,8 +117,9 @@ class SamDrafter(BaseDrafter):
         dynamic_len = 0
         if self.dynamic is not None:
             state, dynamic_len = self.dynamic.longest_repeated_suffix()
-            if dynamic_len >= self.min_match:
-                trees.append(self._tree(self.dynamic, root, state, dynamic_len, budget, -1, self.name))
+            if dynamic_len >= self.policy.min_match:
+                tokens, parents, scores = self.policy.draft(self.dynamic, state, dynamic_len, budget)
+                trees.append(DraftTree.from_arrays(root, tokens, parents, scores, self.name))
         if self.static is not None:
             state, length = self._static_match
             if trees and (self.static_policy == "fallback"
@@ -137,8 +127,8 @@ class SamDrafter(BaseDrafter):
                 return trees[0]
             # The longest match may have no usable continuation (corpus end, document separator): back off to
             # shorter suffixes (suffix links) a few times.
-            arrays = self.static.draft_tree_backing_off(state, length, self.static_min_match, budget, self._depth,
-                                                        self.top_k, self.smoothing, self.min_score, self._separator)
+            arrays = self.policy.draft_backing_off(self.static, state, length, budget, self._separator,
+                                                   min_match=self.static_min_match)
             if arrays is not None:
                 trees.append(DraftTree.from_arrays(root, *arrays, self.static_name))
         return merge_nonempty(root, trees, budget)

@@ -20,7 +20,7 @@ FUSED_SPEC = "ngram+sam+recycle"
 STEEP_COST_AT_8 = 2.0
 # A curve this flat at 16 tokens (t(16) / t(1), GPUs) makes a Jacobi window nearly free: there ``auto`` adds the
 # ``lookahead`` source, which guesses where nothing repeats. On this 2-core CPU t(16)/t(1) is 1.6-1.9 and the window
-# did not pay (README, "Lookahead").
+# did not pay (docs/benchmarks.md, "Lookahead").
 FLAT_COST_AT_16 = 1.2
 
 
@@ -43,8 +43,9 @@ def auto_spec(model, draft_model: str | None = None, curve=None) -> str:
 
     With a model drafter configured (``draft_model``: ``"self"``, a path or a shipped name) it is combined with
     retrieval: on steep curves by selection (``select:``, the model drafts only where retrieval is weak: measured
-    faster than fusion on a 2-core CPU, see README), on flat curves by fusion (``hybrid:``, where a wider tree is
-    nearly free). ``curve``: a ``CostCurve`` to judge by instead of the model's measured one."""
+    faster than fusion on a 2-core CPU, see docs/benchmarks.md, "Model drafters"), on flat curves by fusion
+    (``hybrid:``, where a wider tree is nearly free). ``curve``: a ``CostCurve`` to judge by instead of the model's
+    measured one."""
     steep = _steep(model, curve)
     if draft_model:
         draft = draft_model if draft_model == "self" or draft_model.startswith("self:") else f"model:{draft_model}"

@@ -2,7 +2,8 @@
 
 Each row keeps what the single-row loop (``generator.py``) gives a request: its own ``RequestState`` (buffer,
 processors, stopping rule, stats), its own drafter (one instance per row, so drafter state never mixes rows) and its
-own tree each step. What the rows share is the model pass and one KV cache:
+own tree each step, drafted, accepted, committed and learnt from through the same ``Step`` (``step.py``). What the
+rows share is the model pass and one KV cache:
 
 - **prefill**: one causal pass over the padded prompts minus their last token, padding masked and positions
   counted from each row's first real token (``hf/attention.py``, ``padded_prefill_mask``);
@@ -38,8 +39,8 @@ from ..hf.attention import AttentionLayout, batch_tree_mask, padded_prefill_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import DecodingPlan, processors_for_row
 from ..hf.kv_cache import move_row_entries, new_cache, select_batch_rows
-from .generator import RequestState, new_row_state
 from .protocol import Drafter, RequestInfo, begin_request, end_request
+from .step import RequestState, Step, new_row_state
 from .tree import DraftTree
 
 
@@ -110,7 +111,7 @@ def commit_batch(batch: BatchState, rows: list[RequestState], accepted: list[np.
                  device: torch.device) -> None:
     """Compact the shared cache after a pass: row i's accepted nodes (``accepted[i]``: int64[k_i] node indices,
     root first) move from slots ``width + accepted[i]`` to ``ends[i] + [0, k_i)``, its ends before the commit;
-    rows whose ``RequestState`` is now finished leave the batch. Call after ``generator.commit`` updated the rows."""
+    rows whose ``RequestState`` is now finished leave the batch. Call after ``step.commit`` updated the rows."""
     n_rows = len(accepted)
     k_max = max(len(a) for a in accepted)
     src = np.full((n_rows, k_max), batch.width, dtype=np.int64)
@@ -135,11 +136,13 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
               generator: torch.Generator | None, info: RequestInfo, new_stop) -> list[RequestState]:
     """Decode a left-padded batch (``padded``: int64 [B, P]; ``n_pad``: each row's padding length) with one
     drafter per row (``drafters``: B independent instances) until every row is finished; ``engine``: the
-    ``SpeculativeGenerator`` whose drafting, scoring and learning each row goes through; ``new_stop()``: a fresh
-    ``StopRule`` per row. Returns the rows' ``RequestState``s (their caches are None: the rows shared one). A row's
-    stats hold its own draft, accept and feedback times, its share of each pass it was in (prefill and verify
-    times divided among the pass's rows) and, as ``total_ms``, the time until it finished."""
+    ``SpeculativeGenerator`` whose model verifies and whose ``Step`` each row's drafting, acceptance and learning
+    go through; ``new_stop()``: a fresh ``StopRule`` per row. Returns the rows' ``RequestState``s (their caches are
+    None: the rows shared one). A row's stats hold its own draft, accept and feedback times, its share of each pass
+    it was in (prefill and verify times divided among the pass's rows) and, as ``total_ms``, the time until it
+    finished."""
     t_start = time.perf_counter()
+    step = Step(engine)
     rows = [new_row_state(padded[r], n_pad[r], plan, processors_for_row(plan.processors, r), new_stop(), None,
                           generator, None) for r in range(len(padded))]
     if all(r.finished for r in rows):  # the token limit leaves nothing to generate
@@ -152,40 +155,33 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
         begin_request(drafter, state.context[: state.length].copy(), info)
     want_hidden = any(d.wants_hidden_states for d in drafters)
     while batch.active:
-        raw, drafted, draft_ms = [], [], []
-        for r in batch.active:
-            t0 = time.perf_counter()
-            raw.append(engine._ask(rows[r], drafters[r]))
-            drafted.append(engine.prepare_tree(raw[-1], rows[r].root, rows[r].remaining, drafters[r],
-                                                rows=len(batch.active)))
-            draft_ms.append((time.perf_counter() - t0) * 1000)
-        n_pass = max(len(tree) for tree, _ in drafted)
+        b = len(batch.active)
+        drafts = [step.draft(rows[r], drafters[r], rows=b) for r in batch.active]
+        n_pass = max(len(d.tree) for d in drafts)
         for i, r in enumerate(batch.active):
             # the pass is padded to n_pass nodes anyway: a row whose budget chose fewer gets its next-best nodes free
-            if len(drafted[i][0]) < min(n_pass, len(raw[i])):
-                t0 = time.perf_counter()
-                drafted[i] = engine.prepare_tree(raw[i], rows[r].root, rows[r].remaining, drafters[r],
-                                                  rows=len(batch.active), min_size=n_pass)
-                draft_ms[i] += (time.perf_counter() - t0) * 1000
-        trees = [tree for tree, _ in drafted]
+            d = drafts[i]
+            if len(d.tree) < min(n_pass, len(d.raw)):
+                drafts[i] = step.draft(rows[r], drafters[r], rows=b, min_size=n_pass, raw=d.raw)
+                drafts[i].ms += d.ms
+        trees = [d.tree for d in drafts]
         ends = batch.ends(rows)
         t1 = time.perf_counter()
         logits, hidden = verify_batch(engine.model, engine.layout, batch, trees, ends, want_hidden, engine.dtype,
-                                      engine.device, on=engine._pass_context(len(trees) * n_pass))
+                                      engine.device, on=step.pass_context(len(trees) * n_pass))
         verify_ms = (time.perf_counter() - t1) * 1000 / len(trees)
         t2 = time.perf_counter()
         steps = []
         for i, r in enumerate(list(batch.active)):
             n = len(trees[i])
-            acc, committed = engine._accept_and_commit(rows[r], trees[i], logits[i, :n])
+            acc, committed = step.accept_and_commit(rows[r], trees[i], logits[i, :n])
             steps.append((r, i, acc, committed))
         commit_batch(batch, rows, [acc.accepted for _, _, acc, _ in steps], ends, engine.device)
         accept_ms = (time.perf_counter() - t2) * 1000 / len(trees)
         for r, i, acc, committed in steps:
             n = len(trees[i])
-            engine._learn(rows[r], drafters[r], trees[i], acc, committed, drafted[i][1], logits[i, :n],
-                          hidden[i, :n] if hidden is not None else None, draft_ms=draft_ms[i], verify_ms=verify_ms,
-                          accept_ms=accept_ms)
+            step.learn(rows[r], drafters[r], drafts[i], acc, committed, logits[i, :n],
+                       hidden[i, :n] if hidden is not None else None, verify_ms=verify_ms, accept_ms=accept_ms)
             if rows[r].finished:
                 end_request(drafters[r], rows[r].context[: rows[r].length].copy(), info)
                 rows[r].stats.total_ms = (time.perf_counter() - t_start) * 1000

@@ -1,9 +1,11 @@
 """The speculative loop: draft -> verify -> accept -> compact -> feedback.
 
 Read it like gpt-fast's ``generate.py``: ``prefill`` fills the cache with the prompt, ``SpeculativeGenerator._step``
-runs one round (draft a tree, ``verify_tree`` through the model, score every node with the request's logits
-processors, accept a path, ``commit`` it up to where the stopping criteria fire), and ``generate`` resolves
-``model.generate``'s arguments (``hf/generation.py``) and loops steps per row until a criterion stops it.
+runs one round for a lone row (draft a tree, ``verify_tree`` through the model, score every node with the request's
+logits processors, accept a path, ``commit`` it up to where the stopping criteria fire, learn), and ``generate``
+resolves ``model.generate``'s arguments (``hf/generation.py``) and loops steps per row until a criterion stops it.
+The stages of a step other than the pass are written once, in ``step.py`` (``Step``), which the batched loop
+(``batch.py``) goes through too; a batch of rows is handed to ``batch.run_batch``.
 
 Invariant between steps: the KV cache holds every committed token but the last; the last committed token is the
 root of the next draft tree, so each verification pass also computes the root's own logits and no pass is spent
@@ -30,15 +32,15 @@ from ..hf.generation import (
     split_criteria,
 )
 from ..hf.kv_cache import keep_prefix_and, new_cache
-from .accept import SOFTMAX, Acceptance, accept_greedy, accept_sampling
-from .budget import best_size_for_scores
+from .batch import run_batch
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
 from .observed_costs import ObservedCosts
-from .processing import StopRule, TreeScores
-from .protocol import Drafter, RequestInfo, StepFeedback, begin_request, end_request
+from .processing import StopRule
+from .protocol import Drafter, RequestInfo, begin_request, end_request
 from .shared_state import SharedState
 from .stats import GenerationStats
+from .step import RequestState, Step, new_row_state
 from .tree import DraftTree
 
 # the info of a request that passes none (the default namespace); RequestInfo is frozen, so one instance serves all
@@ -56,77 +58,6 @@ class GenerationResult:
     new_tokens: list
     stats: GenerationStats = field(default_factory=GenerationStats)
     row_stats: list[GenerationStats] = field(default_factory=list)
-
-
-@dataclass
-class RequestState:
-    """Everything one row of one ``generate`` call owns; nothing of it outlives the call.
-
-    - ``full``: int64 buffer of the row as ``model.generate`` sees it: its left padding (``n_pad`` ids), then the
-      committed tokens (prompt, then output), then scratch. ``context`` is the view past the padding: what the
-      model and the drafter see; ``context[:length]`` are the committed tokens;
-    - ``cache``: the KV cache of ``context[:length - 1]`` (see the module invariant);
-    - ``produced``: the generated ids so far; ``finished``: a stopping criterion (or the token limit) fired;
-    - ``processors``: the row's logits processors (empty: greedy on raw logits); ``sampling``: draw from the
-      processed scores instead of taking their argmax; ``stop``: the ``StopRule``; ``generator``: the
-      ``torch.Generator`` sampling draws from (None: the global one); ``streamer``: an HF-style streamer or None;
-    - ``scores`` / ``raw_logits``: float32 [V] rows per generated token when the caller asked for them (else None);
-    - ``stats``: this row's ``GenerationStats``.
-    """
-
-    full: np.ndarray
-    n_pad: int
-    length: int
-    cache: object
-    max_new_tokens: int
-    processors: object
-    sampling: bool
-    stop: StopRule
-    generator: torch.Generator | None
-    streamer: object | None
-    stats: GenerationStats
-    scores: list | None = None
-    raw_logits: list | None = None
-    produced: list[int] = field(default_factory=list)
-    finished: bool = False
-
-    @property
-    def context(self) -> np.ndarray:
-        return self.full[self.n_pad:]
-
-    @property
-    def prefix_len(self) -> int:
-        """Positions in the cache: every committed token but the last (the next tree's root)."""
-        return self.length - 1
-
-    @property
-    def remaining(self) -> int:
-        return self.max_new_tokens - len(self.produced)
-
-    @property
-    def root(self) -> int:
-        return int(self.context[self.length - 1])
-
-    @property
-    def history(self) -> np.ndarray:
-        """The row's committed ids with its padding: what ``model.generate``'s processors and criteria see."""
-        return self.full[: self.n_pad + self.length]
-
-
-def new_row_state(padded_row: np.ndarray, n_pad: int, plan: DecodingPlan, processors, stop: StopRule, streamer,
-                  generator: torch.Generator | None, cache) -> RequestState:
-    """A row's ``RequestState`` before its prefill (``padded_row``: int64[P] with ``n_pad`` leading padding ids;
-    ``cache``: the row's own cache, or None when the row lives in a batch's shared one)."""
-    prompt_len = len(padded_row) - n_pad
-    max_new = max(0, plan.max_length - len(padded_row))
-    full = np.empty(len(padded_row) + max_new + 1, dtype=np.int64)
-    full[: len(padded_row)] = padded_row
-    state = RequestState(full=full, n_pad=n_pad, length=prompt_len, cache=cache, max_new_tokens=max_new,
-                         processors=processors, sampling=plan.do_sample, stop=stop, generator=generator,
-                         streamer=streamer, stats=GenerationStats(prompt_tokens=prompt_len),
-                         scores=[] if plan.output_scores else None, raw_logits=[] if plan.output_logits else None)
-    state.finished = max_new == 0
-    return state
 
 
 def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
@@ -161,53 +92,6 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
         )
     hidden = out.hidden_states[-1][0] if want_hidden else None
     return out.logits[0], hidden
-
-
-def commit(state: RequestState, tree: DraftTree, acc: Acceptance) -> list[int]:
-    """Commit an accepted path: its tokens after the root plus the bonus, cut by the stopping
-    criteria exactly where one-token decoding would stop (each token checked in turn, the one that fires kept, as
-    ``model.generate`` keeps its EOS), appended to the row. The cache is the caller's to compact.
-
-    Returns the committed tokens and sets ``state.finished`` when generation is over."""
-    committed = [int(t) for t in tree.tokens[acc.accepted[1:]]] + [acc.bonus]
-    committed = committed[: state.remaining]
-    start = state.n_pad + state.length
-    state.full[start: start + len(committed)] = committed
-    kept, stop = state.stop.cut(state.full, start, committed)
-    committed = committed[:kept]
-    if stop or len(state.produced) + len(committed) >= state.max_new_tokens:
-        state.finished = True
-    state.length += len(committed)
-    state.produced.extend(committed)
-    return committed
-
-
-def check_tree(tree: DraftTree, root: int, vocab_size: int, drafter: str) -> None:
-    """O(n) checks of a drafted tree before it becomes a mask: aligned 1-D arrays, ``parents[0] == -1``,
-    ``0 <= parents[i] < i``, the root at ``root``, every token inside ``[0, vocab_size)``. A broken drafter gets a
-    ``ValueError`` naming it, never a wrong mask or an embedding ``IndexError``."""
-    def fail(why: str):
-        raise ValueError(f"drafter {drafter!r} returned an invalid tree: {why}")
-
-    tokens, parents = np.asarray(tree.tokens), np.asarray(tree.parents)
-    n = tokens.shape[0] if tokens.ndim == 1 else -1
-    if n < 1 or parents.shape != (n,) or np.asarray(tree.scores).shape != (n,) \
-            or np.asarray(tree.source_mask).shape != (n,):
-        fail(f"tokens, parents, scores and source_mask must be aligned 1-D arrays of n >= 1 nodes (tokens "
-             f"{tokens.shape}, parents {parents.shape})")
-    if not (np.issubdtype(tokens.dtype, np.integer) and np.issubdtype(parents.dtype, np.integer)):
-        fail(f"tokens and parents must be integer arrays (got {tokens.dtype}, {parents.dtype})")
-    if parents[0] != -1:
-        fail(f"parents[0] must be -1 (the root), got {int(parents[0])}")
-    bad = np.flatnonzero((parents[1:] < 0) | (parents[1:] >= np.arange(1, n)))
-    if len(bad):
-        i = int(bad[0]) + 1
-        fail(f"node {i} has parent {int(parents[i])}; parents must satisfy 0 <= parents[i] < i")
-    if int(tokens[0]) != root:
-        fail(f"rooted at token {int(tokens[0])}, expected the last committed token {root}")
-    out = np.flatnonzero((tokens < 0) | (tokens >= vocab_size))
-    if len(out):
-        fail(f"node {int(out[0])} holds token {int(tokens[out[0]])}, outside the vocabulary [0, {vocab_size})")
 
 
 class SpeculativeGenerator:
@@ -401,73 +285,12 @@ class SpeculativeGenerator:
             with self.shared.lock:
                 observer.observe(n, ms)
 
-    def _path_for(self, n: int) -> str:
+    def path_for(self, n: int) -> str:
         """The verification path for an n-node pass: the cost curve's fastest at that size. A non-adaptive engine
         that was given no curve never measures one, and runs the model as it is."""
         if self._cost_curve is None and not self.adaptive:
             return "torch"
         return self.cost_curve.path_for(n)
-
-    def _pass_context(self, n: int):
-        """The context an n-node verification pass runs under: its path's, from ``_path_for``."""
-        return self.verification.context(self._path_for(n))
-
-    # ------------------------------------------------------------------ draft
-    def prepare_tree(self, tree: DraftTree, root: int, remaining: int, drafter: Drafter | None = None,
-                     rows: int = 1, min_size: int = 1) -> tuple[DraftTree, tuple | None]:
-        """Calibrate and prune a drafted tree, exactly as a step of this engine does before verifying it (public for
-        tools that replay drafts without the target, such as ``scripts/replay_stream.py``).
-
-        ``root``: the last committed token; ``remaining``: tokens the request may still generate; ``rows``: how many
-        rows share the verification pass (see ``budget_curve``); ``min_size``: keep at least this many nodes where
-        the tree has them, for a batch row whose pass is padded to that size anyway.
-
-        Returns the tree to verify and, when calibrating, ``(calibrator, calibrated full tree, its keys)`` for its
-        ``observe``:
-        the calibrator learns from every drafted node, pruned ones included (the committed tokens say what the
-        target wanted there), so a source whose guesses are all pruned still gets the observations that can
-        bring it back.
-        """
-        check_tree(tree, root, self.vocab_size, (drafter or self.drafter).name)
-        if len(tree) == 1:
-            return tree, None
-        observation = None
-        calibrator = self.calibrator
-        if calibrator is not None:
-            with self.shared.lock:
-                tree, keys = calibrator.calibrate(tree)
-            observation = (calibrator, tree, keys)
-        # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
-        # Pinned nodes (a drafter's ``pinned_sources``, e.g. a Jacobi window) are verified on top of the budget.
-        pinned = tree.pinned_mask(getattr(drafter or self.drafter, "pinned_sources", ()))
-        keep = tree.prune_indices(self.max_nodes, max_depth=remaining - 1, pinned=pinned)
-        if self.adaptive and len(keep) > 1:
-            n_pinned = 0 if pinned is None else int(pinned[keep].sum())
-            scored = keep[1:] if pinned is None else keep[1:][~pinned[keep[1:]]]
-            size = best_size_for_scores(tree.scores[scored], self.budget_curve(rows),
-                                        draft_ms=self.draft_ms_estimate, max_nodes=self.max_nodes,
-                                        min_gain=self.min_gain, extra_nodes=n_pinned)
-            size = max(size, min(int(min_size), self.max_nodes))
-            keep = tree.prune_indices(size, max_depth=remaining - 1, pinned=pinned)
-        if len(keep) < len(tree):
-            tree = tree.subset(keep)
-        return tree, observation
-
-    def _draft(self, state: RequestState, drafter: Drafter | None = None,
-               rows: int = 1) -> tuple[DraftTree, tuple | None]:
-        """Ask the row's drafter (default: ``self.drafter``) for a tree on a read-only view of the committed tokens,
-        then calibrate and prune it (``rows``: rows sharing the pass)."""
-        drafter = drafter or self.drafter
-        return self.prepare_tree(self._ask(state, drafter), state.root, state.remaining, drafter, rows)
-
-    def _ask(self, state: RequestState, drafter: Drafter) -> DraftTree:
-        """The drafter's raw tree for the row, drafted on a read-only view of its committed tokens."""
-        view = state.context[: state.length]
-        view.flags.writeable = False
-        try:
-            return drafter.draft(view, self.max_nodes)
-        finally:
-            view.flags.writeable = True
 
     def budget_curve(self, rows: int = 1) -> CostCurve:
         """The cost curve a row's tree is sized on when ``rows`` rows share each pass: a row's share of a pass in
@@ -501,74 +324,24 @@ class SpeculativeGenerator:
 
 
     # ------------------------------------------------------------------ one step
-    def _step(self, state: RequestState) -> None:
-        """One round: draft -> verify -> accept (scoring with the request's processors the nodes the walk reads)
-        -> commit (compacting the cache) -> learn and feed back."""
-        t0 = time.perf_counter()
-        tree, observation = self._draft(state)
+    def _step(self, state: RequestState, step: Step) -> None:
+        """One round for a lone row, through ``step``'s stages (``engine/step.py``): draft -> verify over the row's
+        own cache -> accept (scoring with the request's processors the nodes the walk reads) -> commit (compacting
+        the cache) -> learn and feed back."""
+        draft = step.draft(state, self.drafter)
+        tree = draft.tree
         t1 = time.perf_counter()
         want_hidden = bool(self.drafter.wants_hidden_states)
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
-                                     self.dtype, self.device, on=self._pass_context(len(tree)))
+                                     self.dtype, self.device, on=step.pass_context(len(tree)))
         t2 = time.perf_counter()
         self._observe_cost(len(tree), (t2 - t1) * 1000)
         prefix_len = state.prefix_len
-        acc, committed = self._accept_and_commit(state, tree, logits)
+        acc, committed = step.accept_and_commit(state, tree, logits)
         keep_prefix_and(state.cache, prefix_len, torch.from_numpy(acc.accepted).to(self.device))
         t3 = time.perf_counter()
-        self._learn(state, self.drafter, tree, acc, committed, observation, logits, hidden,
-                    draft_ms=(t1 - t0) * 1000, verify_ms=(t2 - t1) * 1000, accept_ms=(t3 - t2) * 1000)
-
-    def _accept_and_commit(self, state: RequestState, tree: DraftTree, logits: torch.Tensor
-                           ) -> tuple[Acceptance, list[int]]:
-        """Score (the row's processors, lazily), accept and commit the row's tokens for one verified tree
-        (``logits``: float[n, V]); the cache is the caller's to compact."""
-        if state.processors or state.sampling or state.scores is not None:
-            scores = TreeScores(state.processors, state.history, tree, logits)  # scored as the walk reads nodes
-        else:
-            scores = logits  # greedy without processors: the argmax of the raw logits is the argmax of their cast
-        if state.sampling:
-            acc = accept_sampling(tree, scores, SOFTMAX, state.generator)
-        else:
-            acc = accept_greedy(tree, scores)
-        committed = commit(state, tree, acc)
-        if state.scores is not None:
-            state.scores.extend(scores.rows(acc.accepted[: len(committed)]).unbind(0))
-        if state.raw_logits is not None:
-            state.raw_logits.extend(logits[acc.accepted[: len(committed)]].float().unbind(0))
-        return acc, committed
-
-    def _learn(self, state: RequestState, drafter: Drafter, tree: DraftTree, acc: Acceptance, committed: list[int],
-               observation, logits: torch.Tensor, hidden: torch.Tensor | None, draft_ms: float, verify_ms: float,
-               accept_ms: float) -> None:
-        """After a row's commit: its stats, the calibrator's observation, the streamer, the drafter's feedback."""
-        stats = state.stats
-        with self.shared.lock:
-            self.draft_ms_estimate = 0.9 * self.draft_ms_estimate + 0.1 * draft_ms
-        stats.steps += 1
-        stats.draft_ms += draft_ms
-        stats.verify_ms += verify_ms
-        stats.accept_ms += accept_ms
-        stats.record_tree(tree, acc.accepted)
-        if observation is not None:
-            calibrator, tree_seen, keys = observation
-            with self.shared.lock:
-                calibrator.observe(tree_seen, keys, committed)
-        if state.streamer is not None:
-            state.streamer.put(torch.tensor(committed, dtype=torch.long))
-        if not state.finished:
-            t4 = time.perf_counter()
-            drafter.feedback(
-                StepFeedback(
-                    tree=tree,
-                    accepted=acc.accepted,
-                    new_tokens=np.asarray(committed, dtype=np.int64),
-                    context=state.context[: state.length],
-                    logits=logits,
-                    hidden=hidden,
-                )
-            )
-            stats.feedback_ms += (time.perf_counter() - t4) * 1000
+        step.learn(state, self.drafter, draft, acc, committed, logits, hidden, verify_ms=(t2 - t1) * 1000,
+                   accept_ms=(t3 - t2) * 1000)
 
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
@@ -708,8 +481,6 @@ class SpeculativeGenerator:
         drafters = self.row_drafters(batch) if batch > 1 else None
         self.last_batched = drafters is not None
         if drafters is not None:
-            from .batch import run_batch  # the batched loop; one row keeps the single-row path (cheaper there)
-
             t_batch = time.perf_counter()
             states = run_batch(self, rows_cpu, [int(p) for p in n_pad], plan, drafters, generator, info,
                                lambda: StopRule(max_length, eos, others, self.device))
@@ -753,8 +524,9 @@ class SpeculativeGenerator:
             prefill(self.model, prompt, state.cache, self.device)
             stats.prefill_ms = (time.perf_counter() - t0) * 1000
             begin_request(self.drafter, prompt, info)
+        step = Step(self)
         while not state.finished:
-            self._step(state)
+            self._step(state, step)
         if max_new > 0:
             end_request(self.drafter, state.context[: state.length].copy(), info)
         stats.new_tokens = len(state.produced)

@@ -1,7 +1,7 @@
 """Making the verification pass cheap without changing the model: faster kernels for tree-sized linear layers.
 
 A *verification path* is a way to run one pass: "torch" is the model as it is; "skinny" routes its few-row fp32
-linear calls to a numba kernel that reads each weight once for all rows (``skinny_linear.py``); "packed"
+linear calls to a numba kernel (``kernels/``) that reads each weight once for all rows (``skinny_linear.py``); "packed"
 routes its tree-sized fp32 linear calls to oneDNN on weights packed once into oneDNN's blocked layout
 (``packed_linear.py``). Both reach the calls through hooks on the model's ``nn.Linear`` modules
 (``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``).
@@ -9,7 +9,7 @@ The cost curve (``engine/cost_curve.py``) measures every available path at every
 pass on the fastest for its size. ``VerificationPaths`` is the per-model object (one engine's, or shared by a pool
 of engines serving the same model from several threads) that says which paths apply to a model and enters them,
 and owns what they keep (the packed weights). A path is active only in the thread whose pass entered it. See
-README, "Verification cost".
+docs/benchmarks.md, "Verification cost".
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 ``num_hidden_layers = n_layers`` whose weights are copies of the target's embedding, first ``n_layers`` layers, final
 norm and head. It shares the target's tokenizer by construction, so it is a valid ``model:PATH`` drafter once saved
 (``save_shallow_model``). Nothing is trained: how well it drafts is what the target's early layers already know
-(measured in the README's hybrid section).
+(measured in docs/benchmarks.md, "Model drafters").
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Dense retrieval stores (DReSD): the target's own hidden states as keys, the corpus tokens after them as values.
 
 This module holds the index (``DenseStore``, ``OnlineDenseIndex``, FAISS helpers); building one from a corpus is
-``draftless.stores.dense_build``. Build (``build_dense``, kind ``"dense"``):
+``draftless.stores.dense_build`` and its files are ``draftless.stores.indexes``'s. Build (``build_dense``, kind
+``"dense"``):
 
 1. run the target model over the corpus token stream in fixed-length windows (``window`` tokens, consecutive windows
    overlap by ``overlap`` tokens so every kept position has at least ``overlap`` tokens of context) and take the
@@ -19,7 +20,7 @@ whose next token is the document separator (or the end) are not indexed.
 
 Store layout: ``tokens.npy`` int32[n], ``positions.npy`` int32[m], ``pca_components.npy`` float32[dim, hidden],
 ``pca_mean.npy`` float32[hidden], ``index.npy`` uint8[bytes] (the FAISS index serialised with
-``faiss.serialize_index``: saved as an array so it goes through ``write_store``'s atomic write and ``open_store``'s
+``faiss.serialize_index``: saved as an array so it goes through the datastore's atomic write and its
 size/header/sha256 checks like every other file). ``meta.json`` records the model (name, hidden size, layers), the
 index type and its search parameters.
 
@@ -28,31 +29,13 @@ states of committed tokens, searched exactly (a matrix-vector product).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
-
-from ..hf.compat import model_path
-from ..stores.datastore import DatastoreError, open_store, write_store
 
 KIND = "dense"
 FORMAT_ARRAYS = ("tokens", "positions", "pca_components", "pca_mean", "index")
 INDEX_TYPES = ("hnsw", "ivf", "flat")
-
-
-# ---------------------------------------------------------------------------------------------- hidden states
-def model_info(model) -> dict:
-    config = model.config
-    text = getattr(config, "get_text_config", lambda: config)()
-    return {
-        "name": os.path.basename(os.path.normpath(model_path(config))) or "unknown",
-        "model_type": getattr(text, "model_type", None),
-        "hidden_size": int(text.hidden_size),
-        "num_hidden_layers": int(getattr(text, "num_hidden_layers", 0) or 0),
-        "vocab_size": int(text.vocab_size),
-    }
 
 
 # ---------------------------------------------------------------------------------------------- PCA + index
@@ -113,6 +96,8 @@ class DenseStore:
     """An opened (or freshly built) dense store. ``search(queries, k)`` returns ``(similarities, key ids)``;
     ``positions[id]`` is the corpus position whose hidden state the key is."""
 
+    kind = KIND  # the datastore kind of its arrays
+
     def __init__(self, tokens: np.ndarray, positions: np.ndarray, components: np.ndarray, mean: np.ndarray,
                  index, store_meta: dict | None = None, ef_search: int = 64, nprobe: int = 32):
         self.tokens = tokens
@@ -154,54 +139,51 @@ class DenseStore:
             self.index.make_direct_map()
         return self.index.reconstruct_n(0, self.index.ntotal)
 
-    # ------------------------------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
-             build_args: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:
+    # ------------------------------------------------------------------------------------------ as arrays
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The arrays of a ``"dense"`` datastore (``FORMAT_ARRAYS``; the FAISS index serialised to uint8) and its
+        meta: ``store_meta`` plus the key count, dimensions and index type (``draftless.stores.indexes``)."""
         faiss = _faiss()
 
         blob = faiss.serialize_index(self.index)
         meta = dict(self.store_meta)
-        meta.update(extra_meta or {})
         meta.update({"n_keys": int(self.index.ntotal), "dim": self.dim, "hidden_size": self.hidden_size,
                      "faiss_index": type(self.index).__name__})
         arrays = {"tokens": self.tokens, "positions": self.positions, "pca_components": self.components,
                   "pca_mean": self.mean, "index": np.asarray(blob, dtype=np.uint8)}
-        for key in ("format", "format_version", "kind", "tokenizer", "build_args", "n_tokens", "files", "created"):
-            meta.pop(key, None)
-        return write_store(path, KIND, arrays, tokenizer_identity, build_args, meta, n_tokens=len(self.tokens))
+        return arrays, meta
 
     @classmethod
-    def load(cls, path: str | os.PathLike, tokenizer_identity: Mapping | None = None, verify: str = "size",
-             mmap: bool = True, ef_search: int = 64, nprobe: int = 32) -> DenseStore:
-        """Open a ``"dense"`` store; ``DatastoreError`` when it is missing, corrupt, foreign or inconsistent.
-
-        The corpus tokens and positions stay memory-mapped; the FAISS index is deserialised into memory.
-        """
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None, ef_search: int = 64,
+                    nprobe: int = 32) -> DenseStore:
+        """A dense store over ``arrays`` as ``to_arrays`` gives them: the corpus tokens and positions are used in
+        place (memory-mapped ones stay mapped), the FAISS index is deserialised into memory. ``ValueError`` when
+        arrays are missing, inconsistent or the index does not deserialise."""
         faiss = _faiss()
 
-        store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
-        missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]
+        missing = [name for name in FORMAT_ARRAYS if name not in arrays]
         if missing:
-            raise DatastoreError(f"{path}: dense store lacks arrays {missing}")
-        a = store.arrays
-        n = int(store.meta["n_tokens"])
+            raise ValueError(f"dense store lacks arrays {missing}")
+        a = arrays
+        meta = dict(meta) if meta is not None else {}
+        n = int(meta.get("n_tokens", len(a["tokens"])))
         comps, mean = a["pca_components"], a["pca_mean"]
         ok = (a["tokens"].shape == (n,) and a["tokens"].dtype == np.int32 and a["positions"].ndim == 1
               and a["positions"].dtype == np.int32 and comps.ndim == 2 and comps.dtype == np.float32
               and mean.shape == (comps.shape[1],) and mean.dtype == np.float32 and a["index"].dtype == np.uint8
               and a["index"].ndim == 1)
         if not ok:
-            raise DatastoreError(f"{path}: dense store arrays have inconsistent shapes or dtypes")
+            raise ValueError("dense store arrays have inconsistent shapes or dtypes")
         try:
             index = faiss.deserialize_index(np.ascontiguousarray(a["index"]))
         except Exception as exc:  # faiss raises RuntimeError with its own message
-            raise DatastoreError(f"{path}: the FAISS index does not deserialise ({exc}); the store is corrupt") from exc
+            raise ValueError(f"the FAISS index does not deserialise ({exc}); the store is corrupt") from exc
         if index.d != comps.shape[0] or index.ntotal != len(a["positions"]):
-            raise DatastoreError(f"{path}: FAISS index ({index.ntotal} keys of dim {index.d}) does not match "
-                                 f"positions ({len(a['positions'])}) / PCA dim ({comps.shape[0]})")
+            raise ValueError(f"FAISS index ({index.ntotal} keys of dim {index.d}) does not match "
+                             f"positions ({len(a['positions'])}) / PCA dim ({comps.shape[0]})")
         if len(a["positions"]) and (int(a["positions"].min()) < 0 or int(a["positions"].max()) >= n):
-            raise DatastoreError(f"{path}: key positions fall outside the corpus")
-        return cls(a["tokens"], a["positions"], comps, mean, index, store.meta, ef_search, nprobe)
+            raise ValueError("key positions fall outside the corpus")
+        return cls(a["tokens"], a["positions"], comps, mean, index, meta, ef_search, nprobe)
 
     def __repr__(self) -> str:
         return (f"DenseStore(n_tokens={len(self.tokens):,}, keys={len(self):,}, dim={self.dim}, "

@@ -10,20 +10,17 @@ Two modes:
 
 - *growable* (``SuffixAutomaton()``, ``SuffixAutomaton.build(tokens)``): supports ``extend``; counts stay exact
   after every token. Used for the dynamic automaton of a request (prompt + generated text).
-- *frozen* (``freeze()``, ``load(path)``): read-only, compact CSR transitions, memory-mapped from a datastore
-  directory (kind ``"sam"``) written by ``save``.
+- *frozen* (``freeze()``, ``from_arrays``): read-only, compact CSR transitions; ``to_arrays`` / ``from_arrays`` are
+  its arrays, which ``draftless.stores.indexes`` writes to and maps back from a datastore of kind ``"sam"``.
 
 Token ids are int32 values in ``[0, 2**31 - 1)``; states are ints with the root at 0.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from ..stores.datastore import DatastoreError, open_store, write_store
 from .kernels import sam_kernels as K
 from .tokens import as_token_array
 
@@ -42,6 +39,8 @@ class SuffixAutomaton:
     ``SuffixAutomaton(capacity)`` is an empty growable automaton with room for ``capacity`` tokens before the
     first reallocation.
     """
+
+    kind = KIND  # the datastore kind of its arrays
 
     def __init__(self, capacity: int = 256):
         capacity = max(int(capacity), 16)
@@ -129,44 +128,38 @@ class SuffixAutomaton:
         self._frozen = True
         return self
 
-    # ------------------------------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, tokenizer_identity: Mapping | None = None,
-             build_args: Mapping | None = None, extra_meta: Mapping | None = None,
-             vocab_size: int | None = None) -> Path:
-        """Write a datastore of kind ``"sam"`` (see ``draftless.stores.datastore``). A growable automaton is saved
-        through a frozen copy and stays growable."""
+    # ------------------------------------------------------------------------------------------ as arrays
+    def to_arrays(self, vocab_size: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """The frozen layout as named arrays (``FORMAT_ARRAYS``) and its sizes ``{"n_states", "n_edges"}``: what a
+        ``"sam"`` datastore holds (``draftless.stores.indexes.save_index``). A growable automaton is converted
+        through a frozen copy and stays growable (``vocab_size``: as ``freeze``'s)."""
         sam = self if self._frozen else self.copy().freeze(vocab_size)
-        meta = {"n_states": sam.n_states, "n_edges": sam.n_transitions}
-        meta.update(extra_meta or {})
         arrays = {
             "tokens": sam._tokens, "states": sam._st, "edge_off": sam._edge_off,
             "edge_tok": sam._edge_tok, "edge_to": sam._edge_to, "root_next": sam._root_next,
         }
-        return write_store(path, KIND, arrays, tokenizer_identity, build_args, meta, n_tokens=sam.n_tokens)
+        return arrays, {"n_states": sam.n_states, "n_edges": sam.n_transitions}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, tokenizer_identity: Mapping | None = None,
-             verify: str = "size") -> SuffixAutomaton:
-        """Open a ``"sam"`` datastore (frozen; memory-mapped unless ``mmap=False``).
-
-        ``tokenizer_identity`` (from ``draftless.stores.datastore.tokenizer_identity``) refuses a store built with
-        another tokenizer; ``verify="full"`` also checks sha256 checksums. Raises ``DatastoreError`` on any problem.
-        """
-        store = open_store(path, expected_kind=KIND, tokenizer_identity=tokenizer_identity, verify=verify, mmap=mmap)
-        missing = [name for name in FORMAT_ARRAYS if name not in store.arrays]
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> SuffixAutomaton:
+        """A frozen automaton over ``arrays`` as ``to_arrays`` gives them (used in place: memory-mapped arrays stay
+        mapped); ``meta`` (a store's ``meta.json``) is kept as ``store_meta``. ``ValueError`` when arrays are
+        missing or their shapes and dtypes do not fit together."""
+        missing = [name for name in FORMAT_ARRAYS if name not in arrays]
         if missing:
-            raise DatastoreError(f"{path}: suffix-automaton store lacks arrays {missing}")
-        a = store.arrays
+            raise ValueError(f"suffix-automaton store lacks arrays {missing}")
+        a = arrays
         n_states = a["states"].shape[0]
         n_edges = a["edge_tok"].shape[0]
+        n_tokens = int((meta or {}).get("n_tokens", len(a["tokens"])))
         consistent = (
             a["states"].ndim == 2 and a["states"].shape[1] == K.N_FROZEN_COLS and n_states >= 1
             and a["edge_off"].shape == (n_states + 1,) and a["edge_to"].shape == (n_edges,)
-            and int(a["edge_off"][-1]) == n_edges and a["tokens"].shape == (store.meta["n_tokens"],)
+            and int(a["edge_off"][-1]) == n_edges and a["tokens"].shape == (n_tokens,)
             and all(a[name].dtype == np.int32 for name in FORMAT_ARRAYS)
         )
         if not consistent:
-            raise DatastoreError(f"{path}: suffix-automaton arrays have inconsistent shapes or dtypes")
+            raise ValueError("suffix-automaton arrays have inconsistent shapes or dtypes")
         self = cls.__new__(cls)
         self._tokens = a["tokens"]
         self._n = len(a["tokens"])
@@ -177,7 +170,7 @@ class SuffixAutomaton:
             a["edge_off"], a["edge_tok"], a["edge_to"], a["root_next"])
         self._n_states_frozen = n_states
         self._frozen = True
-        self.store_meta = store.meta
+        self.store_meta = meta
         return self
 
     def copy(self) -> SuffixAutomaton:

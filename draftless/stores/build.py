@@ -1,4 +1,6 @@
-"""``build_store``: corpus files -> target-tokenizer token array -> a datastore directory of one kind.
+"""``build_store``: corpus files -> target-tokenizer token array -> a datastore directory of one kind;
+``build_sharded_store``: corpus files -> a sharded ``"rest"`` store (``sharded.py``), one shard at a time in this
+process (``ray_build.py`` builds the same on Ray).
 
 Store kinds and their builders are registered in ``kinds.py`` (``BUILDERS``, the one registry).
 
@@ -14,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from ..tokenizer_identity import tokenizer_identity
 from .corpus import tokenize_corpus
-from .datastore import tokenizer_identity
 from .kinds import BUILDERS
 
 
@@ -153,3 +157,102 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
     if verbose:
         print(report.summary(), flush=True)
     return report
+
+
+def _doc_join(docs: list[np.ndarray], sep: int) -> np.ndarray:
+    """Documents (each a list of int32 arrays, its pieces) joined by ``sep``: one shard's tokens."""
+    parts: list[np.ndarray] = []
+    sep_arr = np.array([sep], dtype=np.int32)
+    for i, doc in enumerate(docs):
+        if i:
+            parts.append(sep_arr)
+        parts.extend(doc)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def build_sharded_store(corpus_paths: Sequence[str | os.PathLike], tokenizer, out_dir: str | os.PathLike,
+                        shards: int, fields: Sequence[str] | None = None, glob: str | None = None,
+                        exclude: Sequence[str] = (), progress: bool = True, verbose: bool = True,
+                        provenance: Mapping | None = None, exclude_overlap: str | os.PathLike | None = None,
+                        overlap_n: int = 13, sa_method: str | None = None, batch_chars: int = 1 << 20) -> BuildReport:
+    """A sharded ``"rest"`` store in this process, in memory bounded by one shard (``draftless.stores.sharded``).
+
+    The corpus is read and tokenized as a stream (as ``build_store`` does); a shard is cut at the first document
+    boundary after each ``1 / shards`` of the corpus bytes, its suffix array built and written, and its tokens
+    dropped before the next is read. The manifest is written last. Peak memory: one shard's tokens and its
+    construction (about 16 bytes per shard token with libdivsufsort), not the corpus's.
+    """
+    from .corpus import encode_batches, separator_token
+    from .decontaminate import filter_pieces, new_report
+    from .documents import corpus_bytes, iter_pieces
+    from .sharded import prepare_sharded_dir, write_manifest, write_shard
+
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    identity = tokenizer_identity(tokenizer)
+    sep = separator_token(tokenizer)
+    total_bytes = corpus_bytes(corpus_paths, glob, exclude)
+    build_args = {"kind": "rest", "corpus": [str(p) for p in corpus_paths], "fields": list(fields) if fields else None,
+                  "glob": glob, "exclude": list(exclude), "exclude_overlap": str(exclude_overlap) if exclude_overlap
+                  else None, "shards": int(shards), "sa_method": sa_method,
+                  **{k: _jsonable(v) for k, v in (provenance or {}).items()}}
+    out = prepare_sharded_dir(out_dir)
+    rss_before = _rss_bytes()
+    peak_tracked = _reset_peak_rss()
+    t_start = time.perf_counter()
+    build_s = 0.0
+    written: list[dict] = []
+    docs: list[list[np.ndarray]] = []  # the current shard's documents, each its pieces' arrays
+    consumed = 0
+    n_bytes = 0
+
+    def flush() -> None:
+        nonlocal build_s, docs
+        t0 = time.perf_counter()
+        tokens = _doc_join(docs, sep)
+        n_docs = len(docs)
+        docs = []
+        written.append(write_shard(tokens, out, len(written), sep, identity, n_docs, build_args, sa_method))
+        build_s += time.perf_counter() - t0
+
+    pieces = iter_pieces(corpus_paths, fields, glob, exclude)
+    report = None
+    if exclude_overlap:
+        report = new_report(exclude_overlap, overlap_n)
+        pieces = filter_pieces(pieces, exclude_overlap, overlap_n, report=report)
+    for batch, encoded in encode_batches(pieces, tokenizer, batch_chars):
+        for piece, ids in zip(batch, encoded):
+            if piece.starts_document:
+                if docs and len(written) < shards - 1 and consumed >= total_bytes * (len(written) + 1) / shards:
+                    flush()
+                docs.append([])
+            if ids:
+                arr = np.asarray(ids, dtype=np.int64)
+                if arr.max() > np.iinfo(np.int32).max or arr.min() < 0:
+                    raise ValueError("a token id does not fit in int32")
+                docs[-1].append(arr.astype(np.int32))
+            consumed += piece.n_bytes
+            n_bytes += piece.n_bytes
+    if docs:
+        flush()
+    if not written or sum(w["n_tokens"] for w in written) == 0:
+        raise ValueError(f"the corpus {list(map(str, corpus_paths))} holds no tokens (check --glob / --field)")
+    extra = {"corpus_bytes": n_bytes}
+    if report is not None:
+        extra["decontamination"] = report.to_json()
+        if verbose:
+            print(report.summary(), flush=True)
+    t0 = time.perf_counter()
+    manifest = write_manifest(out, [w["name"] for w in written], identity, sep, build_args, extra)
+    build_s += time.perf_counter() - t0
+    total_s = time.perf_counter() - t_start
+    peak = _peak_rss_bytes() if peak_tracked else None
+    disk = sum(s["bytes"] for s in manifest["shards"]) + (out / "manifest.json").stat().st_size
+    stats = {"shards": len(written), "construct_s": sum(w["construct_s"] for w in written),
+             "write_s": sum(w["write_s"] for w in written),
+             "largest_shard_tokens": max(w["n_tokens"] for w in written)}
+    result = BuildReport("rest", out, manifest["n_tokens"], manifest["n_documents"], total_s - build_s, build_s, disk,
+                         peak - rss_before if peak is not None and rss_before is not None else None, stats)
+    if verbose:
+        print(result.summary(), flush=True)
+    return result

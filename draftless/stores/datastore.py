@@ -3,7 +3,7 @@
 A datastore is a directory, never a pickle::
 
     meta.json          {"format": "draftless-datastore", "format_version": 1, "kind": "sam",
-                        "tokenizer": {"name", "vocab_hash", "vocab_size"} | null,
+                        "tokenizer": {"name", "vocab_hash", "vocab_size"} | null,   (draftless.tokenizer_identity)
                         "build_args": {...}, "n_tokens": int,
                         "files": {"tokens.npy": {"sha256", "size", "dtype", "shape"}, ...},
                         "created": ISO-8601 UTC, ...kind-specific extra keys}
@@ -28,50 +28,17 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_directory
+from ..tokenizer_identity import describe_identity, same_tokenizer
 
 FORMAT = "draftless-datastore"
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
+# the keys of meta.json that ``write_store`` sets itself (``extra_meta`` may not hold them)
+RESERVED_META = ("format", "format_version", "kind", "tokenizer", "build_args", "n_tokens", "files", "created")
 
 
 class DatastoreError(ValueError):
     """A datastore is missing, malformed, corrupt, of another kind or built with another tokenizer."""
-
-
-# ---------------------------------------------------------------------------------------------- tokenizer identity
-def tokenizer_identity(tokenizer) -> dict:
-    """``{"name", "vocab_hash", "vocab_size"}`` identifying a tokenizer's vocabulary.
-
-    ``vocab_hash`` is the sha256 of the vocabulary items ``(token, id)`` (added tokens included) sorted by id: the
-    ids, the tokens' lengths and the tokens themselves, so two tokenizers that map text to the same ids hash alike
-    whatever their folder is called. It costs about 0.3 s for a 262k vocabulary (mostly ``get_vocab``): compute it
-    once per tokenizer and pass the dict around.
-    """
-    vocab = tokenizer.get_vocab()
-    ids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
-    order = np.argsort(ids, kind="stable")  # sorting ints, not 262k strings: ~20x faster
-    keys = list(vocab)
-    tokens = [str(keys[i]) for i in order.tolist()]
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))  # makes the joined text unambiguous
-    digest = hashlib.sha256(ids[order].tobytes())
-    digest.update(lengths.tobytes())
-    digest.update("".join(tokens).encode("utf-8", errors="surrogatepass"))
-    name = os.path.basename(os.path.normpath(str(getattr(tokenizer, "name_or_path", "") or ""))) or "unknown"
-    return {"name": name, "vocab_hash": digest.hexdigest(), "vocab_size": len(vocab)}
-
-
-def same_tokenizer(a: Mapping | None, b: Mapping | None) -> bool:
-    """Identities match when their vocabulary hashes (and sizes) do; names are only labels."""
-    if a is None or b is None:
-        return False
-    return a.get("vocab_hash") == b.get("vocab_hash") and a.get("vocab_size") == b.get("vocab_size")
-
-
-def _describe(identity: Mapping | None) -> str:
-    if identity is None:
-        return "an unrecorded tokenizer"
-    return (f"tokenizer {identity.get('name')!r} (vocab {identity.get('vocab_size')}, "
-            f"hash {str(identity.get('vocab_hash'))[:12]})")
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -250,8 +217,8 @@ def open_store(path: str | os.PathLike, expected_kind: str | None = None, tokeni
         if recorded is not None and recorded.get("name") == tokenizer_identity.get("name"):
             hint = " (same name, different vocabulary: a modified tokenizer or a store from another draftless version)"
         raise DatastoreError(
-            f"{path} was built with {_describe(recorded)}, but the model uses "
-            f"{_describe(tokenizer_identity)}{hint}; rebuild the datastore with this model's tokenizer"
+            f"{path} was built with {describe_identity(recorded)}, but the model uses "
+            f"{describe_identity(tokenizer_identity)}{hint}; rebuild the datastore with this model's tokenizer"
         )
     for name, info in meta["files"].items():
         _check_npy(path / name, info)

@@ -7,7 +7,7 @@ whitespace only separate words). Every ``n``-gram of words of every turn of the 
 surrounding spaces align to word boundaries) excludes the document. Prompts shorter than ``n`` words contribute no
 n-gram (they are counted in the report).
 
-``filter_pieces`` wraps the corpus reader's ``Piece`` stream (``draftless.stores.corpus.iter_pieces``) lazily;
+``filter_pieces`` wraps the corpus reader's ``Piece`` stream (``draftless.stores.documents.iter_pieces``) lazily;
 ``filter_documents`` is the list form; ``write_filtered_jsonl`` writes a clean copy of a jsonl corpus.
 For the later pieces of one large plain-text file only the overlapping piece is dropped (n-grams across a piece cut
 are not seen).
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..atomic import atomic_file
+from .documents import read_jsonl
 
 _WORD = re.compile(r"[0-9a-z]+")
 
@@ -178,14 +179,12 @@ def write_filtered_jsonl(src: str | Path, dst: str | Path, eval_file: str | Path
                          fields: Sequence[str] | None = None, n: int = 13) -> DecontaminationReport:
     """Copy the records of jsonl ``src`` that share no n-gram with ``eval_file`` to ``dst`` (checks the joined
     ``fields``, like the corpus reader). Record indices in the report are 0-based line records of ``src``."""
-    from .corpus import _read_jsonl
-
     report = new_report(eval_file, n)
     index = report.index
     src, dst = Path(src), Path(dst)
     with open(src, "rb") as f, atomic_file(dst, "wb") as out:
         lines = (raw for raw in f if raw.strip())
-        for doc, (raw, piece) in enumerate(zip(lines, _read_jsonl(src, fields))):
+        for doc, (raw, piece) in enumerate(zip(lines, read_jsonl(src, fields))):
             report.n_documents += 1
             matches = index.hits(piece.text)
             if matches:

@@ -10,10 +10,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..index.dense_index import DenseStore, index_keys, model_info, project
+from ..hf.compat import model_path
+from ..index.dense_index import DenseStore, index_keys, project
+from .indexes import save_index
 
 
 # ---------------------------------------------------------------------------------------------- hidden states
+def model_info(model) -> dict:
+    """The model a dense store's keys come from, as its ``meta.json`` records it (name, type, sizes)."""
+    config = model.config
+    text = getattr(config, "get_text_config", lambda: config)()
+    return {
+        "name": os.path.basename(os.path.normpath(model_path(config))) or "unknown",
+        "model_type": getattr(text, "model_type", None),
+        "hidden_size": int(text.hidden_size),
+        "num_hidden_layers": int(getattr(text, "num_hidden_layers", 0) or 0),
+        "vocab_size": int(text.vocab_size),
+    }
+
+
 def hidden_states(model, input_ids) -> np.ndarray:
     """float32[B, T, H]: last-layer hidden states as the engine reads them (``hidden_states[-1]``)."""
     import torch
@@ -142,7 +157,7 @@ def build_dense(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args
                               batch_size=batch_size, pca_sample=pca_sample, separator_id=sep, progress=progress,
                               timings=timings)
     t0 = time.perf_counter()
-    store.save(out_dir, identity, build_args, extra_meta)
+    save_index(store, out_dir, identity, build_args, extra_meta)
     timings["write_s"] = time.perf_counter() - t0
     timings["n_keys"] = len(store)
     timings["indexed_tokens"] = len(tokens)

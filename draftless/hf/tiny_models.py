@@ -1,6 +1,5 @@
-"""Tiny seeded models of four architectures, built in-process from configs (no downloads).
-
-Apart from conftest.py so that scripts that run without pytest (scripts/gpu_check.py) build the same models."""
+"""Tiny seeded models of four architectures, built in-process from configs (no downloads): what the test suite
+(``tests/conftest.py`` serves them as fixtures) and the device check (``scripts/gpu_check.py``) run on."""
 from __future__ import annotations
 
 import torch
