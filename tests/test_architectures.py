@@ -40,9 +40,12 @@ PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7, 9, 10, 11], [3], [20, 21, 20, 21, 2
 
 
 def tiny_family_model(family: str):
+    return _tiny_model(family, {**COMMON, "attn_implementation": "sdpa", **FAMILIES[family]})
+
+
+def _tiny_model(family: str, options: dict):
     import transformers as tf
 
-    options = {**COMMON, "attn_implementation": "sdpa", **FAMILIES[family]}
     torch.manual_seed(0)
     config = tf.AutoConfig.for_model(family, **options)
     model = tf.AutoModelForCausalLM.from_config(config).eval()
@@ -63,3 +66,83 @@ def test_greedy_identical_on_every_claimed_family(family):
         for spec, fast in engines.items():
             got = fast.generate(ids, max_new_tokens=24)
             assert torch.equal(got.sequences, want), (family, spec, prompt)
+
+
+# ---------------------------------------------------------------------------- ALiBi: one draft chain per pass
+# ALiBi models build their position biases from the keys' order and a 2-D padding mask, so the engine verifies the
+# best path of each drafted tree with a plain 2-D mask (``AttentionLayout.chain_only``); a chain's positions are
+# its order, so the output stays exact.
+ALIBI_FAMILIES = {
+    "bloom": dict(hidden_size=64, n_layer=2, n_head=4),
+    "mpt": dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=256),
+    "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True,
+                   new_decoder_architecture=False, multi_query=True),
+}
+
+
+def tiny_alibi_model(family: str):
+    return _tiny_model(family, dict(vocab_size=VOCAB, initializer_range=0.3, bos_token_id=None, eos_token_id=None,
+                                    pad_token_id=0, **ALIBI_FAMILIES[family]))
+
+
+@pytest.mark.parametrize("family", sorted(ALIBI_FAMILIES))
+def test_alibi_models_identical_with_every_drafter(family):
+    from test_greedy import DRAFTER_SPECS, drafter_from_spec
+
+    model = tiny_alibi_model(family)
+    engine = draftless.accelerate(model, drafter="ngram", cost_curve=FLAT_CURVE)
+    assert engine.layout.chain_only is not None and family in engine.layout.chain_only
+    for spec in DRAFTER_SPECS:
+        fast = draftless.accelerate(model, drafter=drafter_from_spec(spec, model), cost_curve=FLAT_CURVE)
+        for prompt in PROMPTS:
+            ids = torch.tensor([prompt])
+            with torch.no_grad():
+                want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+            got = fast.generate(ids, max_new_tokens=24)
+            assert torch.equal(got.sequences, want), (family, spec, prompt)
+
+
+def test_alibi_drafts_are_verified_as_chains_and_accepted():
+    model = tiny_alibi_model("bloom")
+    fast = draftless.accelerate(model, drafter="ngram+sam+recycle", cost_curve=FLAT_CURVE)
+    # a prompt the model continues by copying: drafts get accepted, several tokens a pass
+    ids = torch.tensor([PROMPTS[0] * 3])
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False)
+    got = fast.generate(ids, max_new_tokens=40)
+    assert torch.equal(got.sequences, want)
+    assert got.stats.new_tokens / got.stats.steps > 1.0
+
+
+@pytest.mark.parametrize("family", sorted(ALIBI_FAMILIES))
+def test_alibi_batches_and_custom_generate_are_exact(family):
+    model = tiny_alibi_model(family)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 5, 6, 7], [9, 10, 11, 9, 10, 11, 9, 10, 11]])
+    mask = (torch.arange(ids.shape[1])[None] >= torch.tensor([[2], [0]])).long()
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
+        got = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                             custom_generate=draftless.custom_generate, drafter="ngram+recycle")
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("spec", ["self:1", "model"])
+def test_alibi_drafting_on_the_model_is_refused_naming_the_model(spec):
+    from draftless.drafters.model_drafter import ModelDrafter
+    from draftless.drafters.spec import DrafterContext, build_drafter
+    from draftless.hf.attention import UnsupportedModel
+
+    model = tiny_alibi_model("bloom")
+    # a draft model's trees need tree masks (refused naming ALiBi); layer skipping refuses Bloom's shape first
+    with pytest.raises(UnsupportedModel, match="(?s)bloom.*ALiBi" if spec == "model" else "Bloom"):
+        if spec == "model":
+            ModelDrafter(model, target=model)
+        else:
+            build_drafter(spec, DrafterContext(model=model))
+
+
+def test_mpt_prompt_past_its_alibi_table_is_refused():
+    model = tiny_alibi_model("mpt")  # max_seq_len=256: MPT's ALiBi table ends there
+    ids = torch.full((1, 300), 5)
+    with pytest.raises(ValueError, match="learned positions for 256"):
+        draftless.accelerate(model, drafter="ngram", cost_curve=FLAT_CURVE).generate(ids, max_new_tokens=4)

@@ -11,7 +11,6 @@ from conftest import VOCAB, run_threads
 from test_greedy import FLAT_CURVE, reference
 
 import draftless
-from draftless.hf.attention import UnsupportedModel
 from draftless.hf.generation import UnsupportedGenerationOption
 
 SPEC = "ngram+sam+recycle"
@@ -110,29 +109,6 @@ def test_a_drafter_object_without_factory_takes_turns_in_the_pool(tiny_models):
     assert all(torch.equal(o, expected) for o in run_threads(3, work))
     (the_pool,) = pool.engines.values()
     assert len(the_pool.engines) == 1
-
-
-def _alibi_models():
-    import transformers as tf
-
-    common = dict(vocab_size=VOCAB)
-    bloom = tf.BloomForCausalLM(tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common))
-    mpt = tf.MptForCausalLM(tf.MptConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, **common))
-    falcon = tf.FalconForCausalLM(tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                  alibi=True, new_decoder_architecture=False, multi_query=True,
-                                                  **common))
-    return {"bloom": bloom, "mpt": mpt, "falcon": falcon}
-
-
-@pytest.mark.parametrize("name", ["bloom", "mpt", "falcon"])
-def test_alibi_models_are_refused_at_accelerate_naming_the_architecture(name):
-    model = _alibi_models()[name].eval()
-    with pytest.raises(UnsupportedModel, match=f"(?s){name}.*ALiBi"):
-        draftless.accelerate(model, drafter="ngram")
-    ids = torch.tensor([_prompt(1)])
-    with pytest.raises(UnsupportedModel, match="ALiBi"):
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                       custom_generate=draftless.CustomGenerate(), drafter="ngram")
 
 
 def test_inputs_embeds_is_refused_naming_input_ids(tiny_models):

@@ -102,3 +102,16 @@ def test_chain_and_token_paths():
     assert tree.token_paths() == [[6, 7, 8]]
     assert tree.expected_accepted() == pytest.approx(1.6)
     assert tree.sources_of(2) == ["s"] and tree.sources_of(0) == []
+
+
+@given(paths_strategy, st.integers(0, 2**31 - 1))
+def test_best_path_is_the_leaf_path_with_the_highest_score_sum(paths, seed):
+    tree = DraftTree.from_paths(7, paths)
+    tree = tree.with_scores(np.random.default_rng(seed).random(len(tree)).astype(np.float32))
+    path = tree.best_path_indices()
+    kids = tree.children()
+    assert path[0] == 0 and not kids[path[-1]]  # from the root to a leaf
+    assert all(tree.parents[b] == a for a, b in zip(path[:-1], path[1:]))
+    leaf_sums = [sum(float(tree.scores[i]) for i in tree.path_to(leaf)[1:]) for leaf in range(len(tree))
+                 if not kids[leaf]]
+    assert sum(float(tree.scores[i]) for i in path[1:]) == pytest.approx(max(leaf_sums))

@@ -100,7 +100,7 @@ def profile_model(model, sizes=DEFAULT_SIZES, cache_lengths=(128, 512, 1024), re
                   paths: tuple[str, ...] | None = None, progress=None) -> dict:
     """Measure t(n) per size, cache length and path (default: every path available for the model, see
     ``VerificationPaths``), with a stage split. Returns a JSON-able report (ms)."""
-    layout = inspect_model(model)
+    layout = inspect_model(model, chains_ok=True)  # the sizes are measured on chains
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     verification = VerificationPaths(model)

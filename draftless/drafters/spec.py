@@ -29,7 +29,7 @@ def _curve(model):
     from ..engine.cost_curve import cost_curve_for
     from ..hf.attention import inspect_model
 
-    return cost_curve_for(model, inspect_model(model))
+    return cost_curve_for(model, inspect_model(model, chains_ok=True))  # a curve is measured on chains
 
 
 def _steep(model, curve=None) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..fastpath import VerificationPaths
-from ..hf.attention import tree_attention_mask
+from ..hf.attention import learned_position_table, tree_attention_mask
 from ..hf.compat import cache_keyword, model_path
 from ..hf.kv_cache import keep_prefix_and, new_cache
 from ..paths import safe_filename, state_dir
@@ -106,6 +106,9 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
     fresh one for this measurement."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    table = learned_position_table(model)
+    if table is not None:  # a model with a position table cannot hold the prefix plus the largest size past it
+        prefix_len = max(1, min(prefix_len, table - max(sizes)))
     verification = verification if verification is not None else VerificationPaths(model)
     paths = tuple(paths) if paths is not None else verification.available
     vocab = model.config.get_text_config(decoder=True).vocab_size

@@ -155,7 +155,7 @@ class SpeculativeGenerator:
         # drafter that loads a store or a model does so once per row slot, not once per call
         self._row_drafters: list[Drafter] = [drafter]
         self._budget_curves: dict[int, tuple[CostCurve, CostCurve]] = {}  # rows -> (curve it came from, share)
-        self.layout: AttentionLayout = inspect_model(model)
+        self.layout: AttentionLayout = inspect_model(model, chains_ok=True)
         self.max_nodes = int(max_nodes)
         if self.max_nodes < 1:
             raise ValueError("max_nodes must be at least 1")
@@ -311,7 +311,10 @@ class SpeculativeGenerator:
     def row_drafters(self, batch: int) -> list[Drafter] | None:
         """``batch`` independent drafters, one per row (the first is ``self.drafter``), or None when the engine has
         no ``drafter_factory`` to build more (a ``Drafter`` object was passed alone): then a batch runs row by
-        row through ``self.drafter``."""
+        row through ``self.drafter``. A model that verifies chains only (``layout.chain_only``: ALiBi) gets None
+        too: a batched pass would need a ragged 4-D mask, so its rows run alone."""
+        if self.layout.chain_only is not None:
+            return None
         if batch > len(self._row_drafters):
             if self.drafter_factory is None:
                 return None

@@ -229,10 +229,15 @@ class Step:
             with engine.shared.lock:
                 tree, keys = calibrator.calibrate(tree)
             observation = (calibrator, tree, keys)
+        # A model that verifies chains only (ALiBi, ``AttentionLayout.chain_only``) gets the tree's best path,
+        # chosen on calibrated scores; nothing is pinned off that path.
+        chains_only = engine.layout.chain_only is not None
+        if chains_only:
+            tree = tree.subset(tree.best_path_indices())
         # A step commits at most depth + 1 tokens: nodes deeper than the remaining budget are wasted work.
         # Pinned nodes (a drafter's ``pinned_sources``, e.g. a Jacobi window) are verified on top of the budget.
         remaining = state.remaining
-        pinned = tree.pinned_mask(getattr(drafter, "pinned_sources", ()))
+        pinned = None if chains_only else tree.pinned_mask(getattr(drafter, "pinned_sources", ()))
         keep = tree.prune_indices(engine.max_nodes, max_depth=remaining - 1, pinned=pinned)
         if engine.adaptive and len(keep) > 1:
             n_pinned = 0 if pinned is None else int(pinned[keep].sum())

@@ -170,6 +170,24 @@ class DraftTree:
             source_names=self.source_names,
         )
 
+    def best_path_indices(self) -> np.ndarray:
+        """Sorted node indices of the root-to-leaf path whose scores sum highest (int64[d + 1], root first): with
+        calibrated scores, the single chain expected to commit the most tokens. Ties go to the lower index."""
+        n = len(self)
+        best = self.scores.astype(np.float64).copy()  # best path sum from each node down
+        best[0] = 0.0
+        child_sum = np.zeros(n, dtype=np.float64)
+        best_child = np.full(n, -1, dtype=np.int64)
+        for i in range(n - 1, 0, -1):  # children have higher indices than their parents
+            best[i] += child_sum[i]
+            parent = self.parents[i]
+            if best_child[parent] < 0 or best[i] >= child_sum[parent]:
+                child_sum[parent], best_child[parent] = best[i], i
+        path = [0]
+        while best_child[path[-1]] >= 0:
+            path.append(int(best_child[path[-1]]))
+        return np.asarray(path, dtype=np.int64)
+
     def pinned_mask(self, sources) -> np.ndarray | None:
         """bool[n]: the nodes any of ``sources`` (names) proposed, which pruning keeps whatever their scores (a
         drafter's ``pinned_sources``: tokens verified for what their logits teach, e.g. a Jacobi window). None

@@ -31,10 +31,15 @@ class UnsupportedModel(ValueError):
 @dataclass(frozen=True)
 class AttentionLayout:
     """``layer_types``: the distinct layer types (None when the config has no ``layer_types``: one mask for all);
-    ``sliding_window``: window size of sliding layers (or of every layer when ``layer_types`` is None), else None."""
+    ``sliding_window``: window size of sliding layers (or of every layer when ``layer_types`` is None), else None;
+    ``chain_only``: why the model can verify only chains (one path per pass), in words, or None when it takes
+    trees. An ALiBi model builds its position biases from the keys' order and a 2-D padding mask, so it takes no
+    tree mask; a chain's nodes sit at positions equal to their order, and its forward with a 2-D mask of ones
+    (what ``model.generate`` passes) is exact."""
 
     layer_types: tuple[str, ...] | None
     sliding_window: int | None
+    chain_only: str | None = None
 
 
 def uses_alibi(model) -> str | None:
@@ -55,8 +60,10 @@ def uses_alibi(model) -> str | None:
     return None
 
 
-def inspect_model(model) -> AttentionLayout:
-    """Validate ``model`` for tree verification and describe its attention layout."""
+def inspect_model(model, chains_ok: bool = False) -> AttentionLayout:
+    """Validate ``model`` for tree verification and describe its attention layout. ``chains_ok``: the caller can
+    verify chains alone (the engine can; a drafter that grows trees on the model cannot), so an ALiBi model gets a
+    layout with ``chain_only`` set instead of an ``UnsupportedModel``."""
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel("encoder-decoder models are not supported: "
@@ -67,12 +74,13 @@ def inspect_model(model) -> AttentionLayout:
             "draftless supports attention models with a key/value cache"
         )
     alibi = uses_alibi(model)
-    if alibi:
+    if alibi and not chains_ok:
         raise UnsupportedModel(
             f"{type(model).__name__} ({alibi}) adds ALiBi position biases that its forward builds from a 2-D "
             "padding mask and the keys' order, not from position_ids, so a tree node cannot be given its tree "
-            "position (prefix + depth); draftless does not verify ALiBi models yet (rotary and learned-position "
-            "models are supported)")
+            "position (prefix + depth): this use needs trees on the model (a draft model or the target with "
+            "layers skipped); accelerate() verifies ALiBi models one draft chain per pass, with context and "
+            "corpus drafters")
     impl = attn_implementation(model)
     if impl not in SUPPORTED_ATTENTION:
         raise UnsupportedModel(
@@ -89,18 +97,22 @@ def inspect_model(model) -> AttentionLayout:
             raise UnsupportedModel(f"layer types {unknown} are not supported (only {SUPPORTED_LAYER_TYPES})")
         if "sliding_attention" not in kinds:
             window = None
-        return AttentionLayout(layer_types=kinds, sliding_window=int(window) if window else None)
+        return AttentionLayout(layer_types=kinds, sliding_window=int(window) if window else None, chain_only=alibi)
     # Models without layer_types but with a sliding window (Mistral-style) apply it in every layer.
-    return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None)
+    return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None, chain_only=alibi)
 
 
 def learned_position_table(model) -> int | None:
-    """Rows of the model's learned absolute position embedding (GPT-2's ``wpe``, OPT's ``embed_positions``, ...),
-    None for a model without one (rotary, ALiBi: positions past the trained range still compute)."""
+    """How many positions the model can hold at all: the rows of its learned absolute position embedding (GPT-2's
+    ``wpe``, OPT's ``embed_positions``, ...) or of MPT's precomputed ALiBi table (``config.max_seq_len``); None for
+    a model without such a table (rotary, Bloom/Falcon ALiBi: positions past the trained range still compute)."""
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if leaf in ("wpe", "embed_positions", "position_embeddings") and isinstance(module, torch.nn.Embedding):
             return int(module.num_embeddings)
+    config = model.config.get_text_config(decoder=True)
+    if getattr(config, "model_type", "") == "mpt" and isinstance(getattr(config, "max_seq_len", None), int):
+        return int(config.max_seq_len)
     return None
 
 
@@ -135,8 +147,18 @@ def tree_attention_mask(
     Returns an additive float mask of shape [1, 1, n, prefix_len + n] (0 = attend, dtype minimum = blocked), or for
     models with ``layer_types`` a dict ``{layer_type: mask}``. Node i sits at position ``prefix_len + depths[i]``;
     a sliding-window layer additionally blocks keys whose position is ``window`` or more behind the query's.
+
+    A ``chain_only`` layout takes chains alone (``ancestor_mask`` lower-triangular, ``depths`` 0..n-1) and gets the
+    2-D int64 mask of ones [1, prefix_len + n] that ``model.generate`` passes: the model's forward then builds the
+    causal mask and its ALiBi biases itself, from key order, which for a chain is the tree position.
     """
     n = ancestor_mask.shape[0]
+    if layout.chain_only is not None:
+        if not (np.array_equal(ancestor_mask, np.tril(np.ones((n, n), dtype=bool)))
+                and np.array_equal(np.asarray(depths), np.arange(n))):
+            raise ValueError(f"this model verifies chains only ({layout.chain_only}); got a tree of {n} nodes "
+                             "with branches")
+        return torch.ones(1, prefix_len + n, dtype=torch.int64, device=device)
     tree_part = torch.from_numpy(ancestor_mask).to(device)
     allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=device), tree_part], dim=1)
     blocked_value = torch.finfo(dtype).min
