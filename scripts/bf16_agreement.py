@@ -7,8 +7,9 @@ models produce). This measures, per prompt, whether ``auto``'s greedy output equ
 the same dtype, and, as the yardstick, whether ``model.generate`` on a batch of two equal rows equals
 ``model.generate`` on the row alone (the batched matrix products round differently in the same way).
 
-    python scripts/bf16_agreement.py --models smollm2-135m --per-category 1 --json bench-results/bf16-agreement.json
-    python scripts/bf16_agreement.py --models gemma3-270m --per-category 1 --limit 6 --max-new-tokens 32 \
+    OMP_NUM_THREADS=1 python scripts/bf16_agreement.py --models smollm2-135m --per-category 1 \
+        --json bench-results/bf16-agreement.json
+    OMP_NUM_THREADS=1 python scripts/bf16_agreement.py --models gemma3-270m --per-category 1 \
         --json bench-results/bf16-agreement.json --update
 
 Output JSON: ``{"dtype", "torch", "models": {name: {"max_new_tokens", "prompts_file", "n_prompts",

@@ -253,7 +253,7 @@ def test_auto_combines_a_configured_model_drafter_by_selection_on_steep_curves(p
     assert auto_spec(target, "drafts/small", curve=flat) == "hybrid:model:drafts/small"
     monkeypatch.setenv("DRAFTLESS_STATE_DIR", str(tmp_path))
     fast = draftless.accelerate(target, drafter="auto", draft_model="self:1", adaptive=False, max_nodes=16)
-    assert isinstance(fast.drafter, (SelectiveDrafter, HybridFusion))
+    assert isinstance(fast.drafter.inner, (SelectiveDrafter, HybridFusion))  # auto: inside its grammar guard
     for prompt in prompts(11, n=2):
         got = fast.generate(torch.tensor([prompt]), max_new_tokens=20)
         assert torch.equal(got.sequences, reference(target, prompt, 20))

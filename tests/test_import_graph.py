@@ -16,7 +16,8 @@ ROOT = "draftless"
 # each other (inside a unit, its modules import each other freely, without cycles).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("atomic", "paths", "tokenizer_identity"),  # leaves: atomic writes, where files live, a vocabulary's identity
-    ("index", "hf", "fastpath"),  # arrays in, arrays out; the transformers boundary; cheaper verification passes
+    ("index", "hf", "fastpath", "grammar"),  # arrays in, arrays out; the transformers boundary; cheaper
+    # verification passes; grammars over a vocabulary (llguidance)
     ("stores", "engine"),  # datastores on disk; the speculative loop
     ("history",),  # memory across requests (its files through stores)
     ("drafters",),  # every source of guesses, through the engine's protocol

@@ -69,6 +69,19 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
+
+def _history_store(drafter):
+    """The history store a drafter reads: its own, or the first of its sources' (composites nest)."""
+    pending = [drafter]
+    while pending:
+        d = pending.pop(0)
+        if hasattr(d, "store"):
+            return d.store
+        if hasattr(d, "sources"):
+            pending.extend(d.sources())
+    raise ValueError(f"drafter {drafter.name!r} reads no history store")
+
+
 def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_tokens: int = 128,
                      chat: bool = False, history=True, namespace: str | None = "stream", buckets: int = 4,
                      max_nodes: int = 32, model_name: str = "", workload: str = "", progress=None) -> dict:
@@ -80,8 +93,7 @@ def run_stream_bench(model, tokenizer, requests: list[StreamRequest], max_new_to
     # history=None: the stream passes a namespace, which the default history (history="auto") would use
     base = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes, history=None)
     hist = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, max_nodes=max_nodes, history=history)
-    store = hist.drafter.store if hasattr(hist.drafter, "store") else next(
-        d.store for d in hist.drafter.drafters if hasattr(d, "store"))
+    store = _history_store(hist.drafter)
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, r.text, chat).to(device) for r in requests]
 

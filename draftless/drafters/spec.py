@@ -161,6 +161,13 @@ def _self(arg, ctx):
     return SelfSpecDrafter(ctx.model, skip_layers=arg, tokenizer=ctx.tokenizer)
 
 
+def _grammar(arg, ctx):
+    """``grammar``: the tree the request's grammar forces (root-only without one; see ``drafters/grammar.py``)."""
+    from .grammar import GrammarDrafter
+
+    return GrammarDrafter()
+
+
 def _select(arg, ctx):
     """``select:self`` | ``select:model:PATH``: the model drafter only when the retrieval mix is weak."""
     from .hybrid import SelectiveDrafter
@@ -188,6 +195,7 @@ FACTORIES: dict[str, Callable[[str | None, DrafterContext], Drafter]] = {
     "self": _self,
     "select": _select,
     "hybrid": _hybrid,
+    "grammar": _grammar,
 }
 
 # Kinds whose argument is itself a spec: everything after the first ':' belongs to them, '+' included.
@@ -229,9 +237,10 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
     """Instantiate the drafter a spec names. ``datastore``: a store directory that ``auto`` adds as a source;
     ``draft_model``: a model drafter (``"self"``, a path, a shipped name) that ``auto`` combines with retrieval."""
     from .fusion import FusedDrafter
+    from .grammar import GrammarGuard
 
     if draft_model and spec.strip().lower() == "auto":
-        return build_drafter(auto_spec(ctx.model, draft_model), ctx)
+        return GrammarGuard(build_drafter(auto_spec(ctx.model, draft_model), ctx))
     parts = parse_spec(spec)
     expanded: list[tuple[str, str | None]] = []
     for kind, arg in parts:
@@ -253,4 +262,6 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
         if factory is None:
             raise ValueError(f"unknown drafter kind {kind!r} in {spec!r}; known: {', '.join(available_kinds())}")
         drafters.append(factory(arg, ctx))
-    return drafters[0] if len(drafters) == 1 else FusedDrafter(drafters)
+    drafter = drafters[0] if len(drafters) == 1 else FusedDrafter(drafters)
+    # ``auto`` follows a request's grammar: forbidden drafts dropped, forced tokens drafted (inert without one)
+    return GrammarGuard(drafter) if any(kind == "auto" for kind, _ in parts) else drafter

@@ -152,7 +152,7 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
     prefill_ms = (time.perf_counter() - t0) * 1000 / len(rows)
     for state, drafter in zip(rows, drafters):
         state.stats.prefill_ms = prefill_ms
-        begin_request(drafter, state.context[: state.length].copy(), info)
+        begin_request(drafter, state.context[: state.length].copy(), info.for_processors(state.processors))
     want_hidden = any(d.wants_hidden_states for d in drafters)
     while batch.active:
         b = len(batch.active)
@@ -183,7 +183,8 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
             step.learn(rows[r], drafters[r], drafts[i], acc, committed, logits[i, :n],
                        hidden[i, :n] if hidden is not None else None, verify_ms=verify_ms, accept_ms=accept_ms)
             if rows[r].finished:
-                end_request(drafters[r], rows[r].context[: rows[r].length].copy(), info)
+                end_request(drafters[r], rows[r].context[: rows[r].length].copy(),
+                            info.for_processors(rows[r].processors))
                 rows[r].stats.total_ms = (time.perf_counter() - t_start) * 1000
     for state in rows:
         state.stats.new_tokens = len(state.produced)

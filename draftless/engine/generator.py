@@ -526,6 +526,7 @@ class SpeculativeGenerator:
             t0 = time.perf_counter()
             prefill(self.model, prompt, state.cache, self.device)
             stats.prefill_ms = (time.perf_counter() - t0) * 1000
+            info = info.for_processors(processors)
             begin_request(self.drafter, prompt, info)
         step = Step(self)
         while not state.finished:

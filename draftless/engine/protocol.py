@@ -5,12 +5,13 @@ model verified (``feedback``). A root-only tree means "no guess": the step decod
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from ..grammar.processor import find_grammar
 from .tree import DraftTree
 
 
@@ -44,9 +45,17 @@ class RequestInfo:
     - ``namespace``: whose memory the request may read and extend (a user, a tenant, a task; ``generate(...,
       namespace=...)``). Sources that remember across requests (the history store) draft for a namespace only
       from that namespace's own past requests; None is a namespace of its own (the default one).
+    - ``grammar``: the ``draftless.grammar.Grammar`` the row's output must match (found among its logits
+      processors, ``find_grammar``), or None. Drafters that read grammars draft what it forces.
     """
 
     namespace: str | None = None
+    grammar: object | None = None
+
+    def for_processors(self, processors) -> RequestInfo:
+        """This info with the grammar that ``processors`` (a row's logits processors) enforce."""
+        grammar = find_grammar(processors)
+        return self if grammar is self.grammar else replace(self, grammar=grammar)
 
 
 def begin_request(drafter, prompt_ids: np.ndarray, info: RequestInfo) -> None:

@@ -191,9 +191,14 @@ def processors_for_row(processors: LogitsProcessorList, row: int) -> LogitsProce
     Processors are batch-aware functions of ``(input_ids, scores)``; the one built-in exception is the repetition
     penalty, which holds the batch's left-padding lengths as an int64[B] tensor (``prompt_ignore_length``) and
     would refuse a batch of tree nodes. Its row's copy holds that row's length as an int, which means the same
-    for every node of the row."""
+    for every node of the row. A processor that keeps state per row (a grammar's matcher) says which row it
+    serves through a ``for_row(row)`` method, which returns that row's processor."""
     out = LogitsProcessorList()
     for proc in processors:
+        for_row = getattr(proc, "for_row", None)
+        if callable(for_row):
+            out.append(for_row(row))
+            continue
         ignore = getattr(proc, "prompt_ignore_length", None)
         if isinstance(proc, RepetitionPenaltyLogitsProcessor) and isinstance(ignore, torch.Tensor):
             proc = copy.copy(proc)
