@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_file
 from ..hf.compat import model_path
-from .prompts import BenchPrompt, encode_prompt
+from .prompts import BenchPrompt, compile_grammar_spec, encode_prompt, grammar_compiler_for
 
 HF_METHODS = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
 
@@ -51,6 +51,7 @@ class _Method:
                  draft_model: str | None = None):
         self.name = name
         self.model = model
+        self.grammar_s = 0.0  # time the grammar processor took in this method's runs
         self.engine = None
         if name not in HF_METHODS:
             import draftless
@@ -58,10 +59,25 @@ class _Method:
             self.engine = draftless.accelerate(model, drafter=name, tokenizer=tokenizer, datastore=datastore,
                                                draft_model=draft_model, max_nodes=max_nodes)
 
-    def run(self, ids: torch.Tensor, max_new_tokens: int, sampling: dict | None = None):
+    def run(self, ids: torch.Tensor, max_new_tokens: int, sampling: dict | None = None, grammar=None):
         """Returns (new token ids, seconds, target forward passes, stats or None). ``sampling``: ``temperature`` /
-        ``top_k`` / ``top_p`` (None values left out) to sample, else greedy."""
+        ``top_k`` / ``top_p`` (None values left out) to sample, else greedy. ``grammar``: a
+        ``draftless.grammar.Grammar`` the output must match (a fresh processor per run; its time is added to
+        ``self.grammar_s``)."""
         decoding = sampling_options(sampling)
+        processor = None
+        if grammar is not None:
+            from ..grammar import GrammarLogitsProcessor
+
+            processor = GrammarLogitsProcessor(grammar)
+            decoding["logits_processor"] = [processor]
+        try:
+            return self._run(ids, max_new_tokens, decoding)
+        finally:
+            if processor is not None:
+                self.grammar_s += processor.busy_s
+
+    def _run(self, ids: torch.Tensor, max_new_tokens: int, decoding: dict):
         if self.engine is not None:
             t0 = time.perf_counter()
             out = self.engine.generate(ids, max_new_tokens=max_new_tokens, **decoding)
@@ -111,19 +127,32 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
         methods = ["hf"] + list(methods)
     runners = [_Method(m, model, tokenizer, datastore, max_nodes, draft_model) for m in methods]
     encoded = [encode_prompt(tokenizer, p.text, chat) for p in prompts]
+    grammars = [None] * len(prompts)
+    if any(p.grammar_spec for p in prompts):
+        compiler = grammar_compiler_for(model, tokenizer)
+        compiled: dict[str, object] = {}
+        for i, p in enumerate(prompts):
+            if p.grammar_spec:
+                key = json.dumps(p.grammar_spec, sort_keys=True)
+                if key not in compiled:
+                    compiled[key] = compile_grammar_spec(compiler, p.grammar_spec)
+                grammars[i] = compiled[key]
     device = next(model.parameters()).device
     encoded = [e.to(device) for e in encoded]
 
     for r in runners:  # warm-up: kernels, cost curve, numba compilation
-        r.run(encoded[0], min(16, max_new_tokens))
+        r.run(encoded[0], min(16, max_new_tokens), grammar=grammars[0])
+        r.grammar_s = 0.0
+        if r.engine is not None and hasattr(r.engine.drafter, "grammar_s"):
+            r.engine.drafter.grammar_s = 0.0
 
     totals = {m: MethodTotals() for m in methods}
     per_cat: dict[str, dict[str, MethodTotals]] = {}
     bar = tqdm(total=len(prompts) * len(runners), desc="bench", unit="run", disable=not progress)
-    for prompt, ids in zip(prompts, encoded):
+    for prompt, ids, grammar in zip(prompts, encoded, grammars):
         reference = None
         for r in runners:
-            tokens, seconds, passes, stats = r.run(ids, max_new_tokens, sampling)
+            tokens, seconds, passes, stats = r.run(ids, max_new_tokens, sampling, grammar)
             if r.name == "hf":
                 reference = tokens
             for bucket in (totals[r.name], per_cat.setdefault(prompt.category, {}).setdefault(r.name, MethodTotals())):
@@ -171,6 +200,11 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
             }
             if r.engine is not None and c.passes:
                 entry["per_category"][cat]["mean_tree_size"] = round(c.tree_nodes / c.passes, 3)
+        if any(grammars) and t.passes:
+            # the grammar's share of a step: the processor's masks, and the guard's matcher walks in drafting
+            guard_s = getattr(r.engine.drafter, "grammar_s", 0.0) if r.engine is not None else 0.0
+            entry["grammar_ms_per_step"] = round((r.grammar_s + guard_s) * 1000 / t.passes, 4)
+            entry["grammar_share_of_step"] = round((r.grammar_s + guard_s) / t.wall_s, 4) if t.wall_s else 0.0
         if r.engine is not None:
             entry["mean_tree_size"] = round(t.tree_nodes / t.passes, 3) if t.passes else 0.0
             entry["draft_ms_per_step"] = round(t.draft_ms / t.passes, 4) if t.passes else 0.0

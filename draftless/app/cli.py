@@ -28,6 +28,37 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
 
 
+def _add_grammar_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json-schema", default=None, metavar="FILE",
+                       help="the output is JSON matching this schema (needs draftless[grammar])")
+    group.add_argument("--regex", default=None, help="the output matches this regular expression")
+    group.add_argument("--grammar", default=None, metavar="FILE", help="the output follows this Lark grammar")
+
+
+def _grammar_spec(args) -> dict | None:
+    """The ``grammar_spec`` (``app/prompts.py``) the grammar flags name, or None."""
+    import json
+    from pathlib import Path
+
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SystemExit(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    if args.json_schema:
+        try:
+            return {"json_schema": json.loads(read(args.json_schema))}
+        except ValueError as exc:
+            raise SystemExit(f"{args.json_schema} is not JSON: {exc}") from exc
+    if args.regex:
+        return {"regex": args.regex}
+    if args.grammar:
+        return {"lark": read(args.grammar)}
+    return None
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -47,17 +78,32 @@ def cmd_generate(args) -> int:
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=sample)
     if sample:
         gen_kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    spec = _grammar_spec(args)
+    grammar = None
+    if spec is not None:
+        from ..grammar import GrammarLogitsProcessor
+        from .prompts import compile_grammar_spec, grammar_compiler_for
+
+        try:
+            grammar = compile_grammar_spec(grammar_compiler_for(model, tokenizer), spec)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
+
+    def constrained(kwargs: dict) -> dict:  # a fresh processor per call: each follows one generation
+        return {**kwargs, "logits_processor": [GrammarLogitsProcessor(grammar)]} if grammar is not None else kwargs
+
     if args.compare:  # warm up both paths so the timing compares steady states
-        fast.generate(ids, max_new_tokens=8)
+        fast.generate(ids, **constrained(dict(max_new_tokens=8)))
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
-    out = fast.generate(ids, namespace=args.namespace, **gen_kwargs)
+            model.generate(ids, attention_mask=torch.ones_like(ids), **constrained(dict(max_new_tokens=8)),
+                           do_sample=False)
+    out = fast.generate(ids, namespace=args.namespace, **constrained(gen_kwargs))
     print(tokenizer.decode(out.new_tokens, skip_special_tokens=True))
     print(f"[draftless] drafter={fast.drafter.name} {out.stats.summary()}")
     if args.compare:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            ref = model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), **constrained(gen_kwargs))
         hf_s = time.perf_counter() - t0
         hf_tokens = ref.shape[1] - ids.shape[1]
         hf_rate = hf_tokens / hf_s
@@ -84,6 +130,8 @@ def _running_note(fast) -> str:
 
 
 def cmd_bench(args) -> int:
+    from dataclasses import replace
+
     from .bench import markdown_table, run_bench, write_report
     from .prompts import load_prompt_file
 
@@ -99,6 +147,18 @@ def cmd_bench(args) -> int:
     if args.categories:
         wanted = set(args.categories.split(","))
         prompts = [p for p in prompts if p.category in wanted]
+    spec = _grammar_spec(args)
+    if args.structured and spec:
+        raise SystemExit("--structured brings its own schemas: drop --json-schema / --regex / --grammar")
+    if args.structured:
+        from .grammar_workloads import structured_prompts
+
+        prompts = structured_prompts(prompts, [w.strip() for w in args.structured.split(",")])
+    elif spec:
+        prompts = [replace(p, grammar_spec=spec) for p in prompts]
+    if args.batch_size and any(p.grammar_spec for p in prompts):
+        raise SystemExit("--batch-size with a grammar is not benchmarked yet: run the grammar bench one row at a "
+                         "time")
     print(f"[draftless] bench: {len(prompts)} prompts x {len(methods)} methods, {args.max_new_tokens} new tokens",
           flush=True)
     if (args.top_k is not None or args.top_p is not None) and args.temperature is None:
@@ -213,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--history", default=None, metavar="DIR",
                    help="remember requests across runs in DIR (reloaded first, this request added after)")
     g.add_argument("--namespace", default=None, help="whose history the request reads and extends")
+    _add_grammar_args(g)
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -238,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top-k", type=int, default=None, help="with --temperature: top-k for every method")
     b.add_argument("--top-p", type=float, default=None, help="with --temperature: top-p for every method")
     b.add_argument("--verbose", action="store_true")
+    _add_grammar_args(b)
+    b.add_argument("--structured", default=None, metavar="W[,W...]",
+                   help="structured-output workloads over the prompts (tool-call, extraction, plan): each prompt "
+                        "under each workload, with that workload's JSON schema")
     b.add_argument("--stream", action="store_true",
                    help="a stream of related requests through one engine, auto with and without a history "
                         "(app/stream_bench.py; --workload, --requests, --history)")

@@ -26,9 +26,36 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class BenchPrompt:
+    """A prompt of a benchmark: ``grammar_spec`` is what its output must match, or None: one of
+    ``{"json_schema": dict}``, ``{"regex": str}``, ``{"lark": str}`` (``compile_grammar_spec``)."""
+
     question_id: str
     category: str
     text: str
+    grammar_spec: dict | None = None
+
+
+def compile_grammar_spec(compiler, spec: dict):
+    """The ``draftless.grammar.Grammar`` a ``grammar_spec`` names, compiled by ``compiler`` (a
+    ``GrammarCompiler``)."""
+    (kind, value), = spec.items()
+    if kind == "json_schema":
+        return compiler.json_schema(value)
+    if kind == "regex":
+        return compiler.regex(value)
+    if kind == "lark":
+        return compiler.lark(value)
+    raise ValueError(f"unknown grammar kind {kind!r}: json_schema, regex or lark")
+
+
+def grammar_compiler_for(model, tokenizer):
+    """A ``GrammarCompiler`` for ``model``'s vocabulary: its logits width, and its generation config's EOS ids
+    (what ends the output once the grammar is complete)."""
+    from ..grammar import GrammarCompiler
+
+    eos = model.generation_config.eos_token_id
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    return GrammarCompiler(tokenizer, vocab_size=vocab, eos_token_id=eos)
 
 
 def load_prompt_file(path: str | Path, per_category: int | None = None, limit: int | None = None) -> list[BenchPrompt]:

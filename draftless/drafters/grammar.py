@@ -19,53 +19,115 @@ never leave it: every node they add or keep is admitted after its path.
 from __future__ import annotations
 
 import heapq
+import time
 
 import numpy as np
 
 from ..engine.protocol import BaseDrafter, CompositeDrafter, Drafter, RequestInfo, StepFeedback
 from ..engine.tree import DraftTree, merge
-from ..grammar.matcher import GrammarViolation
 
 SOURCE = "grammar"
 # score of the grammar's fast-forward token where the grammar also admits a few other spellings
 FAST_FORWARD_SHARE = 0.8
+# score of the token the output took the last time the grammar admitted the same few tokens (a model keeps its
+# style: ``": "`` rather than ``":``, the same spacing after every comma, the same enum value for a field)
+REMEMBERED_SHARE = 0.9
+# at most this many remembered choices per grammar (cleared when full)
+MAX_CHOICES = 4096
+# an open position (free text inside a string) gets branches for the tokens that most often closed one, scored by
+# how often they did: at most this many, and only while the branch's score stays above MIN_EXIT_SCORE
+EXIT_BRANCHES = 2
+MIN_EXIT_SCORE = 0.02
+
+
+class _Habits:
+    """What the output did where the grammar left it a choice, learned from committed tokens (per grammar text,
+    across requests: the same schema meets the same model again).
+
+    - ``choices``: sorted admitted ids (a narrow position) -> the id the output took there last;
+    - ``exits``: id -> how often it left an open position (free text) for a narrow one (a string's closing quote);
+      ``opens``: open positions seen, so ``exits[t] / opens`` estimates the chance that t ends the text here."""
+
+    def __init__(self):
+        self.choices: dict[tuple[int, ...], int] = {}
+        self.exits: dict[int, int] = {}
+        self.opens = 0
+
+    def exit_branches(self) -> list[tuple[int, float]]:
+        """``(token, chance)`` of the most frequent exits, best first (at most ``EXIT_BRANCHES``)."""
+        ranked = sorted(self.exits.items(), key=lambda kv: -kv[1])[:EXIT_BRANCHES]
+        return [(t, min(0.5, n / max(1, self.opens))) for t, n in ranked]
 
 
 class _GrammarState:
-    """The grammar of the current request and a matcher over it, synced to the committed output."""
+    """The grammar of the current request, a matcher over it synced to the committed output, and the ``_Habits``
+    the output showed under that grammar."""
 
-    def __init__(self):
+    def __init__(self, branch_limit: int):
+        self.branch_limit = branch_limit
         self.grammar = None
         self.matcher = None
         self.prompt_len = 0
+        self.habits = _Habits()
+        self._memory: dict[str, _Habits] = {}
+        self._after_open: int | None = None  # the last committed token, when it was taken at an open position
 
     def begin(self, prompt_len: int, info: RequestInfo) -> None:
         grammar = getattr(info, "grammar", None)
         if grammar is not self.grammar:
             self.grammar = grammar
             self.matcher = grammar.matcher() if grammar is not None else None
+            self.habits = self._memory.setdefault(grammar.text, _Habits()) if grammar is not None else _Habits()
+        elif self.matcher is not None:
+            self.matcher.sync([])
         self.prompt_len = int(prompt_len)
+        self._after_open = None
 
     def at_output(self, context: np.ndarray) -> bool:
-        """Move the matcher after the committed output (``context[prompt_len:]``); False (and the grammar dropped
-        for this request) when there is no grammar or the output left it (the caller does not enforce it)."""
-        if self.matcher is None:
+        """Move the matcher after the committed output (``context[prompt_len:]``), remembering the choices made
+        on the way; False (and the grammar dropped for this request) when there is no grammar or the output left
+        it (the caller does not enforce it)."""
+        matcher = self.matcher
+        if matcher is None:
             return False
-        try:
-            self.matcher.sync(context[self.prompt_len:])
-        except GrammarViolation:
-            self.grammar = self.matcher = None
-            return False
+        output = [int(t) for t in context[self.prompt_len:]]
+        common = 0
+        while common < min(len(output), len(matcher.tokens)) and output[common] == matcher.tokens[common]:
+            common += 1
+        matcher.pop(len(matcher.tokens) - common)
+        habits = self.habits
+        new = output[common:]
+        for token in new + ([None] if new else []):  # None: the position after the output, for the last exit
+            admitted = matcher.allowed_ids(limit=self.branch_limit)
+            if self._after_open is not None and admitted is not None:
+                habits.exits[self._after_open] = habits.exits.get(self._after_open, 0) + 1
+            if token is None:
+                break
+            if admitted is None:
+                habits.opens += 1
+            elif len(admitted) > 1:
+                if len(habits.choices) >= MAX_CHOICES:
+                    habits.choices.clear()
+                habits.choices[tuple(admitted.tolist())] = token
+            self._after_open = token if admitted is None else None
+            if not matcher.push(token):
+                self.grammar = self.matcher = None
+                return False
+        self._after_open = None
         return True
 
 
-def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: int,
-         score: float = 1.0) -> list[tuple[int, int, float]]:
+def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: int, score: float = 1.0,
+         habits: _Habits | None = None) -> list[tuple[int, int, float]]:
     """The grammar's tree after the output ``base`` (the matcher's tokens there), best-first by score.
 
     Returns nodes ``(parent, token, score)`` in topological order, ``parent`` -1 for a child of the attach point
     and else an index into the returned list; ``score``: the attach point's score, multiplied down the tree. At most
-    ``budget`` nodes and ``max_depth`` levels. The matcher is left at ``base``."""
+    ``budget`` nodes and ``max_depth`` levels; a position admitting more than ``branch_limit`` tokens is open (no
+    children but the learned exits, see ``_Habits``). Where it admits a few, the remembered choice or else the
+    grammar's fast-forward token is favoured. The matcher is left at ``base``."""
+    habits = habits if habits is not None else _Habits()
+    exits = habits.exit_branches()
     nodes: list[tuple[int, int, float]] = []
     paths: list[list[int]] = []
     frontier = [(-score, -1)]
@@ -76,18 +138,24 @@ def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: in
             continue
         matcher.sync(base + path)
         allowed = matcher.allowed_ids(limit=branch_limit)
-        if allowed is None or len(allowed) == 0:
-            continue  # open (free text) or finished: the grammar has nothing to say
-        if len(allowed) == 1:
+        if allowed is None:  # open (free text): only the tokens that have ended such text before
+            picks = [(t, chance) for t, chance in exits if -neg * chance >= MIN_EXIT_SCORE and matcher.can_take(t)]
+            allowed = np.asarray([t for t, _ in picks], dtype=np.int64)
+            shares = [chance for _, chance in picks]
+        elif len(allowed) == 0:
+            continue  # finished
+        elif len(allowed) == 1:
             shares = [1.0]
         else:
-            forced = matcher.forced_ids()
-            favoured = forced[0] if forced and forced[0] in allowed else None
+            favoured, share = habits.choices.get(tuple(allowed.tolist())), REMEMBERED_SHARE
             if favoured is None:
+                forced = matcher.forced_ids()
+                favoured, share = (forced[0] if forced else None), FAST_FORWARD_SHARE
+            if favoured is None or favoured not in allowed:
                 shares = [1.0 / len(allowed)] * len(allowed)
             else:
-                rest = (1.0 - FAST_FORWARD_SHARE) / (len(allowed) - 1)
-                shares = [FAST_FORWARD_SHARE if t == favoured else rest for t in allowed]
+                rest = (1.0 - share) / (len(allowed) - 1)
+                shares = [share if t == favoured else rest for t in allowed]
         for token, share in zip(allowed.tolist(), shares):
             if len(nodes) >= budget:
                 break
@@ -119,9 +187,9 @@ class GrammarDrafter(BaseDrafter):
 
     name = SOURCE
 
-    def __init__(self, max_nodes: int = 32, max_depth: int = 24, branch_limit: int = 4):
+    def __init__(self, max_nodes: int = 32, max_depth: int = 24, branch_limit: int = 8):
         self.max_nodes, self.max_depth, self.branch_limit = int(max_nodes), int(max_depth), int(branch_limit)
-        self._state = _GrammarState()
+        self._state = _GrammarState(self.branch_limit)
 
     def begin(self, prompt_ids: np.ndarray) -> None:
         self._state.begin(len(prompt_ids), RequestInfo())
@@ -135,7 +203,7 @@ class GrammarDrafter(BaseDrafter):
             return DraftTree.root_only(root)
         matcher = self._state.matcher
         nodes = grow(matcher, list(matcher.tokens), min(budget, self.max_nodes) - 1, self.max_depth,
-                     self.branch_limit)
+                     self.branch_limit, habits=self._state.habits)
         return _grammar_tree(root, [], [], nodes)
 
 
@@ -145,7 +213,7 @@ class GrammarGuard(CompositeDrafter):
     ``extend_leaves``: how many of the best legal leaves of the inner tree the grammar continues; ``max_nodes``:
     the most nodes the grammar adds at the root (each continued leaf gets a share of them)."""
 
-    def __init__(self, inner: Drafter, max_nodes: int = 32, max_depth: int = 24, branch_limit: int = 4,
+    def __init__(self, inner: Drafter, max_nodes: int = 32, max_depth: int = 24, branch_limit: int = 8,
                  extend_leaves: int = 3):
         self.inner = inner
         self.name = inner.name
@@ -154,7 +222,8 @@ class GrammarGuard(CompositeDrafter):
         self.pinned_sources = tuple(getattr(inner, "pinned_sources", ()))
         self.max_nodes, self.max_depth, self.branch_limit = int(max_nodes), int(max_depth), int(branch_limit)
         self.extend_leaves = int(extend_leaves)
-        self._state = _GrammarState()
+        self._state = _GrammarState(self.branch_limit)
+        self.grammar_s = 0.0  # seconds spent on the grammar (matcher walks, masks), not in the inner drafter
 
     def __getattr__(self, name: str):
         # everything else is the inner drafter's (its sources, its store): the guard stands in for it
@@ -174,6 +243,15 @@ class GrammarGuard(CompositeDrafter):
 
     def draft(self, context: np.ndarray, budget: int) -> DraftTree:
         tree = self.inner.draft(context, budget)
+        if self._state.matcher is None:
+            return tree
+        t0 = time.perf_counter()
+        try:
+            return self._follow_grammar(context, tree, budget)
+        finally:
+            self.grammar_s += time.perf_counter() - t0
+
+    def _follow_grammar(self, context: np.ndarray, tree: DraftTree, budget: int) -> DraftTree:
         if not self._state.at_output(context):
             return tree
         matcher = self._state.matcher
@@ -181,8 +259,9 @@ class GrammarGuard(CompositeDrafter):
         legal = _legal_subtree(tree, matcher, base)
         grammar_budget = max(1, min(budget, self.max_nodes) - 1)
         root = int(legal.tokens[0])
+        habits = self._state.habits
         trees = [legal, _grammar_tree(root, [], [], grow(matcher, base, grammar_budget, self.max_depth,
-                                                          self.branch_limit))]
+                                                          self.branch_limit, habits=habits))]
         # continue the best legal leaves of the inner tree with what the grammar forces after them
         kids = legal.children()
         leaves = sorted((i for i in range(1, len(legal)) if not kids[i]), key=lambda i: -float(legal.scores[i]))
@@ -191,7 +270,7 @@ class GrammarGuard(CompositeDrafter):
             path = legal.path_to(leaf)[1:]
             prefix = [int(legal.tokens[i]) for i in path]
             nodes = grow(matcher, base + prefix, share, self.max_depth, self.branch_limit,
-                         score=float(legal.scores[leaf]))
+                         score=float(legal.scores[leaf]), habits=habits)
             if nodes:  # the leaf's path again: merge folds it into the inner tree's nodes
                 trees.append(_grammar_tree(root, prefix, [float(legal.scores[i]) for i in path], nodes))
         matcher.sync(base)

@@ -7,6 +7,8 @@ nothing behind. The row's output starts after the ``input_ids`` of the first cal
 One processor serves one ``generate`` call, as transformers' own stateful processors do."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -25,6 +27,7 @@ class GrammarLogitsProcessor:
     def __init__(self, grammar):
         self.grammar = grammar
         self._rows: dict[int, _RowState] = {}
+        self.busy_s = 0.0  # seconds spent in calls (matcher moves, masks): the grammar's cost
 
     def for_row(self, row: int) -> RowGrammarProcessor:
         return RowGrammarProcessor(self, int(row))
@@ -38,10 +41,12 @@ class GrammarLogitsProcessor:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[0] != scores.shape[0]:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} and scores {tuple(scores.shape)} disagree on rows")
+        t0 = time.perf_counter()
         ids = input_ids.cpu().numpy()
         out = scores.clone()
         for b in range(ids.shape[0]):
             out[b] = self._state(b).masked(ids[b], scores[b])
+        self.busy_s += time.perf_counter() - t0
         return out
 
 
@@ -58,11 +63,13 @@ class RowGrammarProcessor:
         return self.parent.grammar
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
         state = self.parent._state(self.row)
         ids = input_ids.cpu().numpy()
         out = scores.clone()
         for i in range(ids.shape[0]):
             out[i] = state.masked(ids[i], scores[i])
+        self.parent.busy_s += time.perf_counter() - t0
         return out
 
 
