@@ -229,3 +229,39 @@ def test_sampling_with_a_grammar_follows_the_exact_distribution(tiny_models, neg
         counts[first, second] += 1
     p = chi_square_pvalue(counts, exact)
     assert (p < 1e-3) if negative_control else (p > 1e-3)
+
+
+# ---------------------------------------------------------------------------- xgrammar's processor
+def _xgrammar_processor():
+    import json
+
+    xgr = pytest.importorskip("xgrammar")
+    info = xgr.TokenizerInfo(TOKENS, xgr.VocabType.RAW, vocab_size=VOCAB, stop_token_ids=[EOS])
+    compiled = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(SCHEMA), any_whitespace=False)
+    return lambda: xgr.contrib.hf.LogitsProcessor(compiled)
+
+
+@pytest.mark.parametrize("spec", ["ngram", "auto"])
+def test_xgrammar_processor_on_one_row_is_identical_and_drafted_from(tiny_models, spec):
+    new_processor = _xgrammar_processor()
+    model = tiny_models("llama")
+    fast = draftless.accelerate(model, drafter=spec, cost_curve=FLAT_CURVE)
+    options = dict(max_new_tokens=40, do_sample=False, eos_token_id=EOS, pad_token_id=0)
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            want = model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=[new_processor()],
+                                  **options)
+        got = fast.generate(ids, logits_processor=[new_processor()], **options)
+        assert torch.equal(got.sequences, want), (spec, prompt)
+        if spec == "auto":
+            assert got.stats.per_source["grammar"].accepted > 0
+
+
+def test_xgrammar_processor_on_a_batch_is_refused_naming_the_reason(tiny_models):
+    new_processor = _xgrammar_processor()
+    model = tiny_models("llama")
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    with pytest.raises(ValueError, match="one row per generate call"):
+        model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=[new_processor()],
+                       max_new_tokens=8, do_sample=False, custom_generate=draftless.custom_generate, drafter="auto")

@@ -100,3 +100,44 @@ def test_real_model_custom_generate_identical(name, package, chat, text):
         if not kw:  # (the n-gram ban forbids the repeats these prompts ask for: drafts are then rejected)
             assert draftless.custom_generate.engine_for(model, "auto", options).last_stats.mean_accepted > 1.0
     draftless.custom_generate.release(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,package,chat,text", CASES, ids=[c[0] for c in CASES])
+def test_real_model_grammar_output_identical(name, package, chat, text):
+    """A JSON schema the prompt never names (a tool call), greedy: the same tokens as ``model.generate`` with the
+    same grammar processor, one row and a left-padded batch of two, and the grammar's drafts accepted."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} not installed")
+    pytest.importorskip("llguidance")
+    from draftless.app.grammar_workloads import TOOL_CALL_SCHEMA, WORKLOADS
+    from draftless.app.prompts import grammar_compiler_for
+    from draftless.grammar import GrammarLogitsProcessor
+    from draftless.hf.loading import load_model
+
+    model, tokenizer = load_model(name)
+    grammar = grammar_compiler_for(model, tokenizer).json_schema(TOOL_CALL_SCHEMA)
+    instruction = WORKLOADS["tool-call"][0]
+    rows = [encode_prompt(tokenizer, f"{instruction}\n\nRequest: {q}\n\nJSON:", chat)
+            for q in ("What will the weather be like in Lisbon this weekend?", "Translate 'good morning' to French.")]
+    options = dict(max_new_tokens=48, do_sample=False)
+    for ids in rows:
+        with torch.inference_mode():
+            want = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                  logits_processor=[GrammarLogitsProcessor(grammar)], **options)
+        fast = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, cost_curve=GENEROUS_CURVES["torch"])
+        got = fast.generate(ids, logits_processor=[GrammarLogitsProcessor(grammar)], **options)
+        assert torch.equal(got.sequences, want)
+        assert got.stats.per_source["grammar"].accepted > 0
+    width = max(r.shape[1] for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = torch.stack([torch.cat([torch.full((width - r.shape[1],), pad), r[0]]) for r in rows])
+    mask = torch.stack([torch.cat([torch.zeros(width - r.shape[1], dtype=torch.long), torch.ones(r.shape[1],
+                                                                                                dtype=torch.long)])
+                        for r in rows])
+    with torch.inference_mode():
+        want = model.generate(batch, attention_mask=mask, logits_processor=[GrammarLogitsProcessor(grammar)],
+                              pad_token_id=pad, **options)
+        got = model.generate(batch, attention_mask=mask, logits_processor=[GrammarLogitsProcessor(grammar)],
+                             pad_token_id=pad, custom_generate=draftless.custom_generate, drafter="auto", **options)
+    assert torch.equal(got, want)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..grammar.xgrammar_bridge import check_rows as check_processor_rows
 from ..hf.attention import AttentionLayout, check_position_limit, inspect_model, tree_attention_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import (
@@ -476,6 +477,7 @@ class SpeculativeGenerator:
             raise ValueError("output_scores / output_logits are supported for one row only: rows commit different "
                              "numbers of tokens per step, so a batch has no per-step [B, V] scores to return")
         check_position_limit(self.model, length, plan.max_length)
+        check_processor_rows(plan.processors, batch)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         max_length, eos, others = split_criteria(plan.criteria)

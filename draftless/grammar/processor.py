@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .matcher import GrammarViolation, Matcher
+from .xgrammar_bridge import grammar_of
 
 # up to this many allowed ids, scores are copied id by id; past it, through a full mask
 FEW_IDS = 256
@@ -111,9 +112,12 @@ class _RowState:
 
 
 def find_grammar(processors):
-    """The ``Grammar`` a row's processors enforce (the first ``GrammarLogitsProcessor`` or row processor among
-    them), or None."""
+    """The grammar a row's processors enforce: a ``GrammarLogitsProcessor``'s (or its row processor's)
+    ``Grammar``, or an ``XGrammar`` for xgrammar's processor (``xgrammar_bridge.py``); None without one."""
     for proc in processors or ():
         if isinstance(proc, (GrammarLogitsProcessor, RowGrammarProcessor)):
             return proc.grammar
+        bridged = grammar_of(proc)
+        if bridged is not None:
+            return bridged
     return None
