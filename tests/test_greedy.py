@@ -12,7 +12,7 @@ from draftless.drafters.spec import DrafterContext, build_drafter
 from draftless.engine.cost_curve import CostCurve
 
 DRAFTER_SPECS = ["none", "ngram", "recycle", "ngram+recycle", "sam", "sam+recycle", "ngram+sam+recycle", "auto",
-                 "history", "auto+history", "lookahead:3", "lookahead:2+sam+recycle"]
+                 "history", "auto+history", "lookahead:3", "lookahead:2+sam+recycle", "ngram+grammar"]
 # A synthetic curve that makes big trees worth it, so the adaptive budget chooser is exercised on tiny models.
 FLAT_CURVE = CostCurve((1, 8, 64), (1.0, 1.1, 1.5))
 # The same curve, every size verified on one of the fast paths (draftless.fastpath): the skinny kernel, or oneDNN
