@@ -25,6 +25,7 @@ import numpy as np
 
 from ..engine.protocol import BaseDrafter, CompositeDrafter, Drafter, RequestInfo, StepFeedback
 from ..engine.tree import DraftTree, merge
+from ..grammar.matcher import GrammarViolation
 
 SOURCE = "grammar"
 # score of the grammar's fast-forward token where the grammar also admits a few other spellings
@@ -34,6 +35,9 @@ FAST_FORWARD_SHARE = 0.8
 REMEMBERED_SHARE = 0.9
 # at most this many remembered choices per grammar (cleared when full)
 MAX_CHOICES = 4096
+# a position admitting up to this many tokens (more than a branch takes: the whitespace tokens between JSON
+# tokens) still has its choice remembered, and drafted alone when the same position comes again
+MEMORY_LIMIT = 64
 # an open position (free text inside a string) gets branches for the tokens that most often closed one, scored by
 # how often they did: at most this many, and only while the branch's score stays above MIN_EXIT_SCORE
 EXIT_BRANCHES = 2
@@ -44,12 +48,13 @@ class _Habits:
     """What the output did where the grammar left it a choice, learned from committed tokens (per grammar text,
     across requests: the same schema meets the same model again).
 
-    - ``choices``: sorted admitted ids (a narrow position) -> the id the output took there last;
+    - ``choices``: (the token before, sorted admitted ids) at a position admitting at most ``MEMORY_LIMIT`` ids
+      -> the id the output took there last;
     - ``exits``: id -> how often it left an open position (free text) for a narrow one (a string's closing quote);
       ``opens``: open positions seen, so ``exits[t] / opens`` estimates the chance that t ends the text here."""
 
     def __init__(self):
-        self.choices: dict[tuple[int, ...], int] = {}
+        self.choices: dict[tuple[int, tuple[int, ...]], int] = {}
         self.exits: dict[int, int] = {}
         self.opens = 0
 
@@ -98,7 +103,7 @@ class _GrammarState:
         habits = self.habits
         new = output[common:]
         for token in new + ([None] if new else []):  # None: the position after the output, for the last exit
-            admitted = matcher.allowed_ids(limit=self.branch_limit)
+            admitted = matcher.allowed_ids(limit=MEMORY_LIMIT)
             if self._after_open is not None and admitted is not None:
                 habits.exits[self._after_open] = habits.exits.get(self._after_open, 0) + 1
             if token is None:
@@ -108,7 +113,8 @@ class _GrammarState:
             elif len(admitted) > 1:
                 if len(habits.choices) >= MAX_CHOICES:
                     habits.choices.clear()
-                habits.choices[tuple(admitted.tolist())] = token
+                before = matcher.tokens[-1] if matcher.tokens else -1
+                habits.choices[(before, tuple(admitted.tolist()))] = token
             self._after_open = token if admitted is None else None
             if not matcher.push(token):
                 self.grammar = self.matcher = None
@@ -128,6 +134,7 @@ def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: in
     grammar's fast-forward token is favoured. The matcher is left at ``base``."""
     habits = habits if habits is not None else _Habits()
     exits = habits.exit_branches()
+    matcher.sync(base)  # from here on the matcher holds base and compares only past it
     nodes: list[tuple[int, int, float]] = []
     paths: list[list[int]] = []
     frontier = [(-score, -1)]
@@ -136,9 +143,16 @@ def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: in
         path = paths[at] if at >= 0 else []
         if len(path) >= max_depth:
             continue
-        matcher.sync(base + path)
-        allowed = matcher.allowed_ids(limit=branch_limit)
-        if allowed is None:  # open (free text): only the tokens that have ended such text before
+        matcher.sync(base + path, known=len(base))
+        allowed = matcher.allowed_ids(limit=MEMORY_LIMIT)
+        before = path[-1] if path else (base[-1] if base else -1)
+        remembered = None
+        if allowed is not None and len(allowed) > branch_limit:  # too many to branch: the remembered one alone
+            remembered = habits.choices.get((before, tuple(allowed.tolist())))
+            allowed = None
+        if remembered is not None:
+            allowed, shares = np.asarray([remembered], dtype=np.int64), [REMEMBERED_SHARE]
+        elif allowed is None:  # open (free text): only the tokens that have ended such text before
             picks = [(t, chance) for t, chance in exits if -neg * chance >= MIN_EXIT_SCORE and matcher.can_take(t)]
             allowed = np.asarray([t for t, _ in picks], dtype=np.int64)
             shares = [chance for _, chance in picks]
@@ -147,7 +161,7 @@ def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: in
         elif len(allowed) == 1:
             shares = [1.0]
         else:
-            favoured, share = habits.choices.get(tuple(allowed.tolist())), REMEMBERED_SHARE
+            favoured, share = habits.choices.get((before, tuple(allowed.tolist()))), REMEMBERED_SHARE
             if favoured is None:
                 forced = matcher.forced_ids()
                 favoured, share = (forced[0] if forced else None), FAST_FORWARD_SHARE
@@ -163,7 +177,7 @@ def grow(matcher, base: list[int], budget: int, max_depth: int, branch_limit: in
             paths.append(path + [int(token)])
             if token not in matcher.eos_ids:  # nothing follows an EOS
                 heapq.heappush(frontier, (neg * share, len(nodes) - 1))
-    matcher.sync(base)
+    matcher.sync(base, known=len(base))
     return nodes
 
 
@@ -211,9 +225,10 @@ class GrammarGuard(CompositeDrafter):
     """``inner`` kept to the request's grammar and completed by it (see the module docstring).
 
     ``extend_leaves``: how many of the best legal leaves of the inner tree the grammar continues; ``max_nodes``:
-    the most nodes the grammar adds at the root (each continued leaf gets a share of them)."""
+    the most nodes the grammar adds at the root (each continued leaf gets a share of them). Each node costs a
+    next-token mask (40-100 us), and a CPU's trees keep 4-8 nodes, so the guard grows few past that."""
 
-    def __init__(self, inner: Drafter, max_nodes: int = 32, max_depth: int = 24, branch_limit: int = 8,
+    def __init__(self, inner: Drafter, max_nodes: int = 16, max_depth: int = 24, branch_limit: int = 8,
                  extend_leaves: int = 3):
         self.inner = inner
         self.name = inner.name
@@ -248,6 +263,9 @@ class GrammarGuard(CompositeDrafter):
         t0 = time.perf_counter()
         try:
             return self._follow_grammar(context, tree, budget)
+        except GrammarViolation:  # pragma: no cover - a matcher disagreeing with itself: draft without it
+            self._state.grammar = self._state.matcher = None
+            return tree
         finally:
             self.grammar_s += time.perf_counter() - t0
 

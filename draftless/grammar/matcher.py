@@ -33,8 +33,11 @@ class Matcher:
     def can_take(self, token: int) -> bool:
         """Whether ``token`` may come next (nothing is consumed)."""
         token = int(token)
-        if token in self.eos_ids:  # llguidance validates no EOS; it is admitted exactly where the output may end
-            return bool(self._matcher.is_accepting()) and not self.is_ended()
+        if token in self.eos_ids:  # llguidance validates no EOS: read its bit in the next-token mask
+            if self.is_ended():
+                return False
+            words = self.bitmask_words()
+            return bool((int(words[token >> 5]) >> (token & 31)) & 1)
         return self._matcher.validate_tokens([token]) == 1
 
     def push(self, token: int) -> bool:
@@ -53,14 +56,15 @@ class Matcher:
                 raise RuntimeError(f"cannot roll back {n} of {len(self.tokens)} tokens")
             del self.tokens[-n:]
 
-    def sync(self, tokens) -> None:
+    def sync(self, tokens, known: int = 0) -> None:
         """Stand after ``tokens`` (a sequence of int output ids): roll back to the common prefix with what was
-        consumed, then consume the rest. Raises ``GrammarViolation`` (the matcher left at the longest admitted
+        consumed, then consume the rest. ``known``: a length up to which ``tokens`` is known to equal what was
+        consumed (comparison starts there). Raises ``GrammarViolation`` (the matcher left at the longest admitted
         prefix) when the grammar does not admit ``tokens``."""
         tokens = [int(t) for t in tokens]
         mine = self.tokens
-        common = 0
         limit = min(len(mine), len(tokens))
+        common = min(known, limit)
         while common < limit and mine[common] == tokens[common]:
             common += 1
         self.pop(len(mine) - common)
@@ -70,14 +74,15 @@ class Matcher:
                                        f"{self.grammar!r}")
 
     # ------------------------------------------------------------------ reading
-    def _words(self) -> np.ndarray:
+    def bitmask_words(self) -> np.ndarray:
         """uint32[ceil(V / 32)]: the next-token bitmask (bit j of word w: id 32w + j may come next)."""
         return np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint32)
 
-    def allowed_ids(self, limit: int | None = None) -> np.ndarray | None:
+    def allowed_ids(self, limit: int | None = None, words: np.ndarray | None = None) -> np.ndarray | None:
         """int64[k]: the ids that may come next, ascending (EOS among them once the output may end); None when
-        ``limit`` is given and more than ``limit`` ids may come (found without listing them all)."""
-        words = self._words()
+        ``limit`` is given and more than ``limit`` ids may come (found without listing them all). ``words``: the
+        bitmask ``bitmask_words()`` returned for this position, when the caller already has it."""
+        words = self.bitmask_words() if words is None else words
         nonzero = np.flatnonzero(words)
         if limit is not None and len(nonzero) > limit:
             return None
@@ -86,9 +91,10 @@ class Matcher:
         ids = ids[ids < self.vocab_size].astype(np.int64)
         return None if limit is not None and len(ids) > limit else ids
 
-    def allowed_mask(self) -> np.ndarray:
-        """bool[V]: which ids may come next (V: the grammar's vocabulary size)."""
-        bits = np.unpackbits(self._words().view(np.uint8), bitorder="little")
+    def allowed_mask(self, words: np.ndarray | None = None) -> np.ndarray:
+        """bool[V]: which ids may come next (V: the grammar's vocabulary size); ``words`` as in ``allowed_ids``."""
+        words = self.bitmask_words() if words is None else words
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
         return bits[: self.vocab_size].astype(bool)
 
     def forced_ids(self) -> list[int]:

@@ -99,14 +99,15 @@ class _RowState:
                              "it forbids)") from err
         if self.matcher.is_ended():
             return scores
-        few = self.matcher.allowed_ids(limit=FEW_IDS)
+        words = self.matcher.bitmask_words()
+        few = self.matcher.allowed_ids(limit=FEW_IDS, words=words)
         if few is not None:  # a forced or nearly forced position: copy the few allowed scores
             allowed = torch.from_numpy(few).to(scores.device)
             out = torch.full_like(scores, float("-inf"))
             out[allowed] = scores[allowed]
             return out
         allowed = torch.zeros(scores.shape[-1], dtype=torch.bool)
-        mask = torch.from_numpy(self.matcher.allowed_mask())
+        mask = torch.from_numpy(self.matcher.allowed_mask(words))
         allowed[: len(mask)] = mask[: scores.shape[-1]]
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
 

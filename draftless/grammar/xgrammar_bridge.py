@@ -91,7 +91,7 @@ class XGrammarMatcher(Matcher):
             self._matcher.rollback(n)
             del self.tokens[-n:]
 
-    def _words(self) -> np.ndarray:
+    def bitmask_words(self) -> np.ndarray:
         if self._matcher.is_terminated():
             return np.zeros(self._bitmask.shape[1], dtype=np.uint32)
         self._matcher.fill_next_token_bitmask(self._bitmask, 0)
