@@ -9,6 +9,9 @@ import numpy as np
 
 from .llg import llguidance
 
+# positions whose admitted ids a matcher keeps (a grammar's state is a function of the tokens, so this is exact)
+ALLOWED_CACHE_SIZE = 512
+
 
 class GrammarViolation(ValueError):
     """A token sequence the grammar does not admit was given to ``Matcher.sync``."""
@@ -28,6 +31,7 @@ class Matcher:
         # the ids that end the output: admitted once the grammar is complete, and nothing after them
         self.eos_ids = frozenset(int(t) for t in grammar.compiler._tokenizer.eos_tokens)
         self.tokens: list[int] = []
+        self._allowed_cache: dict[tuple, np.ndarray | None] = {}
 
     # ------------------------------------------------------------------ moving
     def can_take(self, token: int) -> bool:
@@ -82,7 +86,20 @@ class Matcher:
         """int64[k]: the ids that may come next, ascending (EOS among them once the output may end); None when
         ``limit`` is given and more than ``limit`` ids may come (found without listing them all). ``words``: the
         bitmask ``bitmask_words()`` returned for this position, when the caller already has it."""
-        words = self.bitmask_words() if words is None else words
+        key = None
+        if words is None:  # the same position asked again (a drafter re-reads the nodes it drafted): no new mask
+            key = (tuple(self.tokens), limit)
+            if key in self._allowed_cache:
+                return self._allowed_cache[key]
+            words = self.bitmask_words()
+        ids = self._allowed_from_words(words, limit)
+        if key is not None:
+            if len(self._allowed_cache) >= ALLOWED_CACHE_SIZE:
+                self._allowed_cache.clear()
+            self._allowed_cache[key] = ids
+        return ids
+
+    def _allowed_from_words(self, words: np.ndarray, limit: int | None) -> np.ndarray | None:
         nonzero = np.flatnonzero(words)
         if limit is not None and len(nonzero) > limit:
             return None

@@ -71,6 +71,7 @@ class XGrammarMatcher(Matcher):
         self.vocab_size = grammar.vocab_size
         self.eos_ids = frozenset(int(t) for t in self._matcher.stop_token_ids)
         self.tokens: list[int] = []
+        self._allowed_cache: dict[tuple, np.ndarray | None] = {}
 
     def can_take(self, token: int) -> bool:
         if not self._matcher.accept_token(int(token)):
