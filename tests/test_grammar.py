@@ -8,6 +8,7 @@ import torch
 from conftest import ARCHS, VOCAB
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_architectures import ALIBI_FAMILIES, FAMILIES, tiny_alibi_model, tiny_family_model
 from test_greedy import FLAT_CURVE
 from test_sampling import chi_square_pvalue
 
@@ -265,3 +266,14 @@ def test_xgrammar_processor_on_a_batch_is_refused_naming_the_reason(tiny_models)
     with pytest.raises(ValueError, match="one row per generate call"):
         model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=[new_processor()],
                        max_new_tokens=8, do_sample=False, custom_generate=draftless.custom_generate, drafter="auto")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(ALIBI_FAMILIES))
+def test_grammar_greedy_identical_on_every_other_family(grammar, family):
+    """Beyond the four main architectures: every family of tests/test_architectures.py (sliding windows,
+    soft-capping, MoE, multi-query attention, ALiBi verified as chains) under a grammar, with ``auto``."""
+    model = tiny_alibi_model(family) if family in ALIBI_FAMILIES else tiny_family_model(family)
+    fast = draftless.accelerate(model, drafter="auto", cost_curve=FLAT_CURVE)
+    for prompt in PROMPTS:
+        want, got = generate_both(model, torch.tensor([prompt]), grammar, fast=fast)
+        assert torch.equal(got.sequences, want), (family, prompt)

@@ -106,9 +106,14 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
     fresh one for this measurement."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    table = learned_position_table(model)
-    if table is not None:  # a model with a position table cannot hold the prefix plus the largest size past it
-        prefix_len = max(1, min(prefix_len, table - max(sizes)))
+    # the prefix plus the largest size stays inside the positions the model was built for: a learned or
+    # precomputed position table (GPT-2's wpe, CodeGen's sin/cos buffer, MPT's ALiBi table) indexes past its end
+    config = model.config.get_text_config(decoder=True)
+    limits = [learned_position_table(model)] + [getattr(config, name, None) for name in
+                                                ("max_position_embeddings", "n_positions", "max_seq_len")]
+    limits = [int(v) for v in limits if isinstance(v, int) and v > 0]
+    if limits:
+        prefix_len = max(1, min(prefix_len, min(limits) - max(sizes)))
     verification = verification if verification is not None else VerificationPaths(model)
     paths = tuple(paths) if paths is not None else verification.available
     vocab = model.config.get_text_config(decoder=True).vocab_size
