@@ -63,6 +63,22 @@ def test_errors_are_clear(tiny_folder, tmp_path, capsys):
     assert "unknown drafter kind" in capsys.readouterr().err
 
 
+def test_grammar_flags_fail_clearly(tiny_folder, tmp_path, capsys):
+    pytest.importorskip("llguidance")
+    bad = tmp_path / "schema.json"
+    bad.write_text("{not json")
+    assert main(["generate", "--model", str(tiny_folder), "--prompt", "w1", "--json-schema", str(bad)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_folder), "--prompt", "w1", "--json-schema",
+                 str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    # the tiny folder's word-level vocabulary has no byte decoder: named, with the way around it
+    assert main(["generate", "--model", str(tiny_folder), "--prompt", "w1", "--regex", "(w1|w2)+"]) == 2
+    assert "from_token_bytes" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_folder), "--prompts", str(bad), "--json", str(tmp_path / "r.json"),
+                 "--structured", "tool-call", "--regex", "x"]) == 2
+
+
 @pytest.mark.parametrize("kind", ["sam", "rest"])
 def test_build_store_with_decontamination(tiny_folder, tmp_path, kind):
     corpus = tmp_path / "corpus.jsonl"

@@ -45,13 +45,13 @@ def _grammar_spec(args) -> dict | None:
         try:
             return Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise SystemExit(f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
     if args.json_schema:
         try:
             return {"json_schema": json.loads(read(args.json_schema))}
         except ValueError as exc:
-            raise SystemExit(f"{args.json_schema} is not JSON: {exc}") from exc
+            raise ValueError(f"{args.json_schema} is not JSON: {exc}") from exc
     if args.regex:
         return {"regex": args.regex}
     if args.grammar:
@@ -66,6 +66,7 @@ def cmd_generate(args) -> int:
 
     from .prompts import encode_prompt
 
+    spec = _grammar_spec(args)  # a bad grammar flag fails before the model loads
     model, tokenizer = _load(args)
     chat = args.chat if args.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     ids = encode_prompt(tokenizer, args.prompt, chat).to(next(model.parameters()).device)
@@ -78,16 +79,12 @@ def cmd_generate(args) -> int:
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=sample)
     if sample:
         gen_kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    spec = _grammar_spec(args)
     grammar = None
     if spec is not None:
         from ..grammar import GrammarLogitsProcessor
         from .prompts import compile_grammar_spec, grammar_compiler_for
 
-        try:
-            grammar = compile_grammar_spec(grammar_compiler_for(model, tokenizer), spec)
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from exc
+        grammar = compile_grammar_spec(grammar_compiler_for(model, tokenizer), spec)
 
     def constrained(kwargs: dict) -> dict:  # a fresh processor per call: each follows one generation
         return {**kwargs, "logits_processor": [GrammarLogitsProcessor(grammar)]} if grammar is not None else kwargs
@@ -149,7 +146,7 @@ def cmd_bench(args) -> int:
         prompts = [p for p in prompts if p.category in wanted]
     spec = _grammar_spec(args)
     if args.structured and spec:
-        raise SystemExit("--structured brings its own schemas: drop --json-schema / --regex / --grammar")
+        raise ValueError("--structured brings its own schemas: drop --json-schema / --regex / --grammar")
     if args.structured:
         from .grammar_workloads import structured_prompts
 
@@ -157,7 +154,7 @@ def cmd_bench(args) -> int:
     elif spec:
         prompts = [replace(p, grammar_spec=spec) for p in prompts]
     if args.batch_size and any(p.grammar_spec for p in prompts):
-        raise SystemExit("--batch-size with a grammar is not benchmarked yet: run the grammar bench one row at a "
+        raise ValueError("--batch-size with a grammar is not benchmarked yet: run the grammar bench one row at a "
                          "time")
     print(f"[draftless] bench: {len(prompts)} prompts x {len(methods)} methods, {args.max_new_tokens} new tokens",
           flush=True)

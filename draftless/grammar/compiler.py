@@ -23,7 +23,11 @@ class GrammarCompiler:
         llg = _llguidance()
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"grammars need a fast (Rust) tokenizer; got {type(tokenizer).__name__}")
-        self._tokenizer = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos_token_id)
+        try:
+            self._tokenizer = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos_token_id)
+        except ValueError as err:  # e.g. a word-level vocabulary with no byte decoder
+            raise ValueError(f"llguidance cannot read this tokenizer's vocabulary ({err}); give the bytes of each "
+                             "token instead: GrammarCompiler.from_token_bytes(tokens, eos_token_id)") from err
 
     @classmethod
     def from_token_bytes(cls, tokens: list[bytes], eos_token_id: int) -> GrammarCompiler:
