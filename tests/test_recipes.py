@@ -42,3 +42,25 @@ def test_mbpp_split_holds_out_the_committed_prompt_set(tmp_path):
     for p in held_out:
         assert p["category"] == "mbpp" and p["turns"][0].startswith(texts[int(p["question_id"].split("-")[1])])
     assert prompts.read_text() == (DATASTORES / "mbpp-heldout-prompts.jsonl").read_text()
+
+
+def test_pycode_recipe_builds_a_decontaminated_sharded_store(tmp_path):
+    recipe = load_recipe("pycode_store")
+    roots = recipe.source_roots()
+    assert roots and all(Path(r).is_dir() for r in roots)
+    assert not any(Path(a) != Path(b) and Path(a).is_relative_to(b) for a in roots for b in roots)
+    # a tiny source tree: one file copies a held-out MBPP prompt, one sits under tests/, one is kept
+    src = tmp_path / "src"
+    (src / "pkg" / "tests").mkdir(parents=True)
+    held_out = json.loads((DATASTORES / "mbpp-heldout-prompts.jsonl").read_text().splitlines()[0])["turns"][0]
+    (src / "pkg" / "leak.py").write_text(f'"""{held_out}"""\n')
+    (src / "pkg" / "tests" / "test_x.py").write_text("def test_x():\n    assert True\n")
+    (src / "pkg" / "kept.py").write_text("def add(a, b):\n    return a + b\n" * 20)
+    out = tmp_path / "store"
+    report = recipe.main(["--model", "smollm2-135m", "--shards", "2", "--roots", str(src), "--out", str(out),
+                          "--mbpp", str(MBPP)])
+    assert report.n_documents == 1  # kept.py alone: the leak dropped, tests/ skipped
+    from draftless.stores.sharded import open_shards
+
+    manifest, shards = open_shards(out, expected_kind="rest")
+    assert len(shards) >= 1 and manifest["kind"] == "rest"
