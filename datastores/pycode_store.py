@@ -71,8 +71,8 @@ def main(argv=None):
     else:
         from draftless.stores.build import build_sharded_store
 
-        return build_sharded_store(roots, tokenizer, out, args.shards, glob="*.py", exclude=SKIP, exclude_overlap=held_out,
-                            provenance={"recipe": "pycode_store.py", "roots": roots})
+        return build_sharded_store(roots, tokenizer, out, args.shards, glob="*.py", exclude=SKIP,
+                                   exclude_overlap=held_out, provenance={"recipe": "pycode_store.py", "roots": roots})
 
 
 if __name__ == "__main__":
