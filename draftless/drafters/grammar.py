@@ -96,10 +96,7 @@ class _GrammarState:
         if matcher is None:
             return False
         output = [int(t) for t in context[self.prompt_len:]]
-        common = 0
-        while common < min(len(output), len(matcher.tokens)) and output[common] == matcher.tokens[common]:
-            common += 1
-        matcher.pop(len(matcher.tokens) - common)
+        common = matcher.rewind(output)
         habits = self.habits
         new = output[common:]
         for token in new + ([None] if new else []):  # None: the position after the output, for the last exit

@@ -60,18 +60,24 @@ class Matcher:
                 raise RuntimeError(f"cannot roll back {n} of {len(self.tokens)} tokens")
             del self.tokens[-n:]
 
-    def sync(self, tokens, known: int = 0) -> None:
-        """Stand after ``tokens`` (a sequence of int output ids): roll back to the common prefix with what was
-        consumed, then consume the rest. ``known``: a length up to which ``tokens`` is known to equal what was
-        consumed (comparison starts there). Raises ``GrammarViolation`` (the matcher left at the longest admitted
-        prefix) when the grammar does not admit ``tokens``."""
-        tokens = [int(t) for t in tokens]
+    def rewind(self, tokens: list[int], known: int = 0) -> int:
+        """Roll back to the longest common prefix of what was consumed and ``tokens`` (a list of int; ``known`` as
+        in ``sync``); returns its length."""
         mine = self.tokens
         limit = min(len(mine), len(tokens))
         common = min(known, limit)
         while common < limit and mine[common] == tokens[common]:
             common += 1
         self.pop(len(mine) - common)
+        return common
+
+    def sync(self, tokens, known: int = 0) -> None:
+        """Stand after ``tokens`` (a sequence of int output ids): roll back to the common prefix with what was
+        consumed, then consume the rest. ``known``: a length up to which ``tokens`` is known to equal what was
+        consumed (comparison starts there). Raises ``GrammarViolation`` (the matcher left at the longest admitted
+        prefix) when the grammar does not admit ``tokens``."""
+        tokens = [int(t) for t in tokens]
+        common = self.rewind(tokens, known)
         for at in range(common, len(tokens)):
             if not self.push(tokens[at]):
                 raise GrammarViolation(f"output token {tokens[at]} at position {at} is not admitted by "

@@ -42,11 +42,15 @@ class GrammarLogitsProcessor:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[0] != scores.shape[0]:
             raise ValueError(f"input_ids {tuple(input_ids.shape)} and scores {tuple(scores.shape)} disagree on rows")
+        return self._masked(input_ids, scores, lambda i: self._state(i))
+
+    def _masked(self, input_ids: torch.Tensor, scores: torch.Tensor, state_of) -> torch.Tensor:
+        """``scores`` with each row i masked by ``state_of(i)`` (a ``_RowState``), timed into ``busy_s``."""
         t0 = time.perf_counter()
         ids = input_ids.cpu().numpy()
         out = scores.clone()
-        for b in range(ids.shape[0]):
-            out[b] = self._state(b).masked(ids[b], scores[b])
+        for i in range(ids.shape[0]):
+            out[i] = state_of(i).masked(ids[i], scores[i])
         self.busy_s += time.perf_counter() - t0
         return out
 
@@ -64,14 +68,8 @@ class RowGrammarProcessor:
         return self.parent.grammar
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
         state = self.parent._state(self.row)
-        ids = input_ids.cpu().numpy()
-        out = scores.clone()
-        for i in range(ids.shape[0]):
-            out[i] = state.masked(ids[i], scores[i])
-        self.parent.busy_s += time.perf_counter() - t0
-        return out
+        return self.parent._masked(input_ids, scores, lambda i: state)
 
 
 class _RowState:
@@ -80,6 +78,7 @@ class _RowState:
     def __init__(self, matcher: Matcher):
         self.matcher = matcher
         self.prompt: np.ndarray | None = None
+        self._eos = np.asarray(sorted(matcher.eos_ids), dtype=np.int64)
 
     def masked(self, ids: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` float [V] with every token the grammar forbids after ``ids`` (int64 [L]) set to ``-inf``."""
@@ -89,7 +88,7 @@ class _RowState:
             raise ValueError("this GrammarLogitsProcessor was called with a sequence that does not extend its first "
                              "prompt: make a new processor for each generate call")
         output = ids[len(self.prompt):]
-        ends = np.flatnonzero(np.isin(output, list(self.matcher.eos_ids)))
+        ends = np.flatnonzero(np.isin(output, self._eos))
         if len(ends):  # past the end of the output (a tree node after EOS): nothing is committed from here
             output = output[: ends[0] + 1]
         try:
