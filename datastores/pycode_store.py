@@ -67,7 +67,8 @@ def main(argv=None):
         from draftless.stores.ray_build import build_sharded_store_ray
 
         return build_sharded_store_ray(roots, tokenizer, out, shards=args.shards, glob="*.py", exclude=SKIP,
-                                address=args.address, num_cpus=args.num_cpus, exclude_overlap=held_out)
+                                       address=args.address, num_cpus=args.num_cpus, exclude_overlap=held_out,
+                                       provenance={"recipe": "pycode_store.py", "roots": roots})
     else:
         from draftless.stores.build import build_sharded_store
 

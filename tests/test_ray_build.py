@@ -129,3 +129,33 @@ def test_ray_build_equals_the_in_process_build(corpus, tmp_path):
         ctx = np.asarray(reference.tokens[max(0, end - 12): end], dtype=np.int64)
         t1, t2 = d1.draft(ctx, 16), d2.draft(ctx, 16)
         assert np.array_equal(t1.tokens, t2.tokens) and np.array_equal(t1.scores, t2.scores)
+
+
+def test_ray_build_decontaminates_as_the_in_process_build(corpus, tmp_path):
+    """``exclude_overlap`` on Ray: each actor filters its units, and the store and the merged report (document
+    indices in corpus order) equal the in-process build's; a document of each source (file, jsonl, parquet) leaks."""
+    pytest.importorskip("ray")
+    pytest.importorskip("ahocorasick")
+    from draftless.stores.corpus import tokenize_corpus
+    from draftless.stores.ray_build import build_sharded_store_ray
+    from draftless.stores.sharded import MANIFEST_FILE, load_rest_index
+
+    tok = char_tokenizer()
+    paths = [corpus / "src", corpus / "tasks.jsonl", corpus / "more.parquet"]
+    docs = [p.text for p in iter_pieces(paths, glob="*.py")]
+    leaks = [docs[i] for i in (3, 20, 70) if len(docs[i].split()) >= 13]
+    assert len(leaks) >= 2
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps({"question_id": k, "turns": [t]}) + "\n" for k, t in enumerate(leaks)))
+    report = build_sharded_store_ray(paths, tok, tmp_path / "ray", shards=3, glob="*.py", num_cpus=2,
+                                     unit_bytes=400, exclude_overlap=eval_file, verbose=False)
+    reference = tokenize_corpus(paths, tok, glob="*.py", progress=False, exclude_overlap=eval_file)
+    expected = reference.decontamination.to_json()
+    assert expected["n_excluded"] >= len(leaks)
+    got = json.loads((tmp_path / "ray" / MANIFEST_FILE).read_text())["decontamination"]
+    assert got == expected
+    index = load_rest_index(tmp_path / "ray", tokenizer_identity=None)
+    sep = reference.separator_id
+    joined = np.concatenate([np.concatenate([s.tokens, [sep]]) for s in index.shards])[:-1]
+    assert np.array_equal(joined, reference.tokens)
+    assert report.n_documents == reference.n_documents == len(docs) - expected["n_excluded"]

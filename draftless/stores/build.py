@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..tokenizer_identity import tokenizer_identity
-from .corpus import tokenize_corpus
+from .corpus import BATCH_CHARS, tokenize_corpus
 from .kinds import BUILDERS
 
 
@@ -121,8 +121,11 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
     if builder is None:
         raise ValueError(f"unknown datastore kind {kind!r}; known: {', '.join(sorted(BUILDERS))}")
     identity = tokenizer_identity(tokenizer)
+    rss_start = _rss_bytes()
+    start_tracked = _reset_peak_rss()
     corpus = tokenize_corpus(corpus_paths, tokenizer, fields=fields, glob=glob, exclude=exclude, progress=progress,
                              exclude_overlap=exclude_overlap, overlap_n=overlap_n)
+    tokenize_peak = _peak_rss_bytes() if start_tracked else None
     if len(corpus.tokens) == 0:
         raise ValueError(f"the corpus {list(map(str, corpus_paths))} holds no tokens (check --glob / --field)")
     build_args = {
@@ -150,6 +153,8 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
                     vocab_size=identity["vocab_size"], **opts)
     build_s = time.perf_counter() - t0
     peak = _peak_rss_bytes() if peak_tracked else None
+    if None not in (peak, tokenize_peak, rss_start):  # tokenization and build together, the corpus's tokens included
+        stats["peak_rss_end_to_end"] = max(peak, tokenize_peak) - rss_start
     out = Path(out_dir)
     disk = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     report = BuildReport(kind, out, len(corpus.tokens), corpus.n_documents, corpus.seconds, build_s, disk,
@@ -174,7 +179,8 @@ def build_sharded_store(corpus_paths: Sequence[str | os.PathLike], tokenizer, ou
                         shards: int, fields: Sequence[str] | None = None, glob: str | None = None,
                         exclude: Sequence[str] = (), progress: bool = True, verbose: bool = True,
                         provenance: Mapping | None = None, exclude_overlap: str | os.PathLike | None = None,
-                        overlap_n: int = 13, sa_method: str | None = None, batch_chars: int = 1 << 20) -> BuildReport:
+                        overlap_n: int = 13, sa_method: str | None = None,
+                        batch_chars: int = BATCH_CHARS) -> BuildReport:
     """A sharded ``"rest"`` store in this process, in memory bounded by one shard (``draftless.stores.sharded``).
 
     The corpus is read and tokenized as a stream (as ``build_store`` does); a shard is cut at the first document

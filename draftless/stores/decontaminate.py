@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -129,10 +129,26 @@ class DecontaminationReport:
                 "n_documents": self.n_documents, "n_excluded": self.n_excluded, "excluded": self.excluded}
 
 
-def new_report(eval_file: str | Path, n: int = 13) -> DecontaminationReport:
-    """An empty report (holding the n-gram automaton of ``eval_file``) for ``filter_pieces`` to fill."""
-    index = NGramIndex(eval_texts(eval_file), n)
+def new_report(eval_file: str | Path, n: int = 13, index: NGramIndex | None = None) -> DecontaminationReport:
+    """An empty report (holding the n-gram automaton of ``eval_file``, or ``index`` when one was built already) for
+    ``filter_pieces`` to fill."""
+    index = NGramIndex(eval_texts(eval_file), n) if index is None else index
     return DecontaminationReport(str(eval_file), n, index.n_texts, index.n_grams, index.short, index=index)
+
+
+def merge_reports(parts: Sequence[Mapping]) -> DecontaminationReport:
+    """One report from the ``to_json()`` reports of consecutive parts of a corpus (a parallel build's units, in
+    corpus order): document indices shifted by the documents of the parts before."""
+    if not parts:
+        raise ValueError("no reports to merge")
+    first = parts[0]
+    merged = DecontaminationReport(first["eval_file"], int(first["n"]), int(first["n_eval_texts"]),
+                                   int(first["n_eval_ngrams"]), list(first["short_eval_texts"]))
+    for part in parts:
+        for entry in part["excluded"]:
+            merged.excluded.append({**entry, "document": int(entry["document"]) + merged.n_documents})
+        merged.n_documents += int(part["n_documents"])
+    return merged
 
 
 def filter_pieces(pieces: Iterable, eval_file: str | Path, n: int = 13,

@@ -7,7 +7,8 @@ The pipeline (the store it writes is ``draftless.stores.sharded``'s, the one the
    line-aligned byte ranges, a large parquet file into row groups. A unit holds whole documents.
 2. **Tokenize** (Ray Data): the units as a dataset, ``map_batches`` over a pool of actors, each holding the target's
    tokenizer (one CPU each, the Rust tokenizer's batch encoding single-threaded inside). An actor reads its unit's
-   documents (``documents.read_file``: exactly the in-process reader), tokenizes them in batches, joins them with
+   documents (``documents.read_file``: exactly the in-process reader; with ``exclude_overlap`` filtered by
+   ``decontaminate.filter_pieces``), tokenizes them in batches, joins them with
    the separator (``corpus.tokenize_pieces``) and writes the unit's tokens to ``OUT/.units/``; only counts go back.
 3. **Shard** (driver): consecutive units grouped into ``shards`` groups of about equal tokens, cut between units,
    hence between documents.
@@ -35,7 +36,8 @@ import numpy as np
 
 from ..tokenizer_identity import tokenizer_identity
 from .build import BuildReport, _jsonable, _peak_rss_bytes, _reset_peak_rss, _rss_bytes
-from .corpus import separator_token, tokenize_pieces
+from .corpus import BATCH_CHARS, separator_token, tokenize_pieces
+from .decontaminate import DecontaminationReport, filter_pieces, merge_reports, new_report
 from .documents import PIECE_CHARS, corpus_files, read_file
 from .sharded import UNITS_DIR, prepare_sharded_dir, write_manifest, write_shard
 
@@ -130,26 +132,39 @@ def group_units(unit_tokens: Sequence[int], shards: int) -> list[list[int]]:
 
 # ---------------------------------------------------------------------------------------------- the Ray work
 class TokenizeUnits:
-    """Ray Data actor: reads and tokenizes units, writes each unit's tokens to ``units_dir``, returns counts."""
+    """Ray Data actor: reads (and decontaminates) units, tokenizes them, writes each unit's tokens to
+    ``units_dir``; returns counts, and per unit the documents decontamination dropped (JSON, unit-local indices)."""
 
-    def __init__(self, tokenizer, fields, units_dir: str, separator_id: int, batch_chars: int, piece_chars: int):
+    def __init__(self, tokenizer, fields, units_dir: str, separator_id: int, batch_chars: int, piece_chars: int,
+                 exclude_overlap: str | None = None, overlap_n: int = 13):
         self.tokenizer = tokenizer
         self.fields = list(fields) if fields else None
         self.units_dir = Path(units_dir)
         self.sep = int(separator_id)
         self.batch_chars = int(batch_chars)
         self.piece_chars = int(piece_chars)
+        self.exclude_overlap = exclude_overlap
+        self.overlap_n = int(overlap_n)
+        self.ngrams = None
+        if exclude_overlap:  # the evaluation prompts' n-gram automaton, built once per actor
+            self.ngrams = new_report(exclude_overlap, overlap_n).index
 
     def _pieces(self, spec: list):
         for file, part in spec:
             yield from read_file(Path(file), self.fields, self.piece_chars, None if part is None else tuple(part))
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"unit": [], "n_documents": [], "n_tokens": [], "n_bytes": [], "seconds": []}
+        out: dict[str, list] = {"unit": [], "n_documents": [], "n_tokens": [], "n_bytes": [], "seconds": [],
+                                "decontamination": []}
         for unit, spec in zip(batch["unit"], batch["spec"]):
             t0 = time.perf_counter()
-            tokens, n_docs, n_bytes = tokenize_pieces(self._pieces(json.loads(spec)), self.tokenizer, self.sep,
-                                                      self.batch_chars)
+            pieces = self._pieces(json.loads(spec))
+            report = None
+            if self.ngrams is not None:
+                report = new_report(self.exclude_overlap, self.overlap_n, index=self.ngrams)
+                pieces = filter_pieces(pieces, self.exclude_overlap, self.overlap_n, report=report)
+            tokens, n_docs, n_bytes = tokenize_pieces(pieces, self.tokenizer, self.sep, self.batch_chars)
+            out["decontamination"].append(json.dumps(report.to_json()) if report is not None else "")
             target = self.units_dir / f"unit-{int(unit):08d}.npy"
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             with open(tmp, "wb") as fh:  # a retried task rewrites the same file
@@ -236,18 +251,18 @@ def build_sharded_store_ray(corpus_paths: Sequence[str | os.PathLike], tokenizer
                             shards: int, fields: Sequence[str] | None = None, glob: str | None = None,
                             exclude: Sequence[str] = (), address: str | None = None, num_cpus: int | None = None,
                             sa_method: str | None = None, unit_bytes: int | None = None,
-                            batch_chars: int = 1 << 20, piece_chars: int = PIECE_CHARS,
+                            batch_chars: int = BATCH_CHARS, piece_chars: int = PIECE_CHARS,
                             object_store_bytes: int = 256 << 20, exclude_overlap: str | os.PathLike | None = None,
-                            verbose: bool = True) -> BuildReport:
+                            overlap_n: int = 13, provenance: dict | None = None, verbose: bool = True) -> BuildReport:
     """Build a sharded ``"rest"`` store at ``out_dir`` on Ray (the module docstring's pipeline).
 
     ``tokenizer``: the target's (fast) tokenizer, shipped to the actors; ``unit_bytes``: corpus bytes per unit of
     work (default: the corpus split into 8 units per shard and per CPU, between 64 kB and 64 MB). Returns a
     ``BuildReport`` whose ``tokenize_s`` is the Ray Data stage, ``build_s`` the shard tasks and the manifest, and
-    ``peak_rss_bytes`` the largest any shard task added.
+    ``peak_rss_bytes`` the largest any shard task added. ``exclude_overlap``: an evaluation prompt file; each actor
+    drops the documents sharing a word ``overlap_n``-gram with its prompts (``draftless.stores.decontaminate``, as
+    the in-process build does) and the units' reports are merged into the manifest's ``decontamination``.
     """
-    if exclude_overlap:
-        raise ValueError("--exclude-overlap is not supported with --ray yet; build in-process (without --ray)")
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     ray = _require_ray()
@@ -258,7 +273,9 @@ def build_sharded_store_ray(corpus_paths: Sequence[str | os.PathLike], tokenizer
     if not files or total_bytes == 0:
         raise ValueError(f"the corpus {list(map(str, corpus_paths))} holds no files with data (check --glob)")
     build_args = {"kind": "rest", "corpus": [str(p) for p in corpus_paths], "fields": list(fields) if fields else None,
-                  "glob": glob, "exclude": list(exclude), "shards": int(shards), "sa_method": sa_method, "ray": True}
+                  "glob": glob, "exclude": list(exclude), "shards": int(shards), "sa_method": sa_method, "ray": True,
+                  "exclude_overlap": str(exclude_overlap) if exclude_overlap else None,
+                  **{k: _jsonable(v) for k, v in (provenance or {}).items()}}
     out = prepare_sharded_dir(out_dir)
     units_dir = out / UNITS_DIR
     units_dir.mkdir()
@@ -273,7 +290,8 @@ def build_sharded_store_ray(corpus_paths: Sequence[str | os.PathLike], tokenizer
         items = [{"unit": i, "spec": json.dumps(u)} for i, u in enumerate(units)]
         ds = _tokenize_stage(ray.data.from_items(items, override_num_blocks=min(len(items), 4 * cpus)),
                              concurrency=min(cpus, len(items)),
-                             fn_constructor_args=(tokenizer, fields, str(units_dir), sep, batch_chars, piece_chars))
+                             fn_constructor_args=(tokenizer, fields, str(units_dir), sep, batch_chars, piece_chars,
+                                                  str(exclude_overlap) if exclude_overlap else None, overlap_n))
         rows = sorted(ds.take_all(), key=lambda r: int(r["unit"]))
         tokenize_s = time.perf_counter() - t0
         if len(rows) != len(units):
@@ -293,8 +311,12 @@ def build_sharded_store_ray(corpus_paths: Sequence[str | os.PathLike], tokenizer
         restore()
         if started:
             ray.shutdown()
-    manifest = write_manifest(out, [w["name"] for w in written], identity, sep, build_args,
-                              {"corpus_bytes": int(sum(int(r["n_bytes"]) for r in rows))})
+    extra: dict = {"corpus_bytes": int(sum(int(r["n_bytes"]) for r in rows))}
+    decontamination: DecontaminationReport | None = None
+    if exclude_overlap:
+        decontamination = merge_reports([json.loads(str(r["decontamination"])) for r in rows])
+        extra["decontamination"] = decontamination.to_json()
+    manifest = write_manifest(out, [w["name"] for w in written], identity, sep, build_args, extra)
     build_s = time.perf_counter() - t1
     shutil.rmtree(units_dir, ignore_errors=True)
     disk = sum(s["bytes"] for s in manifest["shards"]) + (out / "manifest.json").stat().st_size
@@ -306,5 +328,7 @@ def build_sharded_store_ray(corpus_paths: Sequence[str | os.PathLike], tokenizer
     report = BuildReport("rest", out, manifest["n_tokens"], manifest["n_documents"], tokenize_s, build_s, disk,
                          max(peaks) if peaks else None, stats)
     if verbose:
+        if decontamination is not None:
+            print(decontamination.summary(), flush=True)
         print(report.summary(), flush=True)
     return report
