@@ -20,7 +20,8 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
 
     ``drafter``: a ``Drafter`` object or a spec string (``"ngram"``, ``"sam"``, ``"sam+recycle"``,
     ``"sam:datastores/NAME"``, ``"auto"``). ``tokenizer`` lets datastore-backed drafters check that a store was
-    built with the same tokenizer. ``datastore``: a store ``auto`` adds as a source; ``draft_model``: a model
+    built with the same tokenizer. ``datastore``: a store ``auto`` adds as a source (a sam store through its sam source;
+    a rest or dense store, sharded or not, as a source of its own); ``draft_model``: a model
     drafter (``"self"``, an HF folder, a shipped name) that ``auto`` combines with retrieval. ``history``: memory
     across this engine's requests, per ``generate(namespace=...)`` (docs/history.md): ``True`` (in memory), a
     directory (kept there, reloaded at start; needs ``tokenizer``), a ``HistoryStore``, or None (off); it adds a

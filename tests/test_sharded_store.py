@@ -322,3 +322,31 @@ def test_cli_builds_a_sharded_store(tiny_folder, tmp_path):
     with pytest.raises(SystemExit, match="--ray"):
         main(["build", "--kind", "rest", "--corpus", str(corpus), "--model", str(tiny_folder), "--shards", "2",
               "--address", "auto", "--out", str(tmp_path / "x")])
+
+
+def test_auto_fuses_a_rest_store_as_a_source(tiny_folder, tmp_path):
+    """``accelerate(datastore=)`` with a sharded rest store: ``auto`` gains a ``rest`` source, whose drafts
+    the target accepts on a corpus of its own continuations, and the output stays ``model.generate``'s."""
+    import torch
+
+    import draftless
+    from draftless.hf.loading import load_model, load_tokenizer
+
+    model, _ = load_model(str(tiny_folder))
+    tok = load_tokenizer(str(tiny_folder))
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, 48, 6).tolist() for _ in range(6)]
+    outputs = [model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0].tolist() for p in prompts]
+    corpus = tmp_path / "own.jsonl"
+    corpus.write_text("".join(json.dumps({"text": tok.decode(o[3:])}) + "\n" for o in outputs))
+    store = build_sharded_store([corpus], tok, tmp_path / "s", shards=3, progress=False, verbose=False,
+                                batch_chars=200).out_dir
+    fast = draftless.accelerate(model, "auto", tokenizer=tok, datastore=str(store), history=None)
+    rest_accepted = 0
+    for prompt, expected in zip(prompts, outputs):
+        got = fast.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
+        assert got.sequences[0].tolist() == expected
+        rest_accepted += sum(v.accepted for k, v in got.stats.per_source.items() if k.startswith("rest"))
+    assert rest_accepted > 0
+    with pytest.raises(DatastoreError, match="not a datastore"):
+        draftless.accelerate(model, "auto", tokenizer=tok, datastore=str(tmp_path))

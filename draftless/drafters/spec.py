@@ -232,6 +232,17 @@ def with_history(spec: str) -> str:
     return spec if any(kind in ("history", "auto") for kind, _ in parts) else f"{spec}+history"
 
 
+def datastore_kind(path: str) -> str:
+    """The kind of the store at ``path`` (``draftless.stores.sharded.store_kind``), refused unless ``auto`` can add
+    it as a source."""
+    from ..stores.sharded import store_kind
+
+    kind = store_kind(path)
+    if kind not in ("sam", "rest", "dense"):
+        raise ValueError(f"auto cannot use the {kind!r} store at {path}; build a sam, rest or dense store")
+    return kind
+
+
 def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
                   draft_model: str | None = None) -> Drafter:
     """Instantiate the drafter a spec names. ``datastore``: a store directory that ``auto`` adds as a source;
@@ -242,13 +253,16 @@ def build_drafter(spec: str, ctx: DrafterContext, datastore: str | None = None,
     if draft_model and spec.strip().lower() == "auto":
         return GrammarGuard(build_drafter(auto_spec(ctx.model, draft_model), ctx))
     parts = parse_spec(spec)
+    store = datastore_kind(datastore) if datastore else None
     expanded: list[tuple[str, str | None]] = []
     for kind, arg in parts:
         if kind == "auto":
             auto_parts = parse_spec(auto_spec(ctx.model))
             for auto_kind, auto_arg in auto_parts:
-                # a datastore joins through the sam source, which then matches both the context and the corpus
-                expanded.append((auto_kind, datastore if auto_kind == "sam" and datastore else auto_arg))
+                # a sam store joins through the sam source, which then matches both the context and the corpus
+                expanded.append((auto_kind, datastore if auto_kind == "sam" and store == "sam" else auto_arg))
+            if store in ("rest", "dense"):  # a retrieval store is a source of its own, fused with auto's
+                expanded.append((store, datastore))
             # a configured history is a source of auto's; the default one only joins a fusion (a lone source
             # fused with a silent history would be calibrated differently, so it would not draft as before)
             if (ctx.history is not None and all(k != "history" for k, _ in parts)

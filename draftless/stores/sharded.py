@@ -161,6 +161,18 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+def store_kind(path: str | os.PathLike) -> str:
+    """The kind (``"rest"``, ``"sam"``, ``"dense"``) of the store at ``path``, sharded or not, from its manifest or
+    ``meta.json`` alone (nothing else is read); ``DatastoreError`` when ``path`` holds no finished store."""
+    from .datastore import _read_meta
+
+    path = Path(path)
+    refuse_unfinished(path)
+    if (path / MANIFEST_FILE).is_file():
+        return str(_read_manifest(path)["kind"])
+    return str(_read_meta(path)["kind"])
+
+
 def refuse_unfinished(path: str | os.PathLike) -> None:
     """Raise the half-written-store error when ``path`` holds shards (or a Ray build's units) but neither a manifest
     nor a ``meta.json``."""
