@@ -5,6 +5,7 @@ import argparse
 
 
 def add_kind_args(parser: argparse.ArgumentParser, default_max_tokens: int | None) -> None:
+    from draftless.index.dense_index import INDEX_TYPES
     from draftless.stores.kinds import STORE_KINDS
 
     parser.add_argument("--kind", choices=STORE_KINDS, default="sam", help="datastore kind")
@@ -12,7 +13,7 @@ def add_kind_args(parser: argparse.ArgumentParser, default_max_tokens: int | Non
     parser.add_argument("--max-tokens", type=int, default=default_max_tokens,
                         help="dense: index at most this many corpus tokens (0 or omitted: all)")
     parser.add_argument("--dim", type=int, default=96, help="dense: PCA dimension")
-    parser.add_argument("--index", default="ivf", choices=["hnsw", "ivf", "flat"], help="dense: FAISS index type")
+    parser.add_argument("--index", default="ivf", choices=INDEX_TYPES, help="dense: FAISS index type")
     parser.add_argument("--window", type=int, default=256, help="dense: tokens per model window")
     parser.add_argument("--batch-size", type=int, default=4, help="dense: windows per forward pass")
 

@@ -199,3 +199,73 @@ def test_engine_output_is_unchanged(store, model, sequence):
     out = draftless.generate(model, ids, drafter=drafter, max_new_tokens=100)
     assert out.sequences[0].tolist() == sequence[:108].tolist()
     assert out.stats.mean_accepted > 2.0
+
+
+# ------------------------------------------------------------------------------------------ compressed (ivfpq)
+@pytest.fixture(scope="module")
+def ivfpq_store(model, sequence, tmp_path_factory):
+    built = build_dense_store(model, sequence, dim=32, index="ivfpq", window=256, overlap=16, progress=False)
+    path = tmp_path_factory.mktemp("dense-pq") / "store"
+    save_index(built, path, tokenizer_identity(IdTokenizer()), {"test": True})
+    return path
+
+
+def test_ivfpq_store_reopens_without_positions(ivfpq_store, sequence):
+    loaded = load_index(DenseStore, ivfpq_store, verify="full")
+    assert not (ivfpq_store / "positions.npy").exists() and loaded.positions is None
+    assert loaded.store_meta["key_ids"] == "positions" and loaded.store_meta["search"]["nprobe"] == 32
+    assert np.array_equal(loaded.indexed_positions(), np.arange(len(sequence) - 1))
+    keys = loaded.keys()
+    assert keys.shape == (len(sequence) - 1, 32)
+    # a key's nearest neighbour is (nearly always) itself, found by its position
+    _, pos = loaded.search_positions(keys, 1)
+    assert np.mean(pos[:, 0] == np.arange(len(keys))) > 0.9
+    assert load_index(DenseStore, ivfpq_store, nprobe=4).search_params["nprobe"] == 4
+
+
+def test_ivfpq_greedy_output_is_unchanged(ivfpq_store, model, sequence):
+    import draftless
+
+    drafter = DenseDrafter(ivfpq_store, IdTokenizer(), model=model, k=8)
+    ids = torch.from_numpy(sequence[:8])[None]
+    out = draftless.generate(model, ids, drafter=drafter, max_new_tokens=100)
+    assert out.sequences[0].tolist() == sequence[:108].tolist()
+    assert out.stats.mean_accepted > 1.5  # retrieval from compressed keys still drafts the continuation
+
+
+def test_ivfpq_store_is_at_most_32_bytes_per_token(model, tmp_path):
+    """28 bytes per key (4 token, 8 FAISS id, 16 code) plus fixed costs (PCA, centroids, codebooks: about 25 kB at
+    dim 16): 16k tokens amortise them under 32 bytes per token, every file counted. Without the OPQ rotation
+    (dim x dim floats, 1 kB here; the greedy test above covers it), whose training would take half a minute."""
+    tokens = np.random.default_rng(5).integers(1, VOCAB, 16_000).astype(np.int32)
+    built = build_dense_store(model, tokens, dim=16, index="ivfpq", window=256, overlap=16, batch_size=8,
+                              progress=False, index_kw={"opq": False})
+    path = save_index(built, tmp_path / "pq", None)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    assert size / len(tokens) <= 32, size / len(tokens)
+    assert len(load_index(DenseStore, path)) == len(tokens) - 1
+
+
+def test_old_layout_opens_as_before(store, tmp_path):
+    """A store written before search parameters and ``key_ids`` were recorded (positions.npy, bare meta) opens and
+    searches as the current layout does."""
+    current = load_index(DenseStore, store)
+    arrays, _ = current.to_arrays()
+    old = tmp_path / "old"
+    write_store(old, "dense", arrays, tokenizer_identity(IdTokenizer()), {"test": True},
+                {"model": current.store_meta["model"], "index_type": "flat", "separator_id": None})
+    loaded = load_index(DenseStore, old)
+    assert loaded.positions is not None and loaded.search_params == {"ef_search": 64, "nprobe": 32}
+    q = current.keys()[:5]
+    assert np.array_equal(loaded.search_positions(q, 4)[1], current.search_positions(q, 4)[1])
+
+
+def test_ivfpq_refuses_a_bad_dimension_split():
+    from draftless.index.dense_index import pq_bits, pq_subquantizers
+
+    assert pq_subquantizers(96) == 16 and pq_subquantizers(30) == 15 and pq_subquantizers(7) == 7
+    assert pq_bits(100_000) == 8 and pq_bits(100) == 6 and pq_bits(2) == 1
+    with pytest.raises(ValueError, match="positive"):
+        pq_subquantizers(32, 0)
+    with pytest.raises(ValueError, match="ids need an IVF kind"):
+        index_keys(unit(np.random.default_rng(0).normal(size=(10, 8))), "flat", ids=np.arange(10))

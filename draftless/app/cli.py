@@ -193,14 +193,23 @@ def cmd_build(args) -> int:
     from ..hf.loading import load_tokenizer
     from ..stores.build import build_sharded_store, build_store
 
-    sharded = args.shards is not None or args.ray
+    sharded = args.shards is not None or (args.ray and args.kind != "dense")
     if sharded and args.kind != "rest":
-        raise SystemExit("--shards / --ray build 'rest' stores only")
+        raise SystemExit("--shards builds 'rest' stores only; --ray builds 'rest' and 'dense' stores")
     if args.shards is not None and args.shards < 1:
         raise SystemExit("--shards takes a positive number")
     if (args.address or args.num_cpus) and not args.ray:
         raise SystemExit("--address / --num-cpus go with --ray")
     tokenizer = load_tokenizer(args.model)
+    if args.ray and args.kind == "dense":
+        from ..hf.loading import DEFAULT_MODEL
+        from ..stores.ray_dense_build import build_dense_store_ray
+
+        build_dense_store_ray(args.corpus, tokenizer, args.out, model=args.model or DEFAULT_MODEL,
+                              fields=args.field or None, glob=args.glob, exclude=args.exclude or (),
+                              exclude_overlap=args.exclude_overlap, dim=args.dim, index=args.index,
+                              max_tokens=args.max_tokens, address=args.address, num_cpus=args.num_cpus)
+        return 0
     if args.ray:
         from ..stores.ray_build import build_sharded_store_ray
 
@@ -246,6 +255,7 @@ def cmd_profile(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..index.dense_index import INDEX_TYPES
     from ..stores.kinds import STORE_KINDS
 
     parser = argparse.ArgumentParser(prog="draftless", description="Lossless, training-free speculative decoding.")
@@ -322,13 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude-overlap", default=None, metavar="PROMPTS.jsonl",
                    help="leave out documents sharing a word 13-gram with any prompt of this evaluation file")
     s.add_argument("--dim", type=int, default=96, help="dense: PCA dimension of the keys")
-    s.add_argument("--index", default="ivf", choices=["ivf", "hnsw", "flat"], help="dense: FAISS index type")
+    s.add_argument("--index", default="ivf", choices=INDEX_TYPES,
+                   help="dense: FAISS index type (ivfpq: compressed, under 32 bytes per token on large corpora)")
     s.add_argument("--max-tokens", type=int, default=None, help="dense: index only the first N corpus tokens")
     s.add_argument("--shards", type=int, default=None, metavar="N",
                    help="rest: a sharded store of N shards cut at document boundaries (built one shard at a time)")
     s.add_argument("--ray", action="store_true",
                    help="rest: build the shards on Ray (needs the 'ray' extra): parallel reading and tokenizing, one "
-                        "task per shard index")
+                        "task per shard index; dense: the model pass on Ray Data, one model copy per CPU")
     s.add_argument("--address", default=None, help="--ray: the Ray cluster to join (default: start one here)")
     s.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray instance (default: all)")
     s.add_argument("--sa-method", default=None, choices=["divsufsort", "doubling"],

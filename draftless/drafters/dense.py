@@ -6,8 +6,9 @@ token and the root of the next draft. So the query for the next draft costs one 
 
 1. ``q = normalise(PCA(step.hidden[step.accepted[-1]]))``;
 2. search the store's FAISS index for the ``k`` nearest keys; key ``j`` is the state after corpus token
-   ``i = positions[j]`` and its value is token ``i + 1``. Neighbours whose value differs from the root (the last
-   committed token) are dropped: they predicted something else;
+   ``i = positions[j]`` (``i = j`` in a store whose ids are positions) and its value is token ``i + 1``.
+   Neighbours whose value differs from the root (the last committed token) are dropped: they predicted something
+   else;
 3. the surviving neighbours' continuations ``tokens[i + 2 : i + 2 + max_depth]`` (stopping at the document
    separator) are counted into a trie, each weighted by ``exp((similarity - 1) / temperature)``, and scored::
 
@@ -43,7 +44,8 @@ class DenseDrafter(BaseDrafter):
     - ``k``: neighbours searched; ``max_depth``: longest continuation; ``temperature``, ``smoothing``,
       ``depth_decay``, ``min_score``: the scoring above; ``min_similarity``: neighbours below it are ignored;
     - ``online``: also index this session's states (``online_capacity`` keys, ring buffer);
-    - ``ef_search`` / ``nprobe``: FAISS search effort for HNSW / IVF indexes.
+    - ``ef_search`` / ``nprobe``: FAISS search effort for HNSW / IVF indexes (None: what the store records, else
+      64 / 32).
     """
 
     name = "dense"
@@ -53,7 +55,7 @@ class DenseDrafter(BaseDrafter):
                  k: int = 32, *, max_depth: int = 8, temperature: float = 0.1, smoothing: float = 1.0,
                  depth_decay: float = 0.95, min_score: float = 0.02, min_similarity: float = 0.0,
                  online: bool = False, online_capacity: int = 4096, hidden_size: int | None = None,
-                 ef_search: int = 64, nprobe: int = 32, max_nodes: int = 1024, verify: str = "size",
+                 ef_search: int | None = None, nprobe: int | None = None, max_nodes: int = 1024, verify: str = "size",
                  name: str | None = None):
         if name is not None:
             self.name = name
@@ -100,7 +102,6 @@ class DenseDrafter(BaseDrafter):
     def _warm_up(self) -> None:
         """Load the compiled kernels for this store's array types now, not in the first step."""
         if self.store is not None and len(self.store):
-            K.gather_next(self.store.tokens, self.store.positions, np.zeros(1, dtype=np.int64), 1)
             K.continuation_trie(self.store.tokens, np.zeros(1, dtype=np.int64), np.ones(1), 2, self._separator, 4)
         K.continuation_trie(np.zeros(2, dtype=np.int64), np.zeros(1, dtype=np.int64), np.ones(1), 2, -1, 4)
 
@@ -149,11 +150,12 @@ class DenseDrafter(BaseDrafter):
 
     def _static_tree(self, root: int, budget: int) -> DraftTree:
         store = self.store
-        sims, ids = store.search(self._query[None], self.k)
-        sims, ids = sims[0], ids[0].astype(np.int64)
-        value = K.gather_next(store.tokens, store.positions, ids, 1)
-        keep = (value == root) & (sims >= self.min_similarity)
-        starts = store.positions[ids[keep]].astype(np.int64) + 2
+        sims, pos = store.search_positions(self._query[None], self.k)
+        sims, pos = sims[0], pos[0]
+        found = pos >= 0  # search_positions keeps every found position inside tokens[: -1]
+        value = np.where(found, np.asarray(store.tokens)[np.where(found, pos + 1, 0)], -1)
+        keep = found & (value == root) & (sims >= self.min_similarity)
+        starts = pos[keep] + 2
         return self._score(root, store.tokens, starts, sims[keep], budget, self._separator)
 
     def _online_tree(self, context: np.ndarray, root: int, budget: int) -> DraftTree:

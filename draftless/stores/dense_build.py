@@ -1,5 +1,8 @@
 """Building a dense store (kind ``"dense"``) from a corpus: run the target over the token stream, PCA-project and
 normalise its last-layer hidden states, index them with FAISS (layout and defaults: ``draftless.index.dense_index``).
+
+The model pass runs in fixed forward batches (``window_batches``, ``batch_states``) that ``encode_keys`` runs here
+and ``draftless.stores.ray_dense_build`` runs on Ray Data; ``store_from_keys`` indexes the keys either produced.
 """
 from __future__ import annotations
 
@@ -11,14 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from ..hf.compat import model_path
-from ..index.dense_index import DenseStore, index_keys, project
+from ..index.dense_index import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_NPROBE,
+    INDEX_TYPES,
+    IVFPQ_NPROBE,
+    DenseStore,
+    index_keys,
+    project,
+)
 from .indexes import save_index
 
 
 # ---------------------------------------------------------------------------------------------- hidden states
 def model_info(model) -> dict:
-    """The model a dense store's keys come from, as its ``meta.json`` records it (name, type, sizes)."""
-    config = model.config
+    """The model a dense store's keys come from, as its ``meta.json`` records it (name, type, sizes). ``model``: a
+    loaded model or its config (a build on Ray reads only the config here)."""
+    config = getattr(model, "config", model)
     text = getattr(config, "get_text_config", lambda: config)()
     return {
         "name": os.path.basename(os.path.normpath(model_path(config))) or "unknown",
@@ -40,22 +52,19 @@ def hidden_states(model, input_ids) -> np.ndarray:
     return out.hidden_states[-1].float().cpu().numpy()
 
 
-def iter_hidden_states(model, tokens: np.ndarray, window: int = 256, overlap: int = 32, batch_size: int = 4,
-                       progress: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, states)`` covering positions ``0..n-1`` in order: ``states[k]`` is the hidden state after
-    reading ``tokens[start + k]``, computed in a window that gives it ``overlap`` or more tokens of context (except
-    at the start of the corpus)."""
-    from tqdm.auto import tqdm
-
-    n = len(tokens)
+def window_batches(n: int, window: int = 256, overlap: int = 32, batch_size: int = 4) -> list[list[int]]:
+    """The model pass's forward batches over ``n`` tokens: lists of window starts, in order. Windows start every
+    ``window - overlap`` tokens; up to ``batch_size`` full windows share a forward, a short last window runs alone.
+    Both builds (in process and on Ray) run exactly these batches, so their hidden states are the same computation."""
     if window <= overlap:
         raise ValueError("window must be larger than overlap")
+    if batch_size < 1 or overlap < 0:
+        raise ValueError(f"batch_size must be >= 1 and overlap >= 0, got {batch_size}, {overlap}")
     stride = window - overlap
     starts = list(range(0, max(n - overlap, 1), stride))
-    bar = tqdm(total=n, desc="hidden states", unit="tok", unit_scale=True, disable=not progress)
+    batches: list[list[int]] = []
     i = 0
     while i < len(starts):
-        # full windows batch together; a short last window runs alone
         group = []
         while i < len(starts) and len(group) < batch_size and starts[i] + window <= n:
             group.append(starts[i])
@@ -63,13 +72,34 @@ def iter_hidden_states(model, tokens: np.ndarray, window: int = 256, overlap: in
         if not group:
             group = [starts[i]]
             i += 1
-        length = min(window, n - group[0])
-        ids = np.stack([tokens[s: s + length] for s in group]).astype(np.int64)
-        states = hidden_states(model, ids)
-        for s, h in zip(group, states):
-            skip = 0 if s == 0 else overlap
-            yield s + skip, h[skip:]
-            bar.update(len(h) - skip)
+        batches.append(group)
+    return batches
+
+
+def batch_states(model, tokens: np.ndarray, group: list[int], window: int, overlap: int,
+                 offset: int = 0) -> list[tuple[int, np.ndarray]]:
+    """One forward batch of ``window_batches``: per window ``(first, states float32[c, H])``, the hidden states of
+    corpus positions ``first .. first + c - 1`` (a window's first ``overlap`` states are dropped, except in the
+    corpus's first window: they are its context only). Consecutive windows' spans are contiguous. ``tokens``: the
+    corpus from position ``offset`` on, through the batch's windows (to the corpus end for a short last window)."""
+    length = min(window, offset + len(tokens) - group[0])
+    ids = np.stack([tokens[s - offset: s - offset + length] for s in group]).astype(np.int64)
+    states = hidden_states(model, ids)
+    return [(s, h) if s == 0 else (s + overlap, h[overlap:]) for s, h in zip(group, states)]
+
+
+def iter_hidden_states(model, tokens: np.ndarray, window: int = 256, overlap: int = 32, batch_size: int = 4,
+                       progress: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, states)`` covering positions ``0..n-1`` in order: ``states[k]`` is the hidden state after
+    reading ``tokens[start + k]``, computed in a window that gives it ``overlap`` or more tokens of context (except
+    at the start of the corpus). One item per window, windows forwarded in the batches of ``window_batches``."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tokens), desc="hidden states", unit="tok", unit_scale=True, disable=not progress)
+    for group in window_batches(len(tokens), window, overlap, batch_size):
+        for start, states in batch_states(model, tokens, group, window, overlap):
+            yield start, states
+            bar.update(len(states))
     bar.close()
 
 
@@ -83,18 +113,13 @@ def fit_pca(sample: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return vt[:dim].astype(np.float32), mean.astype(np.float32)
 
 
-def build_dense_store(model, tokens, dim: int = 96, index: str = "ivf", window: int = 256, overlap: int = 32,
-                      batch_size: int = 4, pca_sample: int = 32768, separator_id: int | None = None,
-                      progress: bool = True, index_kw: Mapping | None = None,
-                      timings: dict | None = None) -> DenseStore:
-    """Run ``model`` over ``tokens`` and build a ``DenseStore`` in memory (see the module docstring)."""
-    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+def encode_keys(model, tokens: np.ndarray, dim: int = 96, window: int = 256, overlap: int = 32, batch_size: int = 4,
+                pca_sample: int = 32768, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model pass in this process: ``(keys float32[n, dim], components float32[dim, H], mean float32[H])``,
+    key ``i`` the projected, normalised state after ``tokens[i]``. The PCA is fit on the states of positions
+    ``0 .. pca_sample - 1`` (the first forward batches, held until they cover the sample)."""
     n = len(tokens)
-    if n < 2:
-        raise ValueError("a dense store needs at least two tokens")
-    hidden = int(model_info(model)["hidden_size"])
-    dim = min(int(dim), hidden)
-    t0 = time.perf_counter()
+    dim = min(int(dim), int(model_info(model)["hidden_size"]))
     keys = np.empty((n, dim), dtype=np.float32)
     pending: list[tuple[int, np.ndarray]] = []
     n_pending = 0
@@ -111,26 +136,87 @@ def build_dense_store(model, tokens, dim: int = 96, index: str = "ivf", window: 
             pending = []
             continue
         keys[start: start + len(states)] = project(states, components, mean)
-    t1 = time.perf_counter()
-    nxt = np.empty(n, dtype=np.int64)
+    return keys, components, mean
+
+
+def indexed_positions(tokens: np.ndarray, separator_id: int | None) -> np.ndarray:
+    """int32[m]: the positions that get a key: every one whose next token exists and is not the separator."""
+    nxt = np.empty(len(tokens), dtype=np.int64)
     nxt[:-1] = tokens[1:]
     nxt[-1] = -1
     useful = nxt >= 0
     if separator_id is not None:
         useful &= nxt != separator_id
-    positions = np.flatnonzero(useful).astype(np.int32)
+    return np.flatnonzero(useful).astype(np.int32)
+
+
+def store_from_keys(tokens: np.ndarray, keys: np.ndarray, components: np.ndarray, mean: np.ndarray,
+                    index: str = "ivf", separator_id: int | None = None, meta: Mapping | None = None,
+                    index_kw: Mapping | None = None) -> DenseStore:
+    """A ``DenseStore`` over ``keys`` float32[n, dim] (one per corpus position, from ``encode_keys`` or the Ray
+    build): the keys of ``indexed_positions`` in a FAISS index of kind ``index``. An ``"ivfpq"`` index takes the
+    positions as its ids (no positions array, see ``draftless.index.dense_index``)."""
+    positions = indexed_positions(tokens, separator_id)
     kept = np.ascontiguousarray(keys[positions])
-    del keys
-    idx = index_keys(kept, index, **dict(index_kw or {}))
+    kw = dict(index_kw or {})
+    if index == "ivfpq":
+        idx = index_keys(kept, index, ids=positions, **kw)
+        positions = None
+    else:
+        idx = index_keys(kept, index, **kw)
+    search = {"nprobe": int(kw.get("nprobe", IVFPQ_NPROBE if index == "ivfpq" else DEFAULT_NPROBE)),
+              "ef_search": DEFAULT_EF_SEARCH}
+    full_meta = {**dict(meta or {}), "index_type": index, "separator_id": separator_id, "search": search}
+    return DenseStore(tokens, positions, components, mean, idx, full_meta)
+
+
+def build_dense_store(model, tokens, dim: int = 96, index: str = "ivf", window: int = 256, overlap: int = 32,
+                      batch_size: int = 4, pca_sample: int = 32768, separator_id: int | None = None,
+                      progress: bool = True, index_kw: Mapping | None = None,
+                      timings: dict | None = None) -> DenseStore:
+    """Run ``model`` over ``tokens`` and build a ``DenseStore`` in memory (see the module docstring)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    if len(tokens) < 2:
+        raise ValueError("a dense store needs at least two tokens")
+    if index not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index!r}; choose from {INDEX_TYPES}")
+    t0 = time.perf_counter()
+    keys, components, mean = encode_keys(model, tokens, dim, window, overlap, batch_size, pca_sample, progress)
+    t1 = time.perf_counter()
+    meta = {"model": model_info(model), "window": window, "overlap": overlap}
+    store = store_from_keys(tokens, keys, components, mean, index, separator_id, meta, index_kw)
     t2 = time.perf_counter()
     if timings is not None:
         timings.update({"encode_s": t1 - t0, "index_s": t2 - t1})
-    meta = {"model": model_info(model), "index_type": index, "window": window, "overlap": overlap,
-            "separator_id": separator_id}
-    return DenseStore(tokens, positions, components, mean, idx, meta)
+    return store
 
 
 # ---------------------------------------------------------------------------------------------- build_store hook
+def cut_tokens(tokens: np.ndarray, max_tokens: int | None, separator_id: int | None) -> np.ndarray:
+    """The first ``max_tokens`` corpus tokens (all when None), cut back to the last document boundary in them when
+    there is one."""
+    tokens = np.asarray(tokens, dtype=np.int32)
+    if max_tokens is None or len(tokens) <= int(max_tokens):
+        return tokens
+    cut = int(max_tokens)
+    if separator_id is not None:
+        seps = np.flatnonzero(tokens[:cut] == separator_id)
+        cut = int(seps[-1]) if len(seps) else cut
+    return tokens[:cut]
+
+
+def write_dense_store(store: DenseStore, out_dir: Path, identity: Mapping, build_args: Mapping,
+                      extra_meta: Mapping, timings: dict) -> dict:
+    """Write ``store`` (atomically, ``save_index``) and complete a builder's statistics."""
+    t0 = time.perf_counter()
+    save_index(store, out_dir, identity, build_args, extra_meta)
+    timings["write_s"] = time.perf_counter() - t0
+    timings["n_keys"] = len(store)
+    timings["indexed_tokens"] = len(store.tokens)
+    timings["encode_tok_per_s"] = len(store.tokens) / max(timings["encode_s"], 1e-9)
+    return timings
+
+
 def build_dense(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args: Mapping, extra_meta: Mapping,
                 vocab_size: int | None = None, model=None, dim: int = 96, index: str = "ivf", window: int = 256,
                 overlap: int = 32, batch_size: int = 4, pca_sample: int = 32768, max_tokens: int | None = None,
@@ -140,29 +226,18 @@ def build_dense(tokens: np.ndarray, out_dir: Path, identity: Mapping, build_args
     model pass costs ~3 ms per token on one CPU core for a 135M model)."""
     if model is None:
         raise ValueError("a dense store needs the target model (pass model=NAME_OR_PATH)")
+    if index not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index!r}; choose from {INDEX_TYPES}")
     if isinstance(model, (str, os.PathLike)):
         from ..hf.loading import load_model
 
         model, _ = load_model(str(model))
-    tokens = np.asarray(tokens, dtype=np.int32)
-    sep = extra_meta.get("separator_id")
-    if max_tokens is not None and len(tokens) > int(max_tokens):
-        cut = int(max_tokens)
-        if sep is not None:  # end at a document boundary when there is one
-            seps = np.flatnonzero(tokens[:cut] == sep)
-            cut = int(seps[-1]) if len(seps) else cut
-        tokens = tokens[:cut]
+    tokens = cut_tokens(tokens, max_tokens, extra_meta.get("separator_id"))
     timings: dict = {}
     store = build_dense_store(model, tokens, dim=dim, index=index, window=window, overlap=overlap,
-                              batch_size=batch_size, pca_sample=pca_sample, separator_id=sep, progress=progress,
-                              timings=timings)
-    t0 = time.perf_counter()
-    save_index(store, out_dir, identity, build_args, extra_meta)
-    timings["write_s"] = time.perf_counter() - t0
-    timings["n_keys"] = len(store)
-    timings["indexed_tokens"] = len(tokens)
-    timings["encode_tok_per_s"] = len(tokens) / max(timings["encode_s"], 1e-9)
-    return timings
+                              batch_size=batch_size, pca_sample=pca_sample,
+                              separator_id=extra_meta.get("separator_id"), progress=progress, timings=timings)
+    return write_dense_store(store, out_dir, identity, build_args, extra_meta, timings)
 
 
 def warm_dense() -> None:
