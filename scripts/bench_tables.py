@@ -396,26 +396,31 @@ def _sa_builders(reports: list[dict]) -> str:
     return rows_to_table(head, rows)
 
 
+def _scale_store_name(report: dict, size: str, method: str) -> str:
+    shards = report["big_shards"] if size == "1B" else report["shards"]
+    return {"1-shard": "`rest`, one store", "sharded": f"`rest`, {shards} shards in-process",
+            "ray": f"`rest`, {shards} shards on Ray ({report['ray_cpus']} CPUs)",
+            "sam": "`sam`, one store"}[method]
+
+
 @table("corpus-scale-builds", "corpus-scale.json")
 def _corpus_scale_builds(reports: list[dict]) -> str:
     r = reports[0]
-    names = {"1-shard": "one store (`build_store`)", "sharded": f"{r['shards']} shards, in-process",
-             "ray": f"{r['shards']} shards on Ray ({r['ray_cpus']} CPUs)"}
-    head = ["corpus", "build", "tokenize", "suffix arrays (CPU, all shards)", "after tokenizing (wall)", "disk",
-            "peak memory added", "process peak"]
+    head = ["corpus", "store", "tokenize", "index (CPU, all shards)", "end to end (wall)", "disk",
+            "peak memory, end to end", "process peak"]
     rows = []
-    for entry in r["sizes"].values():
+    for size, entry in r["sizes"].items():
         for method, b in entry["builds"].items():
-            procs = (f"{b['tokenize_processes']} processes x 1 thread" if method == "ray"
-                     else f"1 process, {b['tokenizer_threads']} tokenizer threads")
+            procs = (f"{b['tokenize_processes']} actors x 1 thread" if method == "ray"
+                     else f"{b['tokenizer_threads']} threads")
             peak = b["peak_added_bytes"]
             added = "-" if peak is None else f"{peak / 1e6:,.0f} MB = {peak / b['n_tokens']:.1f} B/token"
             if method == "ray" and peak is not None:
-                per_shard_token = peak / b["largest_shard_tokens"]
-                added = f"{peak / 1e6:,.0f} MB (the largest shard task: {per_shard_token:.1f} B/shard token)"
-            rows.append([f"{b['n_tokens'] / 1e6:.1f}M tokens ({entry['files']:,} files)", names[method],
-                         f"{b['tokenize_s']:.1f} s = {b['tokens_per_s_tokenize'] / 1e6:.2f}M tok/s ({procs})",
-                         f"{b['construct_s']:.1f} s", f"{b['build_s']:.1f} s",
+                added = (f"{peak / 1e6:,.0f} MB (largest shard task: "
+                         f"{peak / b['largest_shard_tokens']:.1f} B/shard token)")
+            rows.append([f"{size}: {b['n_tokens'] / 1e6:,.1f}M tokens", _scale_store_name(r, size, method),
+                         f"{b['tokenize_s']:.0f} s = {b['tokens_per_s_tokenize'] / 1e6:.2f}M tok/s ({procs})",
+                         f"{b['construct_s']:.1f} s", f"{b['wall_s']:.0f} s",
                          f"{b['disk_bytes_per_token']:.1f} B/token", added,
                          f"{b['process_peak_bytes'] / 1e6:,.0f} MB" + (" (driver)" if method == "ray" else "")])
     return rows_to_table(head, rows)
@@ -423,18 +428,66 @@ def _corpus_scale_builds(reports: list[dict]) -> str:
 
 @table("corpus-scale-latency", "corpus-scale.json")
 def _corpus_scale_latency(reports: list[dict]) -> str:
+    r = reports[0]
     head = ["corpus", "store", "open", "draft median", "draft p90", "steps drafting", "mean match",
-            "trees identical to one store's"]
+            "accepted vs the text", "trees identical to one store's"]
     rows = []
-    for entry in reports[0]["sizes"].values():
-        lat = entry["latency"]
-        tokens = entry["builds"]["1-shard"]["n_tokens"]
-        for name in ("1-shard", "sharded"):
-            m = lat[name]
-            rows.append([f"{tokens / 1e6:.1f}M tokens", "one store" if name == "1-shard" else f"{m['shards']} shards",
+    for size, entry in r["sizes"].items():
+        lk = entry["lookups"]
+        for method in entry["builds"]:
+            m = lk[method]
+            tokens = entry["builds"][method]["n_tokens"]
+            rows.append([f"{size}: {tokens / 1e6:,.1f}M tokens", _scale_store_name(r, size, method),
                          f"{m['open_ms']:.0f} ms", f"{m['median_ms']:.3f} ms", f"{m['p90_ms']:.3f} ms",
-                         f"{m['drafted']} / {lat['contexts']}", f"{m['mean_match']:.1f} tokens",
-                         "-" if name == "1-shard" else f"{lat['identical_trees']} / {lat['contexts']}"])
+                         f"{m['drafted']} / {lk['contexts']}",
+                         "-" if m.get("mean_match") is None else f"{m['mean_match']:.1f} tokens",
+                         f"{m['mean_accepted']:.2f} tokens",
+                         f"{m['identical_trees']} / {lk['contexts']}" if "identical_trees" in m else "-"])
+    return rows_to_table(head, rows)
+
+
+STORE_ACCEPTANCE = ("pycode-smollm2-chat-mbpp.json", "pycode-gemma3-raw-mbpp.json", "pycode-smollm2-chat-dev.json",
+                    "pycode-gemma3-raw-dev.json")
+
+
+@table("store-acceptance", *STORE_ACCEPTANCE)
+def _store_acceptance(reports: list[dict]) -> str:
+    head = ["model", "prompts", "`hf` tok/s", "`auto`", "`auto` + the code store", "with / without the store",
+            "identical to `hf`"]
+    rows = []
+    for r, source in zip(reports, STORE_ACCEPTANCE):
+        methods = r["methods"]
+        with_store = next(m for m in methods if m.startswith("auto+"))
+        a, b = methods["auto"], methods[with_store]
+        same = all(e["identical_to_hf"] for m, e in methods.items() if m != "hf")
+        workload = "MBPP held out" if source.endswith("mbpp.json") else "dev set"
+        rows.append([model_label(r), f"{workload} ({r['n_prompts']})", f"{methods['hf']['tokens_per_s']:.1f}",
+                     f"{a['speedup_vs_hf']:.2f}x ({a['mean_accepted']:.2f} tok/pass)",
+                     f"{b['speedup_vs_hf']:.2f}x ({b['mean_accepted']:.2f} tok/pass)",
+                     f"**{b['tokens_per_s'] / a['tokens_per_s']:.2f}x**", "yes" if same else "NO"])
+    return rows_to_table(head, rows)
+
+
+DENSE_LABELS = {"ivf": "`ivf` (IVF-Flat, uncompressed)", "ivfpq-m16": "`ivfpq` (OPQ, 16 codes; the default)",
+                "ivfpq-m16-no-opq": "`ivfpq`, no OPQ", "ivfpq-m8": "`ivfpq`, OPQ, 8 codes"}
+
+
+@table("dense-compression", "dense-compression.json")
+def _dense_compression(reports: list[dict]) -> str:
+    stores = reports[0]["stores"]
+    head = ["store", "bytes / indexed token (all files)", "recall@1", "recall@8", "recall@32", "tokens / pass"]
+    rows = []
+    for name in DENSE_LABELS:
+        if name not in stores:
+            continue
+        e = stores[name]
+        size = f"{e['bytes_per_indexed_token']:.1f}"
+        if name == "ivfpq-m16":
+            per_key = 4 + 8 + 16
+            size += f" ({per_key} + {e['bytes_per_indexed_token'] - per_key:.1f} fixed)"
+        bench = e.get("bench")
+        rows.append([DENSE_LABELS[name], size, *(f"{e['recall'][k]:.3f}" for k in ("@1", "@8", "@32")),
+                     f"{bench['mean_accepted']:.3f}" if bench else "-"])
     return rows_to_table(head, rows)
 
 

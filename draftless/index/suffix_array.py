@@ -124,6 +124,24 @@ def symbol_map(tokens: np.ndarray, separator: int | None = None) -> tuple[np.nda
     return symbol_of, n_symbols
 
 
+def _divsufsort_owned(text: np.ndarray) -> np.ndarray | None:
+    """libdivsufsort's suffix array of ``text`` uint8[m] (m < 2**31) as an int32[m] array this process owns, so it
+    can be compacted and shrunk in place (``pydivsufsort.divsufsort`` returns a view of a ctypes buffer, which
+    cannot shrink); None where pydivsufsort does not expose its library handle (then call its function)."""
+    import ctypes
+
+    try:
+        from pydivsufsort.dll import libdivsufsort
+    except ImportError:
+        return None
+    out = np.empty(len(text), dtype=np.int32)
+    status = libdivsufsort.divsufsort(ctypes.c_void_p(text.ctypes.data), ctypes.c_void_p(out.ctypes.data),
+                                      ctypes.c_int32(len(text)))
+    if status:
+        raise RuntimeError(f"libdivsufsort failed with status {status}")
+    return out
+
+
 def _divsufsort_suffix_array(tokens: np.ndarray, separator: int | None = None) -> np.ndarray:
     """libdivsufsort (through ``pydivsufsort``) on a big-endian byte packing of the tokens.
 
@@ -131,7 +149,8 @@ def _divsufsort_suffix_array(tokens: np.ndarray, separator: int | None = None) -
     up to 256 distinct ids, 2 up to 65,536, ...), so comparing two token-aligned byte suffixes compares the token
     suffixes (and a suffix that ends first is smaller in both); the byte suffix array, restricted to token-aligned
     positions and divided by ``width``, is the token suffix array. Memory: ``width`` bytes of text plus a 4-byte slot
-    per byte (8 past 2**31 bytes) while sorting, then the 4-byte result: 12 bytes per token at ``width`` 2."""
+    per byte (8 past 2**31 bytes) while sorting, 10 bytes per token at ``width`` 2 (the tokens aside); the result is
+    compacted into the byte array's first slots (a separate array past 2**31 bytes, where the dtypes differ)."""
     from pydivsufsort import divsufsort
 
     n = len(tokens)
@@ -141,11 +160,21 @@ def _divsufsort_suffix_array(tokens: np.ndarray, separator: int | None = None) -
     text = np.empty(n * width, dtype=np.uint8)
     K.pack_big_endian(tokens, symbol_of, width, text)
     del symbol_of
-    byte_sa = divsufsort(text)
+    byte_sa = _divsufsort_owned(text) if _index_dtype(len(text)) == np.int32 else None
+    if byte_sa is None:
+        byte_sa = divsufsort(text)
     del text
-    sa = np.empty(n, dtype=_index_dtype(n))
-    kept = K.keep_aligned(byte_sa, width, sa)
-    del byte_sa
+    dtype = _index_dtype(n)
+    if byte_sa.dtype == dtype and byte_sa.flags.owndata:
+        # Compact in place (slot ``j`` is written after slot ``i >= j`` was read) and shrink the allocation, so the
+        # peak is the byte array's 4 bytes a byte, not that plus a second array of 4 bytes a token.
+        kept = K.keep_aligned(byte_sa, width, byte_sa)
+        byte_sa.resize(kept, refcheck=False)
+        sa = byte_sa
+    else:
+        sa = np.empty(n, dtype=dtype)
+        kept = K.keep_aligned(byte_sa, width, sa)
+        del byte_sa
     if kept != n:  # cannot happen: every token starts exactly one aligned suffix
         raise RuntimeError(f"divsufsort returned {kept} token-aligned suffixes for {n} tokens")
     return sa
