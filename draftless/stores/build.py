@@ -96,6 +96,19 @@ def _peak_rss_bytes() -> int | None:
     return None
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc's ``malloc_trim``; nothing elsewhere): the tokenizer's
+    freed batch buffers, ~200 MB here, would otherwise stay resident under the index construction that follows."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def _jsonable(value):
     try:
         json.dumps(value)
@@ -126,6 +139,7 @@ def build_store(kind: str, corpus_paths: Sequence[str | os.PathLike], tokenizer,
     corpus = tokenize_corpus(corpus_paths, tokenizer, fields=fields, glob=glob, exclude=exclude, progress=progress,
                              exclude_overlap=exclude_overlap, overlap_n=overlap_n)
     tokenize_peak = _peak_rss_bytes() if start_tracked else None
+    release_free_heap()
     if len(corpus.tokens) == 0:
         raise ValueError(f"the corpus {list(map(str, corpus_paths))} holds no tokens (check --glob / --field)")
     build_args = {

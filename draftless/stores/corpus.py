@@ -73,13 +73,18 @@ def _encode(tokenizer, batch: list[Piece]) -> list[list[int]]:
 
 
 def tokenize_pieces(pieces: Iterable[Piece], tokenizer, separator_id: int, batch_chars: int = BATCH_CHARS,
-                    on_batch=None) -> tuple[np.ndarray, int, int]:
+                    on_batch=None, expected_tokens: int = 1 << 20) -> tuple[np.ndarray, int, int]:
     """``(tokens, n_documents, n_bytes)``: ``pieces`` tokenized in batches (``encode_batches``) and concatenated,
     a ``separator_id`` token between documents: ``doc0 SEP doc1 SEP ... docN-1`` as int32. Each batch is converted
-    to int32 at once, so the peak memory is the int32 result plus one batch of Python lists. ``on_batch(pieces,
-    n_tokens, n_documents)`` is called after each batch (a progress bar)."""
+    to int32 and copied into one growing array, so the peak memory is the int32 result plus one batch of Python
+    lists. ``expected_tokens``: the array's first size (an overestimate costs address space only: the pages never
+    written are never resident, and the array is shrunk to the tokens at the end). ``on_batch(pieces, n_tokens,
+    n_documents)`` is called after each batch (a progress bar)."""
     vocab_limit = np.iinfo(np.int32).max
-    chunks: list[np.ndarray] = []
+    # One array grown and shrunk in place (``resize``: realloc, for a large block mremap, which moves no pages)
+    # rather than per-batch arrays joined at the end: a join holds the tokens twice, and the freed batches stay in
+    # the process's heap, which a later build step then cannot reuse for its own large arrays.
+    tokens = np.empty(max(int(expected_tokens), 1), dtype=np.int32)
     sep_list = [int(separator_id)]
     n_docs = 0
     n_bytes = 0
@@ -100,11 +105,13 @@ def tokenize_pieces(pieces: Iterable[Piece], tokenizer, separator_id: int, batch
             joined = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=count)
             if joined.max() > vocab_limit or joined.min() < 0:
                 raise ValueError("a token id does not fit in int32")
-            chunks.append(joined.astype(np.int32))
+            if n_tokens + count > len(tokens):
+                tokens.resize(max(2 * len(tokens), n_tokens + count), refcheck=False)
+            tokens[n_tokens: n_tokens + count] = joined
             n_tokens += count
         if on_batch is not None:
             on_batch(batch, n_tokens, n_docs)
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    tokens.resize(n_tokens, refcheck=False)
     return tokens, n_docs, n_bytes
 
 
@@ -123,8 +130,8 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
 
     sep = separator_token(tokenizer) if separator_id is None else int(separator_id)
     t0 = time.perf_counter()
-    bar = tqdm(total=corpus_bytes(paths, glob, exclude), unit="B", unit_scale=True, desc="tokenize",
-               disable=not progress)
+    total_bytes = corpus_bytes(paths, glob, exclude)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
 
     def on_batch(batch: list[Piece], n_tokens: int, n_docs: int) -> None:
         bar.update(sum(p.n_bytes for p in batch))
@@ -135,6 +142,9 @@ def tokenize_corpus(paths: Sequence[str | Path], tokenizer, fields: Sequence[str
     if exclude_overlap:
         report = new_report(exclude_overlap, overlap_n)
         pieces = filter_pieces(pieces, exclude_overlap, overlap_n, report=report)
-    tokens, n_docs, n_bytes = tokenize_pieces(pieces, tokenizer, sep, batch_chars, on_batch)
+    # a token covers at least a byte of text, and a separator stands between files: about one slot per byte
+    # bounds the tokens of most corpora (the array grows if not)
+    tokens, n_docs, n_bytes = tokenize_pieces(pieces, tokenizer, sep, batch_chars, on_batch,
+                                              expected_tokens=total_bytes + 1024)
     bar.close()
     return TokenizedCorpus(tokens, n_docs, n_bytes, sep, time.perf_counter() - t0, report)
