@@ -396,6 +396,11 @@ def _sa_builders(reports: list[dict]) -> str:
     return rows_to_table(head, rows)
 
 
+def _scale_sizes(report: dict) -> list[tuple[str, dict]]:
+    """The corpora of a corpus-scale report, smallest first (a resumed run appends the sizes it measured)."""
+    return sorted(report["sizes"].items(), key=lambda kv: next(iter(kv[1]["builds"].values()))["n_tokens"])
+
+
 def _scale_store_name(report: dict, size: str, method: str) -> str:
     shards = report["big_shards"] if size == "1B" else report["shards"]
     return {"1-shard": "`rest`, one store", "sharded": f"`rest`, {shards} shards in-process",
@@ -409,7 +414,7 @@ def _corpus_scale_builds(reports: list[dict]) -> str:
     head = ["corpus", "store", "tokenize", "index (CPU, all shards)", "end to end (wall)", "disk",
             "peak memory, end to end", "process peak"]
     rows = []
-    for size, entry in r["sizes"].items():
+    for size, entry in _scale_sizes(r):
         for method, b in entry["builds"].items():
             procs = (f"{b['tokenize_processes']} actors x 1 thread" if method == "ray"
                      else f"{b['tokenizer_threads']} threads")
@@ -432,7 +437,7 @@ def _corpus_scale_latency(reports: list[dict]) -> str:
     head = ["corpus", "store", "open", "draft median", "draft p90", "steps drafting", "mean match",
             "accepted vs the text", "trees identical to one store's"]
     rows = []
-    for size, entry in r["sizes"].items():
+    for size, entry in _scale_sizes(r):
         lk = entry["lookups"]
         for method in entry["builds"]:
             m = lk[method]
