@@ -1,8 +1,8 @@
 """Dense store compression: IVF-PQ stores against the uncompressed IVF-Flat store over the same keys.
 
-Reproduce (about 5 minutes of model pass on 2 CPU cores, then a few minutes of bench)::
+Reproduce (about 8 minutes of model pass on 2 CPU cores, then a few minutes of bench)::
 
-    .venv/bin/python scripts/dense_compression_bench.py --model smollm2-135m --max-tokens 40000 \
+    .venv/bin/python scripts/dense_compression_bench.py --model smollm2-135m --max-tokens 250000 \
         --work /tmp/dense-compression --json bench-results/dense-compression.json
 
 1. **Corpus**: GSM8K train with its calculator annotations removed (``datastores/math_store.py``'s cleaning, the
