@@ -49,12 +49,17 @@ def sequence(model):
     return out[0].numpy().astype(np.int64)
 
 
-@pytest.fixture(scope="module")
-def store(model, sequence, tmp_path_factory):
-    built = build_dense_store(model, sequence, dim=32, index="flat", window=256, overlap=16, progress=False)
-    path = tmp_path_factory.mktemp("dense") / "store"
+def saved_store(model, sequence, tmp_path_factory, index: str):
+    """A dense store of ``index`` kind over ``sequence`` (dim 32), written to a fresh directory."""
+    built = build_dense_store(model, sequence, dim=32, index=index, window=256, overlap=16, progress=False)
+    path = tmp_path_factory.mktemp(f"dense-{index}") / "store"
     save_index(built, path, tokenizer_identity(IdTokenizer()), {"test": True})
     return path
+
+
+@pytest.fixture(scope="module")
+def store(model, sequence, tmp_path_factory):
+    return saved_store(model, sequence, tmp_path_factory, "flat")
 
 
 # ------------------------------------------------------------------------------------------ search quality
@@ -204,10 +209,7 @@ def test_engine_output_is_unchanged(store, model, sequence):
 # ------------------------------------------------------------------------------------------ compressed (ivfpq)
 @pytest.fixture(scope="module")
 def ivfpq_store(model, sequence, tmp_path_factory):
-    built = build_dense_store(model, sequence, dim=32, index="ivfpq", window=256, overlap=16, progress=False)
-    path = tmp_path_factory.mktemp("dense-pq") / "store"
-    save_index(built, path, tokenizer_identity(IdTokenizer()), {"test": True})
-    return path
+    return saved_store(model, sequence, tmp_path_factory, "ivfpq")
 
 
 def test_ivfpq_store_reopens_without_positions(ivfpq_store, sequence):

@@ -159,3 +159,12 @@ def test_ray_build_decontaminates_as_the_in_process_build(corpus, tmp_path):
     joined = np.concatenate([np.concatenate([s.tokens, [sep]]) for s in index.shards])[:-1]
     assert np.array_equal(joined, reference.tokens)
     assert report.n_documents == reference.n_documents == len(docs) - expected["n_excluded"]
+
+
+def test_a_missing_decontamination_file_fails_before_ray_starts(corpus, tmp_path):
+    from draftless.stores.ray_build import build_sharded_store_ray
+
+    with pytest.raises(FileNotFoundError, match="exclude-overlap file not found"):
+        build_sharded_store_ray([corpus / "src"], char_tokenizer(), tmp_path / "s", shards=2, glob="*.py",
+                                exclude_overlap=tmp_path / "missing.jsonl", verbose=False)
+    assert not (tmp_path / "s").exists()

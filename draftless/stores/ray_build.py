@@ -265,6 +265,8 @@ def build_sharded_store_ray(corpus_paths: Sequence[str | os.PathLike], tokenizer
     """
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
+    if exclude_overlap and not Path(exclude_overlap).is_file():  # checked here, not first inside a Ray actor
+        raise FileNotFoundError(f"--exclude-overlap file not found: {exclude_overlap}")
     ray = _require_ray()
     identity = tokenizer_identity(tokenizer)
     sep = separator_token(tokenizer)
