@@ -8,32 +8,38 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t
+from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t, streaming_matmul_t
 from draftless.fastpath.routing import route_linears
 from draftless.fastpath.skinny_linear import SkinnyRouter, skinny_linear
 
 
+# every few-row kernel of the skinny path, each against the same oracles
+KERNELS = [skinny_matmul_t, streaming_matmul_t]
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 19), n_in=st.integers(1, 70), n_out=st.integers(1, 130), seed=st.integers(0, 2**31 - 1))
-def test_kernel_matches_float64_matmul(rows, n_in, n_out, seed):
+def test_kernel_matches_float64_matmul(kernel, rows, n_in, n_out, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, n_in)).astype(np.float32)
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     out = np.full((rows, n_out), np.nan, dtype=np.float32)
-    skinny_matmul_t(x, w, out)
+    kernel(x, w, out)
     exact = x.astype(np.float64) @ w.astype(np.float64).T
     # fp32 accumulation of n_in products: error bound ~ n_in * eps * sum|x_i w_i|
     bound = 4 * n_in * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T)
     assert np.all(np.abs(out - exact) <= bound + 1e-30)
 
 
-def test_kernel_keeps_nan_and_inf():
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+def test_kernel_keeps_nan_and_inf(kernel):
     x = np.ones((2, 8), dtype=np.float32)
     w = np.ones((3, 8), dtype=np.float32)
     w[1, 3] = np.nan
     w[2, 0] = np.inf
     out = np.zeros((2, 3), dtype=np.float32)
-    skinny_matmul_t(x, w, out)
+    kernel(x, w, out)
     assert np.all(out[:, 0] == 8) and np.all(np.isnan(out[:, 1])) and np.all(np.isposinf(out[:, 2]))
 
 

@@ -1,7 +1,8 @@
 """Small-row linear layers through the skinny kernel, without touching the model.
 
 ``SkinnyRouter`` is a ``routing.LinearRouter``: while it routes a model's linear modules (``routing.LinearHooks``),
-every call on a CPU float32 input of at most ``max_rows`` rows goes to ``kernels.skinny_gemm.skinny_matmul_t``;
+every call on a CPU float32 input of at most ``max_rows`` rows goes to a numba kernel of ``kernels.skinny_gemm``
+(``streaming_matmul_t`` up to ``STREAMING_MAX_ROWS`` rows, ``skinny_matmul_t`` above);
 every other call, and every other operation, runs unchanged. The model's modules, weights and code are left as they
 are, and the router is active only while the engine verifies a tree whose size the cost curve measured faster this
 way.
@@ -12,7 +13,7 @@ import numba
 import numpy as np
 import torch
 
-from .kernels.skinny_gemm import skinny_matmul_t
+from .kernels.skinny_gemm import STREAMING_MAX_ROWS, skinny_matmul_t, streaming_matmul_t
 from .routing import LinearRouter, input_eligible, weight_eligible
 
 # Up to this many rows the kernel beat MKL on every layer shape measured (576-1536 wide layers, 49k and 262k-row
@@ -32,7 +33,10 @@ def _skinny(x: torch.Tensor, w: np.ndarray, b: np.ndarray | None) -> torch.Tenso
     n_in = x.shape[-1]
     flat = np.ascontiguousarray(_array(x).reshape(-1, n_in))
     out = np.empty((flat.shape[0], w.shape[0]), dtype=np.float32)
-    skinny_matmul_t(flat, w, out)
+    if flat.shape[0] <= STREAMING_MAX_ROWS:
+        streaming_matmul_t(flat, w, out)
+    else:
+        skinny_matmul_t(flat, w, out)
     if b is not None:
         out += b
     return torch.from_numpy(out.reshape(*x.shape[:-1], w.shape[0]))

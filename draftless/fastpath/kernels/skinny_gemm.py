@@ -148,3 +148,53 @@ def skinny_matmul_t(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
                     b0 += x0 * w[p, i]
                 out[m, o] = a0
                 out[m, p] = b0
+
+
+# Up to this many input rows ``streaming_matmul_t`` beat ``skinny_matmul_t`` over all of SmolLM2's linear layers
+# (1 row: 16 ms against 24 for the 538 MB of weights, 8 rows: 36 against 47, 12 rows: 54 against 60; at 16 rows
+# 67 against 62; 2-core AVX-512 CPU, one interleaved run).
+STREAMING_MAX_ROWS = 12
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+def streaming_matmul_t(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+    """``out[m, o] = sum_i x[m, i] * w[o, i]``, for a few rows of x.
+
+    x: float32 [M, I] C-contiguous; w: float32 [O, I] C-contiguous (a linear layer's weight); out: float32 [M, O].
+    Each thread walks its contiguous share of weight rows once, in memory order, and takes each row against up to
+    four input rows at a time (one weight load, four multiply-adds). One forward stream per core is what the
+    hardware prefetcher follows best: with one input row this reads the weights at about the speed of a plain sum
+    over them, where ``skinny_matmul_t``'s interleaved 64-row tasks and software prefetches reach about two thirds
+    of it. With many rows the input no longer stays in registers and ``skinny_matmul_t`` wins (see
+    ``STREAMING_MAX_ROWS``).
+    """
+    n_rows, n_in = x.shape
+    for o in nb.prange(w.shape[0]):
+        m = 0
+        while m + 4 <= n_rows:
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(n_in):
+                u = w[o, i]
+                a0 += x[m, i] * u
+                a1 += x[m + 1, i] * u
+                a2 += x[m + 2, i] * u
+                a3 += x[m + 3, i] * u
+            out[m, o] = a0
+            out[m + 1, o] = a1
+            out[m + 2, o] = a2
+            out[m + 3, o] = a3
+            m += 4
+        while m + 2 <= n_rows:
+            a0 = a1 = np.float32(0.0)
+            for i in range(n_in):
+                u = w[o, i]
+                a0 += x[m, i] * u
+                a1 += x[m + 1, i] * u
+            out[m, o] = a0
+            out[m + 1, o] = a1
+            m += 2
+        if m < n_rows:
+            a0 = np.float32(0.0)
+            for i in range(n_in):
+                a0 += x[m, i] * w[o, i]
+            out[m, o] = a0
