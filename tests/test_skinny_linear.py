@@ -12,7 +12,6 @@ from draftless.fastpath.kernels.skinny_gemm import skinny_matmul_t, streaming_ma
 from draftless.fastpath.routing import route_linears
 from draftless.fastpath.skinny_linear import SkinnyRouter, skinny_linear
 
-
 # every few-row kernel of the skinny path, each against the same oracles
 KERNELS = [skinny_matmul_t, streaming_matmul_t]
 
