@@ -77,14 +77,14 @@ def test_router_routes_only_eligible_calls_of_plain_linear_modules():
     big = torch.randn(1, 40, 6, generator=gen)
     calls = []
     router = SkinnyRouter(max_rows=16)
-    original = router.route
+    original = router.compute
 
     def spy(*args):
-        routed = original(*args)
-        calls.append(routed)
-        return routed
+        result = original(*args)
+        calls.append(result is not None)
+        return result
 
-    router.route = spy
+    router.compute = spy
     model = torch.nn.Sequential(layer)
     with torch.no_grad():
         expected = layer(small)
@@ -111,8 +111,8 @@ def test_hooks_leave_other_peoples_modules_alone():
     hooked.register_forward_hook(lambda m, a, out: seen.append(out.shape))
     router = SkinnyRouter()
     routed = []
-    original = router.route
-    router.route = lambda *args: routed.append(1) or original(*args)
+    original = router.compute
+    router.compute = lambda *args: routed.append(1) or original(*args)
     x = torch.randn(2, 4)
     with torch.no_grad(), route_linears(torch.nn.ModuleList([hooked, scaled, plain]), router):
         hooked(x), scaled(x), plain(x)
@@ -130,3 +130,28 @@ def test_tree_pass_under_mode_matches_plain_forward(tiny_models, arch):
             fast = model(input_ids=ids).logits
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
     assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+
+
+@pytest.mark.parametrize("case", ["contiguous", "strided", "bias", "too_many_rows", "float64", "wrong_width",
+                                  "needs_grad", "zero_rows"])
+def test_compute_agrees_with_route_and_linear(case):
+    """``compute`` (the hooks' one-pass call) takes exactly the calls ``route`` takes, with ``linear``'s result."""
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(13, 8, generator=gen)
+    b = torch.randn(13, generator=gen) if case == "bias" else None
+    inputs = {"strided": torch.randn(3, 16, generator=gen)[:, ::2],
+              "too_many_rows": torch.randn(20, 8, generator=gen),
+              "float64": torch.randn(2, 8, generator=gen, dtype=torch.float64),
+              "wrong_width": torch.randn(2, 9, generator=gen),
+              "zero_rows": torch.randn(0, 8, generator=gen)}
+    x = inputs.get(case, torch.randn(1, 2, 8, generator=gen))
+    router = SkinnyRouter(max_rows=16)
+    with torch.set_grad_enabled(case == "needs_grad"):
+        if case == "needs_grad":
+            w.requires_grad_(True)
+        result = router.compute(x, w, b)
+        takes = router.route(x, w, b)
+    assert (result is not None) == takes == (case in ("contiguous", "strided", "bias"))
+    if takes:
+        torch.testing.assert_close(result, F.linear(x, w.detach(), b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(result, router.linear(x, w.detach(), b), rtol=0, atol=0)

@@ -49,17 +49,16 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 class SkinnyRouter(LinearRouter):
-    """Sends float32 CPU linear calls of at most ``max_rows`` rows to the skinny kernel (see module docstring).
+    """Sends float32 CPU linear calls of at most ``max_rows`` rows to the skinny kernels (see module docstring).
 
-    Keeps, per (weight, bias) pair it has seen, the pair's numpy views (no copies) and whether the weight is one
-    the kernel takes, so that the per-call work is the input's checks and the kernel; an entry is renewed when the
-    weight's or the bias's storage was replaced (``param.data = ...``)."""
+    Keeps, per weight it has seen, the weight and bias, their data pointers and numpy views (no copies) and whether
+    the weight is one the kernels take, so that the per-call work is the input's checks and the kernel; an entry is
+    renewed when the weight or bias object, or the storage under either, changed (``param.data = ...``)."""
 
     def __init__(self, max_rows: int = DEFAULT_MAX_ROWS):
         self.max_rows = int(max_rows)
-        # (id(weight), id(bias)) -> (weight, bias, their data pointers, weight array or None, bias array or None)
-        self._arrays: dict[tuple[int, int], tuple] = {}
-        self._routed = None  # the entry ``route`` last accepted: the hooks call ``linear`` right after it
+        # id(weight) -> (weight, bias, weight pointer, bias pointer, weight array or None, bias array or None)
+        self._arrays: dict[int, tuple] = {}
 
     def prepare(self) -> None:
         """Before a pass: the kernel's threads follow torch's setting, so a caller who limits torch to one thread
@@ -67,23 +66,48 @@ class SkinnyRouter(LinearRouter):
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
     def _entry(self, weight, bias) -> tuple:
-        key = (id(weight), id(bias))
-        entry = self._arrays.get(key)
-        pointers = (weight.data_ptr(), None if bias is None else bias.data_ptr())
-        if entry is None or entry[0] is not weight or entry[1] is not bias or entry[2] != pointers:
+        entry = self._arrays.get(id(weight))
+        if (entry is None or entry[0] is not weight or entry[1] is not bias or entry[2] != weight.data_ptr()
+                or (bias is not None and entry[3] != bias.data_ptr())):
             ok = weight_eligible(weight, bias)
-            entry = (weight, bias, pointers, _array(weight) if ok else None,
-                     _array(bias) if ok and bias is not None else None)
-            self._arrays[key] = entry
+            entry = (weight, bias, weight.data_ptr(), None if bias is None else bias.data_ptr(),
+                     _array(weight) if ok else None, _array(bias) if ok and bias is not None else None)
+            self._arrays[id(weight)] = entry
         return entry
 
+    def compute(self, x, weight, bias):
+        """The call through a skinny kernel, or None where it does not qualify (see ``route``); the checks and the
+        computation in one pass, for the hooks."""
+        if type(x) is not torch.Tensor or x.dtype is not torch.float32 or not x.is_cpu:
+            return None
+        shape = x.shape
+        if not shape:
+            return None
+        n_in = shape[-1]
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return None  # the kernels have no backward: a call autograd would record keeps aten's linear
+        entry = self._entry(weight, bias)
+        w = entry[4]
+        if w is None or n_in == 0 or w.shape[1] != n_in:
+            return None
+        rows = x.numel() // n_in
+        if not 0 < rows <= self.max_rows:
+            return None
+        flat = _array(x).reshape(rows, n_in)  # a view of a contiguous input, a C-ordered copy of any other
+        if not flat.flags.c_contiguous:
+            flat = np.ascontiguousarray(flat)
+        out = np.empty((*shape[:-1], w.shape[0]), dtype=np.float32)
+        (streaming_matmul_t if rows <= STREAMING_MAX_ROWS else skinny_matmul_t)(flat, w, out.reshape(rows, -1))
+        if entry[5] is not None:
+            out += entry[5]
+        return torch.from_numpy(out)
+
     def linear(self, x, weight, bias):
-        entry, self._routed = self._routed, None  # used once, so a later direct call rechecks the storage
-        if entry is None or entry[0] is not weight or entry[1] is not bias:
-            entry = self._entry(weight, bias)
-        if entry[3] is None:
+        entry = self._entry(weight, bias)
+        if entry[4] is None:
             return skinny_linear(x, weight, bias)
-        return _skinny(x, entry[3], entry[4])
+        return _skinny(x, entry[4], entry[5])
 
     def route(self, x, weight, bias) -> bool:
         """Whether this ``F.linear(x, weight, bias)`` call goes to the skinny kernel."""
@@ -93,5 +117,4 @@ class SkinnyRouter(LinearRouter):
                                         or (bias is not None and bias.requires_grad)):
             return False  # the kernel has no backward: a call autograd would record keeps aten's linear
         entry = self._entry(weight, bias)
-        self._routed = entry
-        return entry[3] is not None and weight.shape[1] == x.shape[-1]
+        return entry[4] is not None and weight.shape[1] == x.shape[-1]
