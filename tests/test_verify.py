@@ -161,3 +161,27 @@ def test_a_pass_changes_nothing_another_thread_sees(path):
             seq = [1, 2, 3] + [int(tree.tokens[i]) for i in tree.path_to(node)]
             ref = model(input_ids=torch.tensor([seq])).logits[0, -1]
             torch.testing.assert_close(logits[node], ref, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_grouped_query_sdpa_changes_no_bit(arch, monkeypatch):
+    """The grouped-query SDPA the command line turns on (``hf.compat.GROUPED_QUERY_SDPA_ENV``) gives tree logits
+    equal bit for bit to the per-head copies transformers makes otherwise (the tiny models have 4 query heads on
+    2 key/value heads); a negative control shows the variable reaches transformers."""
+    from draftless.hf.compat import GROUPED_QUERY_SDPA_ENV
+
+    model = make_tiny_model(arch, "sdpa")
+    rng = np.random.default_rng(5)
+    prefix = rng.integers(0, VOCAB, 7).tolist()
+    tree = random_tree(rng, int(rng.integers(0, VOCAB)), n_paths=5)
+    monkeypatch.setenv(GROUPED_QUERY_SDPA_ENV, "0")
+    copied, _ = tree_forward(model, prefix, tree)
+    monkeypatch.setenv(GROUPED_QUERY_SDPA_ENV, "1")
+    grouped, _ = tree_forward(model, prefix, tree)
+    assert torch.equal(grouped, copied)
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw.get("enable_gqa", False)) or real_sdpa(*a, **kw))
+    tree_forward(model, prefix, tree)
+    assert calls and all(calls)

@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from ..hf.compat import prefer_grouped_query_sdpa
+
+    prefer_grouped_query_sdpa()  # this process is ours: tree passes without the per-head copy of the cache
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

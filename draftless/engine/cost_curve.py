@@ -18,7 +18,7 @@ import torch
 from ..atomic import atomic_file
 from ..fastpath import VerificationPaths
 from ..hf.attention import learned_position_table, tree_attention_mask
-from ..hf.compat import cache_keyword, model_path
+from ..hf.compat import cache_keyword, grouped_query_sdpa_forced, model_path
 from ..hf.kv_cache import keep_prefix_and, new_cache
 from ..paths import safe_filename, state_dir
 
@@ -92,8 +92,9 @@ def curve_key(model) -> str:
     """Identifies a model/device/dtype/thread-count combination whose cost curve can be reused."""
     param = next(model.parameters())
     name = model_path(model) or model.config.model_type
+    gqa = "-gqa" if grouped_query_sdpa_forced() else ""  # tree passes cheaper: a curve of its own
     return (f"{name}-{param.device.type}-{str(param.dtype).replace('torch.', '')}-{torch.get_num_threads()}t-"
-            f"{model.num_parameters()}-v{CURVE_FORMAT}")
+            f"{model.num_parameters()}{gqa}-v{CURVE_FORMAT}")
 
 
 def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256, repeats: int = 5,
