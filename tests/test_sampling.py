@@ -178,3 +178,30 @@ def test_samples_follow_the_models_own_generation_config(tiny_models):
     assert fast.generate(torch.tensor([PROMPT]), max_new_tokens=20).stats.mean_accepted > 1.0
     assert chi_square_pvalue(counts.sum(1), exact.sum(1)) > 1e-3
     assert chi_square_pvalue(counts, exact) > 1e-3
+
+
+@pytest.mark.parametrize("support", [1, 7, 50, 300])
+def test_draw_over_the_support_follows_the_distribution(support):
+    """``accept.draw`` (multinomial over the non-zero tokens only) against the exact probabilities, with a negative
+    control: the same counts are rejected against a distribution that moves 2% of the mass."""
+    from draftless.engine.accept import draw
+
+    gen = torch.Generator().manual_seed(support)
+    probs = torch.zeros(5000)
+    where = torch.randperm(5000, generator=gen)[:support]
+    probs[where] = torch.rand(support, generator=gen) + 0.05
+    probs /= probs.sum()
+    n = 20000
+    counts = np.bincount([draw(probs, gen) for _ in range(n)], minlength=5000)
+    assert counts[probs.numpy() == 0].sum() == 0
+    if support > 1:
+        assert chi_square_pvalue(counts, probs.numpy()) > 1e-3
+        biased = probs.clone()
+        top = int(probs.argmax())
+        biased[top] += 0.02
+        biased /= biased.sum()
+        assert chi_square_pvalue(counts, biased.numpy()) < 1e-3
+    else:
+        assert counts[int(where[0])] == n
+    with pytest.raises(RuntimeError):
+        draw(torch.zeros(10), gen)

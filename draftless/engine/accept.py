@@ -96,6 +96,18 @@ class _Softmax:
 SOFTMAX = _Softmax()
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """One token drawn from ``probs`` (float[V], non-negative, not all zero) as ``torch.multinomial(probs, 1)``
+    draws it, over the tokens of non-zero probability only. Why: after top-k or top-p a warped distribution keeps
+    tens of tokens of a 49k-262k vocabulary, and multinomial's cost follows the vector's length (about 1 ms over
+    SmolLM2's 49k here against 0.07 ms over the support), paid once per drawn token. The same distribution; another
+    use of the random stream than a draw over the whole vector."""
+    support = torch.nonzero(probs).squeeze(1)
+    if len(support) == len(probs):
+        return int(torch.multinomial(probs, 1, generator=generator))
+    return int(support[torch.multinomial(probs[support], 1, generator=generator)])
+
+
 def accept_sampling(
     tree: DraftTree, logits: torch.Tensor, warper, generator: torch.Generator | None = None
 ) -> Acceptance:
@@ -107,7 +119,7 @@ def accept_sampling(
     node = 0
     while True:
         probs = warper.probs(logits[node])
-        y = int(torch.multinomial(probs, 1, generator=generator))
+        y = draw(probs, generator)
         nxt = child.get((node, y))
         if nxt is None:
             return Acceptance(np.asarray(path, dtype=np.int64), y)
