@@ -29,17 +29,17 @@ def _array(t: torch.Tensor) -> np.ndarray:
 def _skinny(x: torch.Tensor, w: np.ndarray, b: np.ndarray | None) -> torch.Tensor:
     """x: float32 [..., I] CPU tensor; w: float32 [O, I] C-contiguous array; b: float32 [O] or None. Returns
     float32 [..., O]. Plain numpy around the kernel: each torch call costs ~2-3 us in Python here, and a pass
-    makes 211 of these calls (SmolLM2)."""
+    makes 211 of these calls (SmolLM2); the output is allocated in its final shape, so no torch reshape follows."""
     n_in = x.shape[-1]
-    flat = np.ascontiguousarray(_array(x).reshape(-1, n_in))
-    out = np.empty((flat.shape[0], w.shape[0]), dtype=np.float32)
-    if flat.shape[0] <= STREAMING_MAX_ROWS:
-        streaming_matmul_t(flat, w, out)
-    else:
-        skinny_matmul_t(flat, w, out)
+    flat = _array(x).reshape(-1, n_in)  # a view of a contiguous input, a C-ordered copy of any other
+    if not flat.flags.c_contiguous:
+        flat = np.ascontiguousarray(flat)
+    rows = flat.shape[0]
+    out = np.empty((*x.shape[:-1], w.shape[0]), dtype=np.float32)
+    (streaming_matmul_t if rows <= STREAMING_MAX_ROWS else skinny_matmul_t)(flat, w, out.reshape(rows, -1))
     if b is not None:
         out += b
-    return torch.from_numpy(out.reshape(*x.shape[:-1], w.shape[0]))
+    return torch.from_numpy(out)
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,17 +91,9 @@ class SkinnyRouter(LinearRouter):
         w = entry[4]
         if w is None or n_in == 0 or w.shape[1] != n_in:
             return None
-        rows = x.numel() // n_in
-        if not 0 < rows <= self.max_rows:
+        if not 0 < x.numel() // n_in <= self.max_rows:
             return None
-        flat = _array(x).reshape(rows, n_in)  # a view of a contiguous input, a C-ordered copy of any other
-        if not flat.flags.c_contiguous:
-            flat = np.ascontiguousarray(flat)
-        out = np.empty((*shape[:-1], w.shape[0]), dtype=np.float32)
-        (streaming_matmul_t if rows <= STREAMING_MAX_ROWS else skinny_matmul_t)(flat, w, out.reshape(rows, -1))
-        if entry[5] is not None:
-            out += entry[5]
-        return torch.from_numpy(out)
+        return _skinny(x, w, entry[5])
 
     def linear(self, x, weight, bias):
         entry = self._entry(weight, bias)
