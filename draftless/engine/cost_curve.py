@@ -79,9 +79,10 @@ class CostCurve:
 
 # Bumped whenever what a cached curve means changes (v2: one path per size, preallocated cache; v3: the "packed"
 # path measured too; v4: the fast paths routed through module hooks, 5-15% cheaper; v5: grouped-query attention
-# without the per-head copy of the cache; v6: the skinny path's streaming kernel, a third cheaper at 1-4 rows), so
-# a curve measured by an older version is measured again instead of misleading the chooser.
-CURVE_FORMAT = 6
+# without the per-head copy of the cache; v6: the skinny path's streaming kernel, a third cheaper at 1-4 rows; v7:
+# one pre-hook per linear call, its result handed over through a stand-in input, 2-3% cheaper), so a curve measured
+# by an older version is measured again instead of misleading the chooser.
+CURVE_FORMAT = 7
 
 
 def _curve_path(key: str) -> Path:
