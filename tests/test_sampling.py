@@ -205,3 +205,52 @@ def test_draw_over_the_support_follows_the_distribution(support):
         assert counts[int(where[0])] == n
     with pytest.raises(RuntimeError):
         draw(torch.zeros(10), gen)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 50, 400])
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_on_the_support_equals_the_warper_on_the_whole_row(top_k, top_p):
+    """``TopPOnSupport`` gives what transformers' own top-p warper gives on the whole row, after its top-k warper
+    (ties among the logits included: few distinct values), for a vocabulary of SmolLM2's size."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from draftless.hf.generation import processors_for_row
+
+    hf = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)])
+    ours = processors_for_row(hf, 0)
+    assert type(ours[-1]).__name__ == "TopPOnSupport"
+    g = torch.Generator().manual_seed(top_k)
+    ids = torch.zeros((1, 3), dtype=torch.long)
+    for trial in range(20):
+        scores = torch.randn(1, 49_152, generator=g) * 3
+        if trial % 2:
+            scores = torch.round(scores)  # ties
+        expected, got = hf(ids, scores.clone()), ours(ids, scores.clone())
+        assert torch.equal(expected, got)
+
+
+def test_top_p_on_the_support_falls_back_to_the_whole_row():
+    """No -inf entry (top-p alone), a NaN, tied scores, a batch of rows, and fewer finite entries than
+    ``min_tokens_to_keep``: the warper runs on the whole input, as transformers runs it."""
+    from transformers import TopPLogitsWarper
+
+    from draftless.hf.generation import TopPOnSupport
+
+    warper = TopPLogitsWarper(0.8, min_tokens_to_keep=3)
+    wrapped = TopPOnSupport(warper)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    scores = torch.randn(1, 1000, generator=g)
+    assert torch.equal(wrapped(ids, scores), warper(ids, scores))
+    batch = torch.randn(3, 1000, generator=g)
+    batch[:, 10:] = float("-inf")
+    assert torch.equal(wrapped(ids.expand(3, 1), batch), warper(ids.expand(3, 1), batch))
+    two = torch.full((1, 1000), float("-inf"))
+    two[0, [4, 7]] = torch.tensor([1.0, 2.0])
+    assert torch.equal(wrapped(ids, two), warper(ids, two))
+    nan = torch.full((1, 1000), float("-inf"))
+    nan[0, :5] = torch.tensor([1.0, float("nan"), 0.5, 0.2, 0.1])
+    assert torch.equal(torch.isnan(wrapped(ids, nan)), torch.isnan(warper(ids, nan)))
+    tied = torch.full((1, 1000), float("-inf"))
+    tied[0, [3, 500, 999]] = 2.0
+    assert torch.equal(TopPOnSupport(TopPLogitsWarper(0.05))(ids, tied), TopPLogitsWarper(0.05)(ids, tied))
