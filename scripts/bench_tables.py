@@ -162,6 +162,26 @@ def _peer_categories(reports: list[dict]) -> str:
     return rows_to_table(head, rows)
 
 
+DEV = ("dev-smollm2-chat-greedy.json", "dev-smollm2-chat-sampled.json", "dev-gemma3-raw-greedy.json")
+
+
+@table("dev", *DEV)
+def _dev(reports: list[dict]) -> str:
+    head = ["model", "decoding", "prompts", "`hf` tok/s", "`auto` tok/s", "`auto` / `hf`", "tokens/pass",
+            "lowest category"]
+    rows = []
+    for r in reports:
+        sampling = r.get("sampling")
+        decoding = ("sampled (T {temperature}, top-k {top_k}, top-p {top_p})".format(**sampling) if sampling
+                    else "greedy, output = `hf`" if r["methods"]["auto"]["identical_to_hf"] else "greedy")
+        auto, hf = r["methods"]["auto"], r["methods"]["hf"]
+        low = min(auto["per_category"].items(), key=lambda kv: kv[1]["speedup_vs_hf"])
+        rows.append([model_label(r), decoding, str(r["n_prompts"]), f"{hf['tokens_per_s']:.1f}",
+                     f"{auto['tokens_per_s']:.1f}", x(auto["speedup_vs_hf"]), f"{auto['mean_accepted']:.2f}",
+                     f"{low[0]} {x(low[1]['speedup_vs_hf'])}"])
+    return rows_to_table(head, rows)
+
+
 @table("auto-choice", "smollm2-chat-fastpath-1t-sam-vs-fused.json", "gemma3-raw-fastpath-1t-sam-vs-fused.json")
 def _auto_choice(reports: list[dict]) -> str:
     titles = [f"{model_label(r)} ({r['n_prompts']} prompts, {r['torch_threads']} thread)" for r in reports]
