@@ -22,7 +22,7 @@ class NGramDrafter(BaseDrafter):
 
     name = "ngram"
 
-    def __init__(self, max_order: int = 6, min_order: int = 1, max_occurrences: int = 8, depth: int = 12):
+    def __init__(self, max_order: int = 6, min_order: int = 1, max_occurrences: int = 8, depth: int = 24):
         if not 1 <= min_order <= max_order:
             raise ValueError("need 1 <= min_order <= max_order")
         self.max_order = max_order
