@@ -234,18 +234,13 @@ class RecycleDrafter(BaseDrafter):
         with torch.no_grad():
             if logits.shape[0] <= chunk:
                 # one step's tree: top-k over all n rows at once, then pick the surviving rows in numpy
-                ids, probs = self._topk(logits, k)
+                ids, probs = top_k_with_probs(logits, k)
                 self._write(rows, ids[order], probs[order], k)
                 return
             for start in range(0, order.size, chunk):  # a long prefill: bound the temporary float copies
                 sel = order[start:start + chunk]
-                ids, probs = self._topk(logits.index_select(0, torch.from_numpy(sel).to(logits.device)), k)
+                ids, probs = top_k_with_probs(logits.index_select(0, torch.from_numpy(sel).to(logits.device)), k)
                 self._write(rows[start:start + chunk], ids, probs, k)
-
-    @staticmethod
-    def _topk(block: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k token ids of each row (int32 [n, k]) and their softmax probabilities (float32 [n, k])."""
-        return top_k_with_probs(block, k)
 
     def _write(self, rows: np.ndarray, ids: np.ndarray, probs: np.ndarray, k: int) -> None:
         self.next_tokens[rows, :k] = ids

@@ -14,17 +14,22 @@ from .kernels.top_k_kernels import row_top_k
 
 
 def top_k_with_probs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``logits``: [n, V] float tensor (any float dtype, CPU or not), ``1 <= k <= V``. Returns ``(ids, probs)``:
-    int32 [n, k] column indices of each row's ``k`` largest logits, largest first (the lower index first among
-    equal logits), and float32 [n, k] their softmax probabilities in the row."""
+    """``logits``: [n, V] float tensor (any float dtype, any device), ``1 <= k <= V``. Returns ``(ids, probs)``:
+    int32 [n, k] column indices of each row's ``k`` largest logits, largest first, and float32 [n, k] their softmax
+    probabilities in the row. On the CPU (the numba kernel) the lower index comes first among equal logits; on other
+    devices ``torch.topk`` runs where the logits are, so that only the [n, k] answers cross to the host, and its
+    order among equal logits is torch's."""
     if logits.dim() != 2 or not 1 <= k <= logits.shape[-1]:
         raise ValueError(f"top_k_with_probs needs [n, V] logits and 1 <= k <= V; got shape "
                          f"{tuple(logits.shape)} and k={k}")
     block = logits.detach().float()
+    if block.device.type != "cpu":
+        indices = torch.topk(block, k, dim=-1).indices
+        probs = torch.softmax(block, dim=-1).gather(1, indices)
+        return indices.cpu().numpy().astype(np.int32), probs.cpu().numpy()
     ids = np.empty((block.shape[0], k), dtype=np.int32)
     if block.shape[0] == 0:
         return ids, np.empty((0, k), dtype=np.float32)
-    values = np.ascontiguousarray(block.cpu().numpy())
-    row_top_k(values, k, ids, np.empty((block.shape[0], k), dtype=np.float32))
-    probs = torch.softmax(block, dim=-1).gather(1, torch.from_numpy(ids).to(block.device, torch.long))
-    return ids, probs.cpu().numpy().astype(np.float32, copy=False)
+    row_top_k(np.ascontiguousarray(block.numpy()), k, ids, np.empty((block.shape[0], k), dtype=np.float32))
+    probs = torch.softmax(block, dim=-1).gather(1, torch.from_numpy(ids).long())
+    return ids, probs.numpy()
