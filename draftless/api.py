@@ -28,7 +28,7 @@ def accelerate(model, drafter="auto", tokenizer=None, datastore: str | None = No
     ``history`` source to a spec string (``auto`` included). The default, ``"auto"``, is an in-memory history that
     only ``auto`` uses and only for requests that pass a namespace (a request without one drafts as with None;
     every namespace stays silent until it holds a few requests). ``config``: ``max_nodes``, ``adaptive``,
-    ``cost_curve``, ``learn_costs``, ``calibrate``, ``min_gain``, ``verbose``, ``drafter_factory`` (see
+    ``cost_curve``, ``learn_costs``, ``calibrate``, ``min_gain``, ``verbose``, ``compile``, ``drafter_factory`` (see
     ``SpeculativeGenerator``; a spec string gets a factory of its own, so the rows of a batch are verified together,
     each with its own drafter).
     """
@@ -60,7 +60,7 @@ def generate(model, input_ids, drafter="auto", tokenizer=None, **kwargs) -> Gene
     Engine options (``max_nodes``, ``adaptive``, ...) may be mixed into ``kwargs``.
     """
     engine_keys = {"max_nodes", "adaptive", "cost_curve", "calibrate", "min_gain", "verbose", "datastore",
-                   "draft_model", "drafter_factory"}
+                   "draft_model", "drafter_factory", "compile"}
     config = {k: kwargs.pop(k) for k in list(kwargs) if k in engine_keys}
     return accelerate(model, drafter=drafter, tokenizer=tokenizer, **config).generate(input_ids, tokenizer=tokenizer,
                                                                                   **kwargs)

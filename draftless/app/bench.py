@@ -1,8 +1,10 @@
 """``draftless bench``: every method on the same prompts, interleaved, against plain ``model.generate``.
 
 Methods: ``hf`` (plain greedy ``model.generate``), ``hf-pld`` (``model.generate(prompt_lookup_num_tokens=10)``), and
-any drafter spec (``ngram``, ``sam+recycle``, ``auto`` ...). For each prompt every method runs back to back, so
-slow drifts of the machine hit all methods alike; one warm-up prompt runs first and is not counted.
+any drafter spec (``ngram``, ``sam+recycle``, ``auto`` ...), with ``@compiled`` appended (``auto@compiled``) to verify
+on the compiled path as well (``accelerate(compile=True)``; its compiling falls in the cost curve and the warm-up).
+For each prompt every method runs back to back, so slow drifts of the machine hit all methods alike; one warm-up
+prompt runs first and is not counted.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ..hf.compat import model_path
 from .prompts import BenchPrompt, compile_grammar_spec, encode_prompt, grammar_compiler_for
 
 HF_METHODS = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
+COMPILED_SUFFIX = "@compiled"  # a drafter method on the compiled verification path (fastpath/compiled.py)
 
 
 @dataclass
@@ -56,8 +59,10 @@ class _Method:
         if name not in HF_METHODS:
             import draftless
 
-            self.engine = draftless.accelerate(model, drafter=name, tokenizer=tokenizer, datastore=datastore,
-                                               draft_model=draft_model, max_nodes=max_nodes)
+            compiled = name.endswith(COMPILED_SUFFIX)
+            spec = name[: -len(COMPILED_SUFFIX)] if compiled else name
+            self.engine = draftless.accelerate(model, drafter=spec, tokenizer=tokenizer, datastore=datastore,
+                                               draft_model=draft_model, max_nodes=max_nodes, compile=compiled)
 
     def run(self, ids: torch.Tensor, max_new_tokens: int, sampling: dict | None = None, grammar=None):
         """Returns (new token ids, seconds, target forward passes, stats or None). ``sampling``: ``temperature`` /

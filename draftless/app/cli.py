@@ -72,7 +72,7 @@ def cmd_generate(args) -> int:
     ids = encode_prompt(tokenizer, args.prompt, chat).to(next(model.parameters()).device)
     fast = draftless.accelerate(model, drafter=args.drafter, tokenizer=tokenizer, datastore=args.datastore,
                                 draft_model=args.draft_model, max_nodes=args.max_nodes, verbose=args.verbose,
-                                history=args.history)
+                                history=args.history, compile=args.compile)
     if args.verbose:
         print(f"[draftless] cost curve t(n)/t(1): {fast.cost_curve.relative()}", flush=True)
     sample = args.temperature is not None and args.temperature > 0
@@ -280,13 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--history", default=None, metavar="DIR",
                    help="remember requests across runs in DIR (reloaded first, this request added after)")
     g.add_argument("--namespace", default=None, help="whose history the request reads and extends")
+    g.add_argument("--compile", action="store_true",
+                   help="verify on the compiled path (torch.compile; CPU fp32; minutes of compiling on first use)")
     _add_grammar_args(g)
     _add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="benchmark methods against model.generate on a prompt file")
     b.add_argument("--prompts", default=None, help="Spec-Bench style jsonl (question_id, category, turns)")
-    b.add_argument("--methods", default="hf,hf-pld,ngram", help="comma-separated: hf, hf-pld, drafter specs")
+    b.add_argument("--methods", default="hf,hf-pld,ngram",
+                   help="comma-separated: hf, hf-pld, drafter specs (SPEC@compiled: on the compiled path)")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--per-category", type=int, default=None, help="first K prompts of each category")
     b.add_argument("--limit", type=int, default=None, help="at most K prompts in all (categories round-robin)")

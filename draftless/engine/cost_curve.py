@@ -89,13 +89,15 @@ def _curve_path(key: str) -> Path:
     return state_dir() / "cost_curves" / f"{safe_filename(key)}.json"
 
 
-def curve_key(model) -> str:
-    """Identifies a model/device/dtype/thread-count combination whose cost curve can be reused."""
+def curve_key(model, compiled: bool = False) -> str:
+    """Identifies a model/device/dtype/thread-count combination whose cost curve can be reused (``compiled``: the
+    curve of the "torch" and "compiled" paths, ``VerificationPaths(compile=True)``)."""
     param = next(model.parameters())
     name = model_path(model) or model.config.model_type
     gqa = "-gqa" if grouped_query_sdpa_forced() else ""  # tree passes cheaper: a curve of its own
+    paths = "-compiled" if compiled else ""
     return (f"{name}-{param.device.type}-{str(param.dtype).replace('torch.', '')}-{torch.get_num_threads()}t-"
-            f"{model.num_parameters()}{gqa}-v{CURVE_FORMAT}")
+            f"{model.num_parameters()}{gqa}{paths}-v{CURVE_FORMAT}")
 
 
 def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256, repeats: int = 5,
@@ -104,8 +106,8 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
     """Time one verification forward of each size in ``sizes`` after a ``prefix_len``-token cache, on every
     verification path (``paths``, default: those available on the model's device and dtype); each size keeps its
     fastest path (fastest run of ``repeats``, in ms). ``verification``: the engine's ``VerificationPaths``, so
-    that what a path prepares while measured (the packed weights) is what the engine then runs on; default: a
-    fresh one for this measurement."""
+    that what a path prepares while measured (the packed weights, the compiled forward) is what the engine then
+    runs on; default: a fresh one for this measurement."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     # the prefix plus the largest size stays inside the positions the model was built for: a learned or
@@ -133,17 +135,19 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
             inputs.append((ids, pos, mask))
         # Round-robin over sizes and paths, keeping each one's fastest run: interference from other processes only
         # ever adds time, so the minimum is the most repeatable estimate, and interleaving makes the paths'
-        # comparison fair; the first round warms kernels up (compiles the skinny kernel, packs the weights).
+        # comparison fair; the first round warms kernels up (compiles the skinny kernel, packs the weights, and on
+        # the compiled path compiles the forward).
         best = {p: [float("inf")] * len(sizes) for p in paths}
         for r in range(repeats + 1):
             for i, (ids, pos, mask) in enumerate(inputs):
                 for path in paths:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
+                    forward = verification.forward(path)
                     t0 = time.perf_counter()
                     with verification.context(path):
-                        model(input_ids=ids, position_ids=pos, attention_mask=mask, **{cache_keyword(model): cache},
-                              use_cache=True)
+                        forward(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                                **{cache_keyword(model): cache})  # verify_tree's keywords, in its order
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     if r:
@@ -159,8 +163,9 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
 def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False,
                    verification: VerificationPaths | None = None) -> CostCurve:
     """The cached cost curve of ``model`` on its device, measured (several seconds) on first use, through
-    ``verification`` (see ``measure_cost_curve``)."""
-    path = _curve_path(curve_key(model))
+    ``verification`` (see ``measure_cost_curve``; a compiled one has a curve of its own)."""
+    key = curve_key(model, compiled=verification is not None and verification.compiled)
+    path = _curve_path(key)
     if path.exists() and not refresh:
         try:
             return CostCurve.from_json(json.loads(path.read_text()))
@@ -170,5 +175,5 @@ def cost_curve_for(model, layout, refresh: bool = False, verbose: bool = False,
         print("[draftless] measuring the verification cost curve of this model (once)...", flush=True)
     curve = measure_cost_curve(model, layout, verification=verification)
     with atomic_file(path) as fh:
-        json.dump({"key": curve_key(model), **curve.to_json()}, fh)
+        json.dump({"key": key, **curve.to_json()}, fh)
     return curve

@@ -70,11 +70,13 @@ def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
 
 
 def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_len: int, want_hidden: bool,
-                dtype: torch.dtype, device: torch.device, on=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                dtype: torch.dtype, device: torch.device, on=None,
+                forward=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The verification pass: every node of ``tree`` (n nodes) through ``model`` in one forward, each attending to
     the ``prefix_len`` cached positions and its own ancestors (a tree mask), at position ``prefix_len + depth``.
     ``on``: the context the forward runs under, the engine's ``VerificationPaths.context`` of the path the cost curve
-    found fastest for n nodes (default: the model as it is).
+    found fastest for n nodes (default: the model as it is); ``forward``: what the pass calls with the model's
+    keywords, the path's ``VerificationPaths.forward`` (default: ``model``).
 
     Appends the n nodes' keys/values to ``cache``. Returns logits float[n, V] (row i predicts the token after node
     i) and, when ``want_hidden``, last-layer hidden states float[n, H]."""
@@ -82,14 +84,17 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
     ids = torch.from_numpy(tree.tokens).to(device)[None]
     positions = torch.from_numpy(depths.astype(np.int64) + prefix_len).to(device)[None]
     mask = tree_attention_mask(layout, tree.ancestor_mask(), depths, prefix_len, dtype, device)
+    # hidden states are asked for only when wanted: the cost curve's passes give the same keywords as a pass that
+    # does not want them, so a compiled forward's graph serves both (a keyword more is a guard that fails)
+    extra = {"output_hidden_states": True} if want_hidden else {}
     with on if on is not None else nullcontext():
-        out = model(
+        out = (forward if forward is not None else model)(
             input_ids=ids,
             position_ids=positions,
             attention_mask=mask,
             use_cache=True,
-            output_hidden_states=want_hidden,
             **{cache_keyword(model): cache},
+            **extra,
         )
     hidden = out.hidden_states[-1][0] if want_hidden else None
     return out.logits[0], hidden
@@ -106,6 +111,9 @@ class SpeculativeGenerator:
     callable returning a fresh, independent drafter like ``drafter``; with one, the rows of a batch are verified
     together (``engine/batch.py``), each row drafting with its own instance (built on first need, then kept for
     later calls); without one (a ``Drafter`` object passed alone) a batch runs row by row through ``drafter``.
+    ``compile``: verify on the compiled path (``fastpath/compiled.py``: ``torch.compile`` of the model's forward with
+    its few-row products on the skinny kernel; CPU float32 only; the first passes compile for minutes on a small
+    CPU, then a thin model's pass is 10-15% cheaper); batched passes and prefills run the model as it is.
 
     State that outlives a request (learned across ``generate`` calls, on purpose: later requests start from what
     earlier ones measured; ``reset_learning()`` forgets it):
@@ -143,6 +151,7 @@ class SpeculativeGenerator:
         drafter_factory=None,
         learn_costs: bool | None = None,
         shared: SharedState | None = None,
+        compile: bool = False,
     ):
         if not isinstance(drafter, Drafter):
             raise TypeError(f"{type(drafter).__name__} does not implement the Drafter protocol (name, begin, draft, "
@@ -165,7 +174,9 @@ class SpeculativeGenerator:
         self.verbose = verbose
         # what this engine shares with its siblings (a fresh one for an engine of its own)
         if shared is None:
-            shared = SharedState(model, cost_curve)
+            shared = SharedState(model, cost_curve, compile=compile)
+        elif compile and not shared.verification.compiled:
+            raise ValueError("compile=True needs a SharedState built with compile=True (a sibling shares its own)")
         elif cost_curve is not None and shared.cost_curve is None:
             shared.cost_curve = cost_curve
         self.shared = shared
@@ -337,7 +348,8 @@ class SpeculativeGenerator:
         t1 = time.perf_counter()
         want_hidden = bool(self.drafter.wants_hidden_states)
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
-                                     self.dtype, self.device, on=step.pass_context(len(tree)))
+                                     self.dtype, self.device, on=step.pass_context(len(tree)),
+                                     forward=step.pass_forward(len(tree)))
         t2 = time.perf_counter()
         self._observe_cost(len(tree), (t2 - t1) * 1000)
         prefix_len = state.prefix_len

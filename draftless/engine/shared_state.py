@@ -17,16 +17,17 @@ from ..fastpath import VerificationPaths
 class SharedState:
     """Per model, for one engine or a pool of siblings.
 
-    - ``verification``: the model's ``VerificationPaths`` (thread-safe: a path is active in its pass's thread only);
+    - ``verification``: the model's ``VerificationPaths`` (thread-safe: a path is active in its pass's thread only;
+      ``compile``: built with the compiled path, see ``fastpath/compiled.py``);
     - ``cost_curve``: the measured or given ``CostCurve`` (None until measured); ``prepared_for``: the curve whose
       paths ``verification`` was prepared for; ``observed``: the ``ObservedCosts`` learnt on top of it;
     - ``calibrator``: the engine-level ``Calibrator`` (or None); ``draft_ms_estimate``: a running average of one
       draft call in ms;
     - ``lock``: held for every change of the above (re-entrant: measuring the curve runs under it)."""
 
-    def __init__(self, model, cost_curve=None):
+    def __init__(self, model, cost_curve=None, compile: bool = False):
         self.lock = threading.RLock()
-        self.verification = VerificationPaths(model)
+        self.verification = VerificationPaths(model, compile=compile)
         self.cost_curve = cost_curve
         self.prepared_for = None
         self.observed = None

@@ -14,7 +14,8 @@ The step's stages:
 - ``ask``: the drafter's raw tree for the row, drafted on a read-only view of its committed tokens;
 - ``size``: check the tree (``check_tree``), calibrate its scores and prune it to the budget the cost curve pays
   for; ``draft`` is ``ask`` then ``size``, timed;
-- ``pass_context``: the context the verification pass of n nodes runs under (its fastest path);
+- ``pass_context`` / ``pass_forward``: the context the verification pass of n nodes runs under, and what it calls
+  (its fastest path);
 - ``accept_and_commit``: score the nodes the walk reads with the row's logits processors, accept a path
   (greedy or sample-and-walk) and ``commit`` its tokens, cut by the stopping criteria;
 - ``learn``: the row's stats, the engine's calibration and draft-time estimate, the streamer, the drafter's
@@ -266,6 +267,12 @@ class Step:
         """The context a verification pass of ``n`` nodes runs under: the engine's ``VerificationPaths`` context of
         the path its cost curve found fastest for that many nodes (``SpeculativeGenerator.path_for``)."""
         return self.engine.verification.context(self.engine.path_for(n))
+
+    def pass_forward(self, n: int):
+        """What a single-row verification pass of ``n`` nodes calls with the model's keywords (under
+        ``pass_context(n)``): the compiled forward where the cost curve runs that size on the "compiled" path,
+        else the model."""
+        return self.engine.verification.forward(self.engine.path_for(n))
 
     # ------------------------------------------------------------------ accept
     @staticmethod

@@ -5,6 +5,9 @@ linear calls to a numba kernel (``kernels/``) that reads each weight once for al
 routes its tree-sized fp32 linear calls to oneDNN on weights packed once into oneDNN's blocked layout
 (``packed_linear.py``). Both reach the calls through hooks on the model's ``nn.Linear`` modules
 (``routing.LinearHooks``), attached for a whole request (``attached``) and switched on per pass (``context``).
+"compiled", opt-in (``VerificationPaths(model, compile=True)``), runs the forward through ``torch.compile`` with
+its few-row linear calls on the skinny kernel (``compiled.py``); a pass runs on the callable ``forward(path)``
+returns (the compiled forward for it, the model for the others), under ``context(path)``.
 The cost curve (``engine/cost_curve.py``) measures every available path at every tree size and the engine runs each
 pass on the fastest for its size. ``VerificationPaths`` is the per-model object (one engine's, or shared by a pool
 of engines serving the same model from several threads) that says which paths apply to a model and enters them,
@@ -19,7 +22,7 @@ import threading
 import torch
 
 # Every path a cost curve may name, in the order they are measured and reported.
-PATHS = ("torch", "skinny", "packed")
+PATHS = ("torch", "skinny", "packed", "compiled")
 
 
 class VerificationPaths:
@@ -34,13 +37,27 @@ class VerificationPaths:
 
     Memory: while "packed" is used, one packed copy of every linear weight it reaches (fp32, the weights' size:
     ~1.1 GB for Gemma 3 270M, ~0.5 GB for SmolLM2 135M); ``release(keep)`` frees it when the curve chose no packed
-    size."""
+    size.
 
-    def __init__(self, model: torch.nn.Module):
+    ``compile=True`` (CPU float32 only, else a ``ValueError``): "compiled" is available too (``compiled.py``; its
+    first passes compile for minutes on a small CPU). The hooks stay on the model through its compiled passes as
+    through any other (the engine's passes all run inside ``attached``), so the compiled graphs' guards on them
+    hold from one pass to the next."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool = False):
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.model = model
         paths = ["torch"]
         self._hooks = None
+        self._compiled = None  # CompiledForward, with compile=True
+        if compile:
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError(f"the compiled verification path runs float32 models on a CPU; this model is "
+                                 f"{str(self.dtype).replace('torch.', '')} on {self.device.type}")
+            from .compiled import CompiledForward  # imports torch's compiler stack: only when asked for
+
+            self._compiled = CompiledForward(model)
         if self.device.type == "cpu" and self.dtype == torch.float32:
             from .packed_linear import packed_linear_supported
             from .routing import LinearHooks
@@ -49,6 +66,8 @@ class VerificationPaths:
             if packed_linear_supported():
                 paths.append("packed")
             self._hooks = LinearHooks(model)
+        if self._compiled is not None:
+            paths.append("compiled")
         self.available: tuple[str, ...] = tuple(paths)
         self._lock = threading.Lock()  # guards making the routers and the packed store (engines may share this)
         self._packed = None  # PackedWeights, made by ``prepare`` or the first packed pass
@@ -59,16 +78,29 @@ class VerificationPaths:
         the model for its duration, so that ``context`` only switches them (attaching per pass costs ~3 ms)."""
         return self._hooks.attached() if self._hooks is not None else contextlib.nullcontext()
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the "compiled" path is available (built with ``compile=True``)."""
+        return self._compiled is not None
+
     def context(self, path: str):
         """A context manager under which a forward (a tree pass) in the calling thread runs on ``path`` (one of
-        ``PATHS``); a path that is not available here runs as "torch"."""
+        ``PATHS``); a path that is not available here runs as "torch". "compiled" is not a context but a callable
+        (``forward``): its context is the model as it is."""
         if path not in PATHS:
             raise ValueError(f"unknown verification path {path!r}; expected one of {PATHS}")
         return self._linear_context(path)
 
+    def forward(self, path: str):
+        """The callable a pass on ``path`` calls with the model's keywords: the compiled forward for "compiled"
+        where it is available, else the model itself (to call under ``context(path)``)."""
+        if path == "compiled" and self._compiled is not None:
+            return self._compiled
+        return self.model
+
     def _linear_context(self, path: str):
         """The context under which the model's linear calls run on ``path``."""
-        if path not in self.available or path == "torch":
+        if path not in self.available or path in ("torch", "compiled"):
             return contextlib.nullcontext()
         if path == "skinny":
             with self._lock:

@@ -190,6 +190,10 @@ class LinearHooks:
                 self._local.router = previous
 
     def _before(self, module: torch.nn.Linear, args: tuple):
+        if torch.compiler.is_compiling():
+            # traced into a compiled forward (fastpath/compiled.py), which puts the kernel into the graph itself:
+            # nothing here may become part of the graph or of its guards
+            return None
         router = getattr(self._local, "router", None)
         if router is None or len(args) != 1:
             return None
