@@ -167,18 +167,27 @@ DEV = ("dev-smollm2-chat-greedy.json", "dev-smollm2-chat-sampled.json", "dev-gem
 
 @table("dev", *DEV)
 def _dev(reports: list[dict]) -> str:
-    head = ["model", "decoding", "prompts", "`hf` tok/s", "`auto` tok/s", "`auto` / `hf`", "tokens/pass",
-            "lowest category"]
+    methods = ("auto", "auto@compiled")
+    head = ["model", "decoding", "prompts", "`hf` tok/s"]
+    for m in methods:
+        head += [f"`{m}` tok/s", "/ `hf`", "tokens/pass", "lowest category"]
     rows = []
     for r in reports:
         sampling = r.get("sampling")
+        greedy_same = all(r["methods"][m]["identical_to_hf"] for m in methods if m in r["methods"])
         decoding = ("sampled (T {temperature}, top-k {top_k}, top-p {top_p})".format(**sampling) if sampling
-                    else "greedy, output = `hf`" if r["methods"]["auto"]["identical_to_hf"] else "greedy")
-        auto, hf = r["methods"]["auto"], r["methods"]["hf"]
-        low = min(auto["per_category"].items(), key=lambda kv: kv[1]["speedup_vs_hf"])
-        rows.append([model_label(r), decoding, str(r["n_prompts"]), f"{hf['tokens_per_s']:.1f}",
-                     f"{auto['tokens_per_s']:.1f}", x(auto["speedup_vs_hf"]), f"{auto['mean_accepted']:.2f}",
-                     f"{low[0]} {x(low[1]['speedup_vs_hf'])}"])
+                    else "greedy, output = `hf`" if greedy_same else "greedy")
+        hf = r["methods"]["hf"]
+        cells = [model_label(r), decoding, str(r["n_prompts"]), f"{hf['tokens_per_s']:.1f}"]
+        for m in methods:
+            e = r["methods"].get(m)
+            if e is None:
+                cells += ["", "", "", ""]
+                continue
+            low = min(e["per_category"].items(), key=lambda kv: kv[1]["speedup_vs_hf"])
+            cells += [f"{e['tokens_per_s']:.1f}", x(e["speedup_vs_hf"]), f"{e['mean_accepted']:.2f}",
+                      f"{low[0]} {x(low[1]['speedup_vs_hf'])}"]
+        rows.append(cells)
     return rows_to_table(head, rows)
 
 

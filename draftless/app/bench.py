@@ -32,6 +32,7 @@ class MethodTotals:
     identical: bool = True
     tree_nodes: int = 0
     draft_ms: float = 0.0
+    verify_ms: float = 0.0
     per_source: dict = field(default_factory=dict)
 
 
@@ -168,6 +169,7 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                 if stats is not None:
                     bucket.tree_nodes += stats.tree_nodes
                     bucket.draft_ms += stats.draft_ms
+                    bucket.verify_ms += stats.verify_ms
                     for src, s in stats.per_source.items():
                         acc = bucket.per_source.setdefault(src, [0, 0])
                         acc[0] += s.accepted
@@ -213,6 +215,8 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
         if r.engine is not None:
             entry["mean_tree_size"] = round(t.tree_nodes / t.passes, 3) if t.passes else 0.0
             entry["draft_ms_per_step"] = round(t.draft_ms / t.passes, 4) if t.passes else 0.0
+            entry["verify_ms_per_step"] = round(t.verify_ms / t.passes, 3) if t.passes else 0.0
+            entry["step_ms"] = round(t.wall_s * 1000 / t.passes, 3) if t.passes else 0.0
             entry["per_source"] = {s: {"accepted": a, "proposed": p, "acceptance": round(a / p, 4) if p else 0.0}
                                    for s, (a, p) in t.per_source.items()}
             if r.engine.adaptive:
@@ -222,6 +226,10 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                                                    r.engine.running_cost_curve.relative().items()}
                 report.setdefault("cost_curve_ms", dict(zip(map(str, r.engine.cost_curve.sizes),
                                                             [round(x, 3) for x in r.engine.cost_curve.ms])))
+                # every path's measured t(n), interleaved in one measurement (the engine's own curve)
+                curve = r.engine.cost_curve
+                entry["cost_curve_by_path_ms"] = {p: dict(zip(map(str, curve.sizes), [round(x, 3) for x in v]))
+                                                  for p, v in curve.by_path.items()}
             reports = drafter_reports(r.engine.drafter)
             if reports:
                 entry["drafter_reports"] = reports
