@@ -91,7 +91,7 @@ def _curve_path(key: str) -> Path:
 
 def curve_key(model, compiled: bool = False) -> str:
     """Identifies a model/device/dtype/thread-count combination whose cost curve can be reused (``compiled``: the
-    curve of the "torch" and "compiled" paths, ``VerificationPaths(compile=True)``)."""
+    curve measured with the compiled path among the others, ``VerificationPaths(compile=True)``)."""
     param = next(model.parameters())
     name = model_path(model) or model.config.model_type
     gqa = "-gqa" if grouped_query_sdpa_forced() else ""  # tree passes cheaper: a curve of its own
@@ -146,8 +146,9 @@ def measure_cost_curve(model, layout, sizes=DEFAULT_SIZES, prefix_len: int = 256
                     forward = verification.forward(path)
                     t0 = time.perf_counter()
                     with verification.context(path):
+                        # verify_tree's keywords, in its order: a compiled forward's graph then serves both
                         forward(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
-                                **{cache_keyword(model): cache})  # verify_tree's keywords, in its order
+                                output_hidden_states=False, **{cache_keyword(model): cache})
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     if r:

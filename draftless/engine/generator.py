@@ -84,17 +84,15 @@ def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_l
     ids = torch.from_numpy(tree.tokens).to(device)[None]
     positions = torch.from_numpy(depths.astype(np.int64) + prefix_len).to(device)[None]
     mask = tree_attention_mask(layout, tree.ancestor_mask(), depths, prefix_len, dtype, device)
-    # hidden states are asked for only when wanted: the cost curve's passes give the same keywords as a pass that
-    # does not want them, so a compiled forward's graph serves both (a keyword more is a guard that fails)
-    extra = {"output_hidden_states": True} if want_hidden else {}
+    # the cost curve's passes give these same keywords (cost_curve.py), so a compiled forward's graph serves both
     with on if on is not None else nullcontext():
         out = (forward if forward is not None else model)(
             input_ids=ids,
             position_ids=positions,
             attention_mask=mask,
             use_cache=True,
+            output_hidden_states=want_hidden,
             **{cache_keyword(model): cache},
-            **extra,
         )
     hidden = out.hidden_states[-1][0] if want_hidden else None
     return out.logits[0], hidden
@@ -111,9 +109,10 @@ class SpeculativeGenerator:
     callable returning a fresh, independent drafter like ``drafter``; with one, the rows of a batch are verified
     together (``engine/batch.py``), each row drafting with its own instance (built on first need, then kept for
     later calls); without one (a ``Drafter`` object passed alone) a batch runs row by row through ``drafter``.
-    ``compile``: verify on the compiled path (``fastpath/compiled.py``: ``torch.compile`` of the model's forward with
-    its few-row products on the skinny kernel; CPU float32 only; the first passes compile for minutes on a small
-    CPU, then a thin model's pass is 10-15% cheaper); batched passes and prefills run the model as it is.
+    ``compile``: also measure the compiled verification path and run each tree size on it where the cost curve
+    finds it fastest (``fastpath/compiled.py``: ``torch.compile`` of the model's forward with its few-row products on
+    the skinny kernel; CPU float32 only; the first passes compile for minutes on a small CPU, then SmolLM2's small-tree
+    passes are 4-12% cheaper, docs/benchmarks.md); batched passes and prefills run the model as it is.
 
     State that outlives a request (learned across ``generate`` calls, on purpose: later requests start from what
     earlier ones measured; ``reset_learning()`` forgets it):
