@@ -80,6 +80,13 @@ def test_compiled_path_is_offered_on_request_and_refused_for_other_dtypes(tiny_m
         SpeculativeGenerator(model, plain.drafter, compile=True, shared=plain.shared)
 
 
+def test_compiled_path_without_a_cpp_compiler_is_a_clear_error(tiny_models, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        VerificationPaths(tiny_models("llama"), compile=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_identical_on_the_compiled_path(tiny_models, arch):

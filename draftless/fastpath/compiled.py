@@ -27,6 +27,8 @@ SmolLM2), greedy output is tested identical to ``model.generate``'s on every tin
 """
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 
 import torch
@@ -77,6 +79,13 @@ def linears_to_kernel(gm: torch.fx.GraphModule) -> int:
     return rewritten
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor's CPU code would be built with (``$CXX``, else ``g++``, ``clang++`` or ``c++`` on
+    the PATH), or None where there is none."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    return next((found for found in map(shutil.which, names) if found), None)
+
+
 class CompiledForward:
     """``model``'s forward compiled (see the module docstring), compiled lazily on first call and per new layout.
 
@@ -84,6 +93,10 @@ class CompiledForward:
     ``linears``: how many linear calls it rewrote onto the kernel across them."""
 
     def __init__(self, model: torch.nn.Module):
+        if cpp_compiler() is None:
+            # Inductor would fail deep inside the first pass; say what is missing before any pass runs
+            raise ValueError("the compiled verification path needs a C++ compiler (g++ or clang++ on the PATH, or "
+                             "$CXX), as torch.compile on a CPU does; install one or leave compile off")
         self.model = model
         self.graphs = 0
         self.linears = 0
