@@ -34,9 +34,8 @@ import threading
 import torch
 
 from .routing import linear_call_eligible
-
-# The skinny kernel's range (``skinny_linear.DEFAULT_MAX_ROWS``): above it MKL's blocked GEMM is as fast.
-SKINNY_MAX_ROWS = 16
+from .skinny_linear import DEFAULT_MAX_ROWS as SKINNY_MAX_ROWS  # the kernel's range; MKL's blocked GEMM above it
+from .skinny_linear import skinny_linear
 
 
 @torch.library.custom_op("draftless::linear", mutates_args=())
@@ -45,8 +44,6 @@ def kernel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     (``routing.linear_call_eligible``), aten's linear for any other. x: [..., I]; weight: [O, I]; bias: [O] or None.
     Returns [..., O] in fresh storage (a custom operator's output may not alias an input)."""
     if linear_call_eligible(x, weight, bias, SKINNY_MAX_ROWS):
-        from .skinny_linear import skinny_linear  # numba is imported where the kernel first runs
-
         return skinny_linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
