@@ -5,10 +5,11 @@ import pytest
 import torch
 from conftest import ARCHS, VOCAB, make_tiny_model
 
+from draftless.engine.generator import verify_tree
 from draftless.engine.tree import DraftTree
-from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask
+from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask, window_start
 from draftless.hf.compat import cache_keyword
-from draftless.hf.kv_cache import keep_prefix_and, new_cache
+from draftless.hf.kv_cache import keep_prefix_and, new_cache, windowed_layers, windowed_views
 
 CASES = [(a, "sdpa") for a in ARCHS] + [("llama", "eager"), ("gemma3", "eager")]
 
@@ -95,6 +96,77 @@ def test_gemma3_sliding_layers_get_their_own_mask():
     assert (full[0, 0, 2, :10] == 0).all()
     # node 2 sits at position 12: it may see keys at positions > 6 only
     assert (sliding[0, 0, 2, :7] < 0).all() and (sliding[0, 0, 2, 7:] == 0).all()
+
+
+def test_sliding_mask_leaves_out_only_columns_blocked_for_every_node():
+    layout = inspect_model(make_tiny_model("gemma3"))
+    assert layout.sliding_layers == (0, 1, 3)  # the tiny Gemma 3's layer_types
+    assert window_start(layout, 3) == 0 and window_start(layout, 10) == 5 and window_start(layout, 10, 2) == 7
+    tree = random_tree(np.random.default_rng(3), 1)
+    whole = tree_attention_mask(layout, tree.ancestor_mask(), tree.depths, 10, torch.float32, torch.device("cpu"))
+    start = window_start(layout, 10)
+    cut = tree_attention_mask(layout, tree.ancestor_mask(), tree.depths, 10, torch.float32, torch.device("cpu"),
+                              sliding_from=start)
+    assert torch.equal(cut["full_attention"], whole["full_attention"])
+    assert torch.equal(cut["sliding_attention"], whole["sliding_attention"][..., start:])
+    assert (whole["sliding_attention"][..., :start] < 0).all()  # what is left out, no node could see
+    with pytest.raises(ValueError, match="would leave out keys"):
+        tree_attention_mask(layout, tree.ancestor_mask(), tree.depths, 10, torch.float32, torch.device("cpu"),
+                            sliding_from=start + 1)
+    no_window = inspect_model(make_tiny_model("llama"))
+    assert no_window.sliding_layers == () and window_start(no_window, 100) == 0
+    with pytest.raises(ValueError, match="would leave out keys"):
+        tree_attention_mask(no_window, tree.ancestor_mask(), tree.depths, 10, torch.float32, torch.device("cpu"),
+                            sliding_from=1)
+
+
+def test_windowed_views_hand_attention_the_tail_and_store_everything():
+    model = make_tiny_model("gemma3")
+    cache = new_cache()
+    with torch.no_grad():
+        model(input_ids=torch.arange(12)[None], **{cache_keyword(model): cache}, use_cache=True)
+    layers = windowed_layers(cache, (0, 3))
+    assert layers is not None and windowed_layers(cache, (0, 99)) is None and windowed_layers(cache, ()) is None
+    stored = layers[0].keys.clone()
+    new_k, new_v = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 16)
+    with windowed_views(layers, 5):
+        keys, values = layers[0].update(new_k, new_v)
+    assert keys.shape[-2] == 12 + 3 - 5 and torch.equal(keys[..., :7, :], stored[..., 5:, :])
+    assert torch.equal(keys[..., 7:, :], new_k) and torch.equal(values[..., 7:, :], new_v)
+    assert layers[0].view_start == 0 and layers[0].keys.shape[-2] == 15  # the cache keeps every entry
+    keys, _ = layers[1].update(new_k, new_v)  # outside the scope: every entry again
+    assert keys.shape[-2] == 15
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_windowed_pass_equals_the_pass_over_every_cached_position(attn):
+    """A prefix three windows long: the sliding layers attend over the window only, the logits are those of the
+    pass over the whole cache (to float rounding), and the cache holds the same entries afterwards."""
+    model = make_tiny_model("gemma3", attn)
+    layout = inspect_model(model)
+    rng = np.random.default_rng(5)
+    prefix = rng.integers(0, VOCAB, 19).tolist()
+    tree = random_tree(rng, int(rng.integers(0, VOCAB)), n_paths=5)
+    results = []
+    for windowed in (True, False):
+        cache = new_cache()
+        with torch.no_grad():
+            model(input_ids=torch.tensor([prefix]), **{cache_keyword(model): cache}, use_cache=True)
+            assert windowed_layers(cache, layout.sliding_layers) is not None and window_start(layout, 19) == 14
+            logits, _ = verify_tree(model, layout, cache, tree, len(prefix), False, torch.float32,
+                                    torch.device("cpu"), windowed=windowed)
+        results.append((logits, cache))
+    (cut, cut_cache), (whole, whole_cache) = results
+    torch.testing.assert_close(cut, whole, atol=2e-5, rtol=1e-5)
+    assert torch.equal(cut.argmax(-1), whole.argmax(-1))
+    for a, b in zip(cut_cache.layers, whole_cache.layers):
+        assert a.view_start == 0 and a.keys.shape == b.keys.shape
+        torch.testing.assert_close(a.keys, b.keys, atol=2e-5, rtol=1e-5)
+    with torch.no_grad():  # and against plain forwards of each node's sequence
+        for node in range(len(tree)):
+            seq = prefix + [int(tree.tokens[i]) for i in tree.path_to(node)]
+            torch.testing.assert_close(cut[node], model(input_ids=torch.tensor([seq])).logits[0, -1],
+                                       atol=2e-4, rtol=1e-4)
 
 
 def test_stateful_models_are_refused():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..grammar.xgrammar_bridge import check_rows as check_processor_rows
-from ..hf.attention import AttentionLayout, check_position_limit, inspect_model, tree_attention_mask
+from ..hf.attention import AttentionLayout, check_position_limit, inspect_model, tree_attention_mask, window_start
 from ..hf.compat import cache_keyword
 from ..hf.generation import (
     DecodingPlan,
@@ -32,7 +32,7 @@ from ..hf.generation import (
     refuse_inputs_embeds,
     split_criteria,
 )
-from ..hf.kv_cache import keep_prefix_and, new_cache
+from ..hf.kv_cache import keep_prefix_and, new_cache, windowed_layers, windowed_views
 from .batch import run_batch
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
@@ -71,21 +71,29 @@ def prefill(model, prompt: np.ndarray, cache, device: torch.device) -> None:
 
 def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_len: int, want_hidden: bool,
                 dtype: torch.dtype, device: torch.device, on=None,
-                forward=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                forward=None, windowed: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The verification pass: every node of ``tree`` (n nodes) through ``model`` in one forward, each attending to
     the ``prefix_len`` cached positions and its own ancestors (a tree mask), at position ``prefix_len + depth``.
     ``on``: the context the forward runs under, the engine's ``VerificationPaths.context`` of the path the cost curve
     found fastest for n nodes (default: the model as it is); ``forward``: what the pass calls with the model's
     keywords, the path's ``VerificationPaths.forward`` (default: ``model``).
 
+    ``windowed``: sliding-window layers attend over the keys inside the window only (``kv_cache.windowed_views``)
+    where the prefix reaches past it; the same result, less attention work. A compiled forward passes False: the
+    view's start would be a new constant in its graph's guards every step.
+
     Appends the n nodes' keys/values to ``cache``. Returns logits float[n, V] (row i predicts the token after node
     i) and, when ``want_hidden``, last-layer hidden states float[n, H]."""
     depths = tree.depths
     ids = torch.from_numpy(tree.tokens).to(device)[None]
     positions = torch.from_numpy(depths.astype(np.int64) + prefix_len).to(device)[None]
-    mask = tree_attention_mask(layout, tree.ancestor_mask(), depths, prefix_len, dtype, device)
+    start = window_start(layout, prefix_len) if windowed else 0  # the root (depth 0) is the pass's first query
+    layers = windowed_layers(cache, layout.sliding_layers) if start else None
+    if layers is None:
+        start = 0
+    mask = tree_attention_mask(layout, tree.ancestor_mask(), depths, prefix_len, dtype, device, sliding_from=start)
     # the cost curve's passes give these same keywords (cost_curve.py), so a compiled forward's graph serves both
-    with on if on is not None else nullcontext():
+    with (windowed_views(layers, start) if start else nullcontext()), (on if on is not None else nullcontext()):
         out = (forward if forward is not None else model)(
             input_ids=ids,
             position_ids=positions,
@@ -346,9 +354,10 @@ class SpeculativeGenerator:
         tree = draft.tree
         t1 = time.perf_counter()
         want_hidden = bool(self.drafter.wants_hidden_states)
+        forward = step.pass_forward(len(tree))
         logits, hidden = verify_tree(self.model, self.layout, state.cache, tree, state.prefix_len, want_hidden,
-                                     self.dtype, self.device, on=step.pass_context(len(tree)),
-                                     forward=step.pass_forward(len(tree)))
+                                     self.dtype, self.device, on=step.pass_context(len(tree)), forward=forward,
+                                     windowed=forward is self.model)
         t2 = time.perf_counter()
         self._observe_cost(len(tree), (t2 - t1) * 1000)
         prefix_len = state.prefix_len

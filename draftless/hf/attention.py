@@ -35,11 +35,14 @@ class AttentionLayout:
     ``chain_only``: why the model can verify only chains (one path per pass), in words, or None when it takes
     trees. An ALiBi model builds its position biases from the keys' order and a 2-D padding mask, so it takes no
     tree mask; a chain's nodes sit at positions equal to their order, and its forward with a 2-D mask of ones
-    (what ``model.generate`` passes) is exact."""
+    (what ``model.generate`` passes) is exact. ``sliding_layers``: the indices of the layers that attend through
+    ``sliding_window`` (every layer when the window applies to all), the layers whose cache entries a pass may
+    hand out windowed (``window_start``)."""
 
     layer_types: tuple[str, ...] | None
     sliding_window: int | None
     chain_only: str | None = None
+    sliding_layers: tuple[int, ...] = ()
 
 
 def uses_alibi(model) -> str | None:
@@ -97,9 +100,14 @@ def inspect_model(model, chains_ok: bool = False) -> AttentionLayout:
             raise UnsupportedModel(f"layer types {unknown} are not supported (only {SUPPORTED_LAYER_TYPES})")
         if "sliding_attention" not in kinds:
             window = None
-        return AttentionLayout(layer_types=kinds, sliding_window=int(window) if window else None, chain_only=alibi)
+        sliding = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention") if window else ()
+        return AttentionLayout(layer_types=kinds, sliding_window=int(window) if window else None, chain_only=alibi,
+                               sliding_layers=sliding)
     # Models without layer_types but with a sliding window (Mistral-style) apply it in every layer.
-    return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None, chain_only=alibi)
+    layers = getattr(text_config, "num_hidden_layers", None)
+    sliding = tuple(range(int(layers))) if window and isinstance(layers, int) else ()
+    return AttentionLayout(layer_types=None, sliding_window=int(window) if window else None, chain_only=alibi,
+                           sliding_layers=sliding)
 
 
 def learned_position_table(model) -> int | None:
@@ -133,6 +141,15 @@ def check_position_limit(model, prompt_len: int, max_length: int) -> None:
                       UserWarning, stacklevel=3)
 
 
+def window_start(layout: AttentionLayout, prefix_len: int, min_depth: int = 0) -> int:
+    """The first cached position that a query at ``prefix_len + min_depth`` or later can see through the sliding
+    window (keys less than ``window`` positions behind it): every position before it is blocked for every node of a
+    pass at ``prefix_len``, in every sliding layer. 0 for a model without a window (or a prefix inside it)."""
+    if not layout.sliding_window:
+        return 0
+    return max(0, prefix_len + int(min_depth) - layout.sliding_window + 1)
+
+
 def tree_attention_mask(
     layout: AttentionLayout,
     ancestor_mask: np.ndarray,
@@ -140,6 +157,7 @@ def tree_attention_mask(
     prefix_len: int,
     dtype: torch.dtype,
     device: torch.device,
+    sliding_from: int = 0,
 ):
     """The attention mask(s) for verifying a tree of n nodes after ``prefix_len`` cached positions.
 
@@ -147,6 +165,10 @@ def tree_attention_mask(
     Returns an additive float mask of shape [1, 1, n, prefix_len + n] (0 = attend, dtype minimum = blocked), or for
     models with ``layer_types`` a dict ``{layer_type: mask}``. Node i sits at position ``prefix_len + depths[i]``;
     a sliding-window layer additionally blocks keys whose position is ``window`` or more behind the query's.
+
+    ``sliding_from``: the sliding layers' mask leaves out its first ``sliding_from`` columns, for a pass whose
+    sliding layers are handed the keys from that position on only (``kv_cache.windowed_views``); at most
+    ``window_start(layout, prefix_len, min(depths))``, so that only columns blocked for every node are left out.
 
     A ``chain_only`` layout takes chains alone (``ancestor_mask`` lower-triangular, ``depths`` 0..n-1) and gets the
     2-D int64 mask of ones [1, prefix_len + n] that ``model.generate`` passes: the model's forward then builds the
@@ -159,6 +181,10 @@ def tree_attention_mask(
             raise ValueError(f"this model verifies chains only ({layout.chain_only}); got a tree of {n} nodes "
                              "with branches")
         return torch.ones(1, prefix_len + n, dtype=torch.int64, device=device)
+    depths = np.asarray(depths, dtype=np.int64)
+    if sliding_from and not 0 <= sliding_from <= window_start(layout, prefix_len, int(depths.min())):
+        raise ValueError(f"sliding_from={sliding_from} would leave out keys a node of this tree sees (prefix "
+                         f"{prefix_len}, window {layout.sliding_window})")
     tree_part = torch.from_numpy(ancestor_mask).to(device)
     allowed = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=device), tree_part], dim=1)
     blocked_value = torch.finfo(dtype).min
@@ -173,11 +199,11 @@ def tree_attention_mask(
         if layout.layer_types is None:
             return full
         return {kind: full for kind in layout.layer_types}
-    depth_t = torch.from_numpy(np.asarray(depths, dtype=np.int64)).to(device)
+    depth_t = torch.from_numpy(depths).to(device)
     query_pos = prefix_len + depth_t
-    key_pos = torch.cat([torch.arange(prefix_len, device=device), query_pos])
+    key_pos = torch.cat([torch.arange(sliding_from, prefix_len, device=device), query_pos])
     in_window = key_pos[None, :] > query_pos[:, None] - layout.sliding_window
-    sliding = additive(allowed & in_window)
+    sliding = additive(allowed[:, sliding_from:] & in_window)
     if layout.layer_types is None:
         return sliding
     return {kind: (sliding if kind == "sliding_attention" else full) for kind in layout.layer_types}
