@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import ARCHS, VOCAB, make_tiny_model
 
-from draftless.engine.generator import verify_tree
+from draftless.engine.generator import prefill, prefill_bounds, verify_tree
 from draftless.engine.tree import DraftTree
 from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask, window_start
 from draftless.hf.compat import cache_keyword
@@ -166,6 +166,34 @@ def test_windowed_pass_equals_the_pass_over_every_cached_position(attn):
         for node in range(len(tree)):
             seq = prefix + [int(tree.tokens[i]) for i in tree.path_to(node)]
             torch.testing.assert_close(cut[node], model(input_ids=torch.tensor([seq])).logits[0, -1],
+                                       atol=2e-4, rtol=1e-4)
+
+
+def test_long_prompts_on_sliding_models_prefill_in_windowed_chunks():
+    """The chunked prefill (each chunk's sliding layers given only their window) leaves the cache a one-pass
+    prefill leaves, to float rounding, and a pass after it predicts what a plain forward of the sequence does."""
+    model = make_tiny_model("gemma3")
+    layout = inspect_model(model)
+    assert prefill_bounds(layout, 59, chunk=4) == [12, 24, 36, 48, 59]  # chunks of two windows (6) at least
+    assert prefill_bounds(layout, 24, chunk=4) == [24]  # not more than two chunks long: one pass
+    assert prefill_bounds(inspect_model(make_tiny_model("llama")), 59, chunk=4) == [59]  # no window: one pass
+    assert prefill_bounds(None, 59, chunk=4) == [59]
+    prompt = np.random.default_rng(7).integers(0, VOCAB, 60).astype(np.int64)
+    caches = []
+    with torch.no_grad():
+        for lay in (layout, None):
+            cache = new_cache()
+            prefill(model, prompt, cache, torch.device("cpu"), lay, chunk=4)
+            caches.append(cache)
+        for a, b in zip(*(c.layers for c in caches)):
+            assert a.keys.shape[-2] == 59 and a.view_start == 0
+            torch.testing.assert_close(a.keys, b.keys, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(a.values, b.values, atol=2e-5, rtol=1e-5)
+        tree = random_tree(np.random.default_rng(8), int(prompt[-1]))
+        logits, _ = verify_tree(model, layout, caches[0], tree, 59, False, torch.float32, torch.device("cpu"))
+        for node in range(len(tree)):
+            seq = prompt[:-1].tolist() + [int(tree.tokens[i]) for i in tree.path_to(node)]
+            torch.testing.assert_close(logits[node], model(input_ids=torch.tensor([seq])).logits[0, -1],
                                        atol=2e-4, rtol=1e-4)
 
 
