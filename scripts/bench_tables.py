@@ -191,6 +191,21 @@ def _dev(reports: list[dict]) -> str:
     return rows_to_table(head, rows)
 
 
+@table("long-prompts", "long-gemma3-raw.json", "long-smollm2-chat.json")
+def _long_prompts(reports: list[dict]) -> str:
+    head = ["model", "prompts", "prompt tokens (mean)", "`hf` tok/s", "`auto` tok/s", "/ `hf`", "tokens/pass",
+            "`auto`'s prefill, share of its time", "identical to `hf`"]
+    rows = []
+    for r in reports:
+        hf, auto = r["methods"]["hf"], r["methods"]["auto"]
+        n = r["n_prompts"]
+        rows.append([model_label(r), str(n), f"{auto['prompt_tokens'] / n:,.0f}", f"{hf['tokens_per_s']:.1f}",
+                     f"{auto['tokens_per_s']:.1f}", x(auto["speedup_vs_hf"]), f"{auto['mean_accepted']:.2f}",
+                     f"{auto['prefill_s']:.1f} s of {auto['wall_s']:.1f} s",
+                     "yes" if auto["identical_to_hf"] else "no"])
+    return rows_to_table(head, rows)
+
+
 @table("auto-choice", "smollm2-chat-fastpath-1t-sam-vs-fused.json", "gemma3-raw-fastpath-1t-sam-vs-fused.json")
 def _auto_choice(reports: list[dict]) -> str:
     titles = [f"{model_label(r)} ({r['n_prompts']} prompts, {r['torch_threads']} thread)" for r in reports]

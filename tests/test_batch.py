@@ -228,3 +228,41 @@ def test_batch_bench_cli_reports_every_batch_size(tiny_folder, tmp_path, monkeyp
                 assert m["new_tokens"] > 0 and m["tokens_per_s"] > 0
                 assert m["identical_to_hf"] is identical
         assert "| 4 | `ngram` |" in (tmp_path / "b.md").read_text()
+
+
+def test_windowed_batch_pass_equals_the_pass_over_every_slot(tiny_models):
+    """Rows of different lengths, all past the tiny Gemma 3's window (6): the batch pass hands its sliding layers
+    the slots from the first one some row's window reaches, and its logits are those of the pass over every slot."""
+    from draftless.engine.batch import prefill_batch, verify_batch
+    from draftless.engine.tree import DraftTree
+    from draftless.hf.attention import cut_sliding_mask, inspect_model
+    from draftless.hf.kv_cache import new_cache
+
+    model = tiny_models("gemma3")
+    layout = inspect_model(model)
+    rng = np.random.default_rng(11)
+    lengths, width = [21, 15, 26], 26
+    padded = np.zeros((3, width), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        padded[i, width - n:] = rng.integers(0, VOCAB, n)
+    trees = [DraftTree.from_paths(int(padded[i, -1]), [rng.integers(0, VOCAB, 4).tolist(),
+                                                        rng.integers(0, VOCAB, 2).tolist()]) for i in range(3)]
+    out = []
+    with torch.no_grad():
+        for windowed in (True, False):
+            batch = prefill_batch(model, layout, padded, [width - n for n in lengths], new_cache(), torch.float32,
+                                  torch.device("cpu"))
+            ends = batch.starts + np.array(lengths) - 1
+            if windowed:  # every row ends at slot 25 (left padding): the window (6) reaches back to slot 20
+                from draftless.hf.attention import batch_tree_mask
+                anc = torch.zeros(3, 7, 7, dtype=torch.bool)
+                anc[:, torch.arange(7), torch.arange(7)] = True
+                mask, _ = batch_tree_mask(layout, anc, torch.zeros(3, 7, dtype=torch.long),
+                                          torch.from_numpy(batch.starts), torch.from_numpy(ends), batch.width,
+                                          torch.float32)
+                assert batch.width == 25 and cut_sliding_mask(layout, mask, batch.width)[1] == 20
+            logits, _ = verify_batch(model, layout, batch, trees, ends, False, torch.float32, torch.device("cpu"),
+                                     windowed=windowed)
+            out.append(logits)
+    for i, tree in enumerate(trees):
+        torch.testing.assert_close(out[0][i, :len(tree)], out[1][i, :len(tree)], atol=2e-5, rtol=1e-5)

@@ -33,6 +33,8 @@ class MethodTotals:
     tree_nodes: int = 0
     draft_ms: float = 0.0
     verify_ms: float = 0.0
+    prefill_ms: float = 0.0
+    prompt_tokens: int = 0
     per_source: dict = field(default_factory=dict)
 
 
@@ -170,6 +172,8 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
                     bucket.tree_nodes += stats.tree_nodes
                     bucket.draft_ms += stats.draft_ms
                     bucket.verify_ms += stats.verify_ms
+                    bucket.prefill_ms += stats.prefill_ms
+                    bucket.prompt_tokens += stats.prompt_tokens
                     for src, s in stats.per_source.items():
                         acc = bucket.per_source.setdefault(src, [0, 0])
                         acc[0] += s.accepted
@@ -217,6 +221,8 @@ def run_bench(model, tokenizer, prompts: list[BenchPrompt], methods: list[str], 
             entry["draft_ms_per_step"] = round(t.draft_ms / t.passes, 4) if t.passes else 0.0
             entry["verify_ms_per_step"] = round(t.verify_ms / t.passes, 3) if t.passes else 0.0
             entry["step_ms"] = round(t.wall_s * 1000 / t.passes, 3) if t.passes else 0.0
+            entry["prefill_s"] = round(t.prefill_ms / 1000, 3)  # of wall_s: the prompts' prefills
+            entry["prompt_tokens"] = t.prompt_tokens
             entry["per_source"] = {s: {"accepted": a, "proposed": p, "acceptance": round(a / p, 4) if p else 0.0}
                                    for s, (a, p) in t.per_source.items()}
             if r.engine.adaptive:

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..hf.attention import AttentionLayout, batch_tree_mask, padded_prefill_mask
+from ..hf.attention import AttentionLayout, batch_tree_mask, cut_sliding_mask, padded_prefill_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import DecodingPlan, processors_for_row
-from ..hf.kv_cache import move_row_entries, new_cache, select_batch_rows
+from ..hf.kv_cache import move_row_entries, new_cache, select_batch_rows, windowed_layers, windowed_views
 from .protocol import Drafter, RequestInfo, begin_request, end_request
 from .step import RequestState, Step, new_row_state
 from .tree import DraftTree
@@ -79,14 +79,16 @@ def prefill_batch(model, layout: AttentionLayout, padded: np.ndarray, n_pad: lis
 
 
 def verify_batch(model, layout: AttentionLayout, batch: BatchState, trees: list[DraftTree], ends: np.ndarray,
-                 want_hidden: bool, dtype: torch.dtype, device: torch.device, on=None,
+                 want_hidden: bool, dtype: torch.dtype, device: torch.device, on=None, windowed: bool = True,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward over every active row's tree, padded to n = the largest tree's node count; appends the [b, n]
     nodes' keys/values at slots ``[width, width + n)``.
 
     ``on``: the context the forward runs under (the engine's ``VerificationPaths.context`` of the path for b * n
-    nodes; default: the model as it is). Returns logits float [b, n, V] (row i's node j predicts the token after
-    it; padding nodes' rows are garbage) and, when ``want_hidden``, last-layer hidden states float [b, n, H]."""
+    nodes; default: the model as it is). ``windowed``: sliding-window layers attend only from the first cached slot
+    that some row's window reaches (as ``generator.verify_tree``). Returns logits float [b, n, V] (row i's node j
+    predicts the token after it; padding nodes' rows are garbage) and, when ``want_hidden``, last-layer hidden
+    states float [b, n, H]."""
     b, n = len(trees), max(len(t) for t in trees)
     tokens = np.empty((b, n), dtype=np.int64)
     depths = np.zeros((b, n), dtype=np.int64)
@@ -101,7 +103,12 @@ def verify_batch(model, layout: AttentionLayout, batch: BatchState, trees: list[
     to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     mask, positions = batch_tree_mask(layout, to(ancestors), to(depths), to(batch.starts), to(ends), batch.width,
                                       dtype)
-    with on if on is not None else nullcontext():
+    # sliding-window layers attend from the first cached slot some row's window reaches (kv_cache.windowed_views)
+    layers = windowed_layers(batch.cache, layout.sliding_layers) if windowed else None
+    cut = 0
+    if layers is not None:
+        mask, cut = cut_sliding_mask(layout, mask, batch.width)
+    with windowed_views(layers, cut) if cut else nullcontext(), on if on is not None else nullcontext():
         out = model(input_ids=to(tokens), position_ids=positions, attention_mask=mask, use_cache=True,
                     output_hidden_states=want_hidden, **{cache_keyword(model): batch.cache})
     return out.logits, (out.hidden_states[-1] if want_hidden else None)

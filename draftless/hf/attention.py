@@ -242,6 +242,23 @@ def ragged_attention_mask(layout: AttentionLayout, allowed: torch.Tensor, query_
     return {kind: (sliding if kind == "sliding_attention" else full) for kind in layout.layer_types}
 
 
+def cut_sliding_mask(layout: AttentionLayout, masks, limit: int):
+    """``(masks, cut)``: ``masks`` (what ``ragged_attention_mask`` returns) with the sliding layers' mask less its
+    first ``cut`` key columns, ``cut`` being how many leading columns (at most ``limit``: the cached slots) that mask
+    blocks for every query of every row; ``(masks, 0)`` unchanged for a model without a sliding window. The pass
+    must then hand its sliding layers the keys from slot ``cut`` on (``kv_cache.windowed_views``)."""
+    if layout.sliding_window is None or layout.chain_only is not None:
+        return masks, 0
+    sliding = masks["sliding_attention"] if isinstance(masks, dict) else masks
+    seen = (sliding[..., :limit] == 0).flatten(0, -2).any(dim=0)  # [limit]: a key column some query sees
+    cut = int(seen.to(torch.int8).argmax()) if bool(seen.any()) else int(limit)
+    if cut == 0:
+        return masks, 0
+    if not isinstance(masks, dict):
+        return masks[..., cut:], cut
+    return {kind: (m[..., cut:] if kind == "sliding_attention" else m) for kind, m in masks.items()}, cut
+
+
 def padded_prefill_mask(layout: AttentionLayout, starts: torch.Tensor, length: int, dtype: torch.dtype):
     """Mask(s) and ``position_ids`` int64 [B, length] for a causal pass over a left-padded batch: row b's tokens
     are the slots [starts[b], length), at positions 0, 1, ... (transformers' ``cumsum(mask) - 1``).
