@@ -146,3 +146,34 @@ def test_mpt_prompt_past_its_alibi_table_is_refused():
     ids = torch.full((1, 300), 5)
     with pytest.raises(ValueError, match="learned positions for 256"):
         draftless.accelerate(model, drafter="ngram", cost_curve=FLAT_CURVE).generate(ids, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_sliding_window_families_prefill_and_verify_windowed(family):
+    """The other families with sliding windows (Mistral's on every layer, without ``layer_types``; Gemma 2's on
+    alternate layers, soft-capped): a prompt prefilled in windowed chunks leaves the cache one pass leaves, and a
+    windowed tree pass after it predicts what plain forwards of each node's sequence do."""
+    import numpy as np
+
+    from draftless.engine.generator import prefill, prefill_bounds, verify_tree
+    from draftless.engine.tree import DraftTree
+    from draftless.hf.attention import inspect_model
+    from draftless.hf.kv_cache import new_cache
+
+    model = tiny_family_model(family)
+    layout = inspect_model(model)
+    assert layout.sliding_window == 6 and layout.sliding_layers
+    prompt = np.random.default_rng(3).integers(1, VOCAB, 41).astype(np.int64)
+    assert len(prefill_bounds(layout, 40, chunk=4)) == 4
+    caches = [new_cache(), new_cache()]
+    with torch.no_grad():
+        prefill(model, prompt, caches[0], torch.device("cpu"), layout, chunk=4)
+        prefill(model, prompt, caches[1], torch.device("cpu"))
+        for a, b in zip(caches[0].layers, caches[1].layers):
+            torch.testing.assert_close(a.keys, b.keys, atol=2e-5, rtol=1e-5)
+        tree = DraftTree.from_paths(int(prompt[-1]), [[1, 2, 3, 4], [1, 5], [6, 7, 8]])
+        logits, _ = verify_tree(model, layout, caches[0], tree, 40, False, torch.float32, torch.device("cpu"))
+        for node in range(len(tree)):
+            seq = prompt[:-1].tolist() + [int(tree.tokens[i]) for i in tree.path_to(node)]
+            torch.testing.assert_close(logits[node], model(input_ids=torch.tensor([seq])).logits[0, -1],
+                                       atol=2e-4, rtol=1e-4)
