@@ -162,6 +162,9 @@ def _peer_categories(reports: list[dict]) -> str:
     return rows_to_table(head, rows)
 
 
+table("long-peer", "vllm-peer-long-gemma3-raw.json", "vllm-peer-long-smollm2-chat.json")(_peer)
+
+
 DEV = ("dev-smollm2-chat-greedy.json", "dev-smollm2-chat-sampled.json", "dev-gemma3-raw-greedy.json")
 
 
