@@ -155,7 +155,8 @@ def test_sliding_window_families_prefill_and_verify_windowed(family):
     windowed tree pass after it predicts what plain forwards of each node's sequence do."""
     import numpy as np
 
-    from draftless.engine.generator import prefill, prefill_bounds, verify_tree
+    from draftless.engine.generator import verify_tree
+    from draftless.engine.prefill import prefill, prefill_bounds
     from draftless.engine.tree import DraftTree
     from draftless.hf.attention import inspect_model
     from draftless.hf.kv_cache import new_cache

@@ -233,7 +233,8 @@ def test_batch_bench_cli_reports_every_batch_size(tiny_folder, tmp_path, monkeyp
 def test_windowed_batch_pass_equals_the_pass_over_every_slot(tiny_models):
     """Rows of different lengths, all past the tiny Gemma 3's window (6): the batch pass hands its sliding layers
     the slots from the first one some row's window reaches, and its logits are those of the pass over every slot."""
-    from draftless.engine.batch import prefill_batch, verify_batch
+    from draftless.engine.batch import BatchState, verify_batch
+    from draftless.engine.prefill import prefill_batch
     from draftless.engine.tree import DraftTree
     from draftless.hf.attention import cut_sliding_mask, inspect_model
     from draftless.hf.kv_cache import new_cache
@@ -250,8 +251,10 @@ def test_windowed_batch_pass_equals_the_pass_over_every_slot(tiny_models):
     out = []
     with torch.no_grad():
         for windowed in (True, False):
-            batch = prefill_batch(model, layout, padded, [width - n for n in lengths], new_cache(), torch.float32,
-                                  torch.device("cpu"))
+            cache = new_cache()
+            starts = prefill_batch(model, layout, padded, [width - n for n in lengths], cache, torch.float32,
+                                   torch.device("cpu"))
+            batch = BatchState(cache=cache, active=[0, 1, 2], starts=starts, width=width - 1)
             ends = batch.starts + np.array(lengths) - 1
             if windowed:  # every row ends at slot 25 (left padding): the window (6) reaches back to slot 20
                 from draftless.hf.attention import batch_tree_mask
@@ -266,3 +269,30 @@ def test_windowed_batch_pass_equals_the_pass_over_every_slot(tiny_models):
             out.append(logits)
     for i, tree in enumerate(trees):
         torch.testing.assert_close(out[0][i, :len(tree)], out[1][i, :len(tree)], atol=2e-5, rtol=1e-5)
+
+
+def test_long_batches_on_sliding_models_prefill_in_windowed_chunks(tiny_models):
+    """Left-padded rows of 50, 23 and 8 tokens (one padded past whole chunks), chunks of 12 columns whose sliding
+    layers see only their window: the cache holds what one pass leaves at every real slot."""
+    from draftless.engine.prefill import prefill_batch, prefill_bounds
+    from draftless.hf.attention import inspect_model
+    from draftless.hf.kv_cache import new_cache
+
+    model = tiny_models("gemma3")
+    layout = inspect_model(model)
+    lengths, width = [50, 23, 8], 50
+    rng = np.random.default_rng(12)
+    padded = np.zeros((3, width), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        padded[i, width - n:] = rng.integers(1, VOCAB, n)
+    n_pad = [width - n for n in lengths]
+    assert prefill_bounds(layout, width - 1, chunk=4) == [12, 24, 36, 48, 49]
+    caches = [new_cache(), new_cache()]
+    with torch.no_grad():
+        prefill_batch(model, layout, padded, n_pad, caches[0], torch.float32, torch.device("cpu"), chunk=4)
+        prefill_batch(model, layout, padded, n_pad, caches[1], torch.float32, torch.device("cpu"), chunk=10_000)
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        assert a.keys.shape == b.keys.shape == (3, 2, 49, 16)
+        for row, start in enumerate(n_pad):  # padding slots hold garbage that no real token reads
+            torch.testing.assert_close(a.keys[row, :, start:], b.keys[row, :, start:], atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(a.values[row, :, start:], b.values[row, :, start:], atol=2e-5, rtol=1e-5)

@@ -154,7 +154,7 @@ def test_gemma3_long_prompt_greedy_identical():
     import json
     from pathlib import Path
 
-    from draftless.engine.generator import prefill_bounds
+    from draftless.engine.prefill import prefill_bounds
     from draftless.hf.attention import inspect_model
     from draftless.hf.loading import load_model
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import ARCHS, VOCAB, make_tiny_model
 
-from draftless.engine.generator import prefill, prefill_bounds, verify_tree
+from draftless.engine.generator import verify_tree
+from draftless.engine.prefill import prefill, prefill_bounds
 from draftless.engine.tree import DraftTree
 from draftless.hf.attention import UnsupportedModel, inspect_model, tree_attention_mask, window_start
 from draftless.hf.compat import cache_keyword

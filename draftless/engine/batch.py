@@ -5,8 +5,9 @@ processors, stopping rule, stats), its own drafter (one instance per row, so dra
 own tree each step, drafted, accepted, committed and learnt from through the same ``Step`` (``step.py``). What the
 rows share is the model pass and one KV cache:
 
-- **prefill**: one causal pass over the padded prompts minus their last token, padding masked and positions
-  counted from each row's first real token (``hf/attention.py``, ``padded_prefill_mask``);
+- **prefill**: a causal pass over the padded prompts minus their last token, padding masked and positions
+  counted from each row's first real token (``prefill.py``, ``prefill_batch``; in chunks for a long batch on a model
+  with sliding-window layers);
 - **verify** (``verify_batch``): the b active rows' trees padded to one node count n (a padding node sees only
   itself and is never accepted) go through the model as [b, n] ids with per-row ``position_ids`` and a 4-D mask
   [b, 1, n, width + n];
@@ -35,10 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..hf.attention import AttentionLayout, batch_tree_mask, cut_sliding_mask, padded_prefill_mask
+from ..hf.attention import AttentionLayout, batch_tree_mask, cut_sliding_mask
 from ..hf.compat import cache_keyword
 from ..hf.generation import DecodingPlan, processors_for_row
 from ..hf.kv_cache import move_row_entries, new_cache, select_batch_rows, windowed_layers, windowed_views
+from .prefill import prefill_batch
 from .protocol import Drafter, RequestInfo, begin_request, end_request
 from .step import RequestState, Step, new_row_state
 from .tree import DraftTree
@@ -62,20 +64,6 @@ class BatchState:
     def ends(self, rows: list[RequestState]) -> np.ndarray:
         """int64[b]: the slot after each active row's last committed entry."""
         return self.starts + np.array([rows[r].prefix_len for r in self.active], dtype=np.int64)
-
-
-def prefill_batch(model, layout: AttentionLayout, padded: np.ndarray, n_pad: list[int], cache,
-                  dtype: torch.dtype, device: torch.device) -> BatchState:
-    """Run every row's prompt minus its last token (``padded``: int64 [B, P], row b with ``n_pad[b]`` leading
-    padding ids) through ``model`` into ``cache`` in one pass; the last tokens are the first trees' roots."""
-    batch, length = padded.shape
-    starts = np.asarray(n_pad, dtype=np.int64)
-    if length > 1:
-        ids = torch.from_numpy(padded[:, :-1]).to(device)
-        mask, positions = padded_prefill_mask(layout, torch.from_numpy(starts).to(device), length - 1, dtype)
-        model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1,
-              **{cache_keyword(model): cache})
-    return BatchState(cache=cache, active=list(range(batch)), starts=starts, width=length - 1)
 
 
 def verify_batch(model, layout: AttentionLayout, batch: BatchState, trees: list[DraftTree], ends: np.ndarray,
@@ -155,7 +143,9 @@ def run_batch(engine, padded: np.ndarray, n_pad: list[int], plan: DecodingPlan, 
     if all(r.finished for r in rows):  # the token limit leaves nothing to generate
         return rows
     t0 = time.perf_counter()
-    batch = prefill_batch(engine.model, engine.layout, padded, n_pad, new_cache(), engine.dtype, engine.device)
+    cache = new_cache()
+    starts = prefill_batch(engine.model, engine.layout, padded, n_pad, cache, engine.dtype, engine.device)
+    batch = BatchState(cache=cache, active=list(range(len(rows))), starts=starts, width=padded.shape[1] - 1)
     prefill_ms = (time.perf_counter() - t0) * 1000 / len(rows)
     for state, drafter in zip(rows, drafters):
         state.stats.prefill_ms = prefill_ms

@@ -37,6 +37,7 @@ from .batch import run_batch
 from .calibration import Calibrator
 from .cost_curve import CostCurve, cost_curve_for
 from .observed_costs import ObservedCosts
+from .prefill import prefill
 from .processing import StopRule
 from .protocol import Drafter, RequestInfo, begin_request, end_request
 from .shared_state import SharedState
@@ -59,50 +60,6 @@ class GenerationResult:
     new_tokens: list
     stats: GenerationStats = field(default_factory=GenerationStats)
     row_stats: list[GenerationStats] = field(default_factory=list)
-
-
-# A long prompt on a model with sliding-window layers is prefilled in chunks of at least this many tokens (and of at
-# least two windows): each chunk after the first hands the sliding layers only the keys inside their window
-# (``windowed_views``), where one pass over the whole prompt has them attend over all of it with a mask. Measured on
-# Gemma 3 270M (window 512, 2 threads): a 2,700-token prompt 5.2 s against 6.8 s in one pass; at 1,100 tokens
-# chunks did not pay, hence ``WINDOWED_PREFILL_MIN_CHUNKS``.
-WINDOWED_PREFILL_CHUNK = 1024
-WINDOWED_PREFILL_MIN_CHUNKS = 2
-
-
-def prefill_bounds(layout: AttentionLayout | None, n_tokens: int, chunk: int = WINDOWED_PREFILL_CHUNK) -> list[int]:
-    """Where the chunks of an ``n_tokens``-token prefill end (ascending, the last is ``n_tokens``): one chunk unless
-    the model has sliding-window layers and the prompt is more than ``WINDOWED_PREFILL_MIN_CHUNKS`` chunks of
-    ``max(chunk, 2 * window)`` tokens long."""
-    if layout is None or not layout.sliding_layers or layout.chain_only is not None:
-        return [n_tokens]
-    chunk = max(int(chunk), 2 * int(layout.sliding_window))
-    if n_tokens <= WINDOWED_PREFILL_MIN_CHUNKS * chunk:
-        return [n_tokens]
-    return list(range(chunk, n_tokens, chunk)) + [n_tokens]
-
-
-def prefill(model, prompt: np.ndarray, cache, device: torch.device, layout: AttentionLayout | None = None,
-            chunk: int = WINDOWED_PREFILL_CHUNK) -> None:
-    """Run ``prompt[:-1]`` (int64[P]) through ``model`` into ``cache``; the last prompt token is left for the first
-    tree's root. Only the last position's logits are computed (and dropped). With ``layout`` (the model's), a long
-    prompt on a model with sliding-window layers goes in chunks (``prefill_bounds``)."""
-    if len(prompt) <= 1:
-        return
-    tokens = torch.from_numpy(prompt[:-1]).to(device)[None]
-    bounds = prefill_bounds(layout, tokens.shape[1], chunk)
-    model(input_ids=tokens[:, : bounds[0]], **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        n = end - start
-        sliding_from = window_start(layout, start)
-        layers = windowed_layers(cache, layout.sliding_layers)
-        if layers is None:
-            sliding_from = 0
-        mask = tree_attention_mask(layout, np.tril(np.ones((n, n), dtype=bool)), np.arange(n), start,
-                                   next(model.parameters()).dtype, device, sliding_from=sliding_from)
-        with windowed_views(layers, sliding_from) if sliding_from else nullcontext():
-            model(input_ids=tokens[:, start:end], position_ids=torch.arange(start, end, device=device)[None],
-                  attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
 
 
 def verify_tree(model, layout: AttentionLayout, cache, tree: DraftTree, prefix_len: int, want_hidden: bool,

@@ -259,19 +259,23 @@ def cut_sliding_mask(layout: AttentionLayout, masks, limit: int):
     return {kind: (m[..., cut:] if kind == "sliding_attention" else m) for kind, m in masks.items()}, cut
 
 
-def padded_prefill_mask(layout: AttentionLayout, starts: torch.Tensor, length: int, dtype: torch.dtype):
-    """Mask(s) and ``position_ids`` int64 [B, length] for a causal pass over a left-padded batch: row b's tokens
-    are the slots [starts[b], length), at positions 0, 1, ... (transformers' ``cumsum(mask) - 1``).
+def padded_prefill_mask(layout: AttentionLayout, starts: torch.Tensor, length: int, dtype: torch.dtype,
+                        first: int = 0):
+    """Mask(s) and ``position_ids`` int64 [B, length - first] for a causal pass over a left-padded batch: row b's
+    tokens are the slots [starts[b], length), at positions 0, 1, ... (transformers' ``cumsum(mask) - 1``); the pass
+    computes the queries of slots [first, length) (a chunk, the slots before it already cached) over the keys of
+    slots [0, length).
 
     ``starts``: int64 [B] (the rows' padding lengths). A padding query sees only itself (its output is never read,
     and its key is never seen by a real token)."""
     slots = torch.arange(length, device=starts.device)
+    queries = slots[first:]
     real = slots[None, :] >= starts[:, None]  # [B, length]
-    causal = slots[None, :] <= slots[:, None]  # [length(query), length(key)]
+    causal = slots[None, :] <= queries[:, None]  # [length - first (query), length (key)]
     allowed = causal[None] & real[:, None, :]
-    allowed |= torch.eye(length, dtype=torch.bool, device=starts.device)[None]
+    allowed |= (slots[None, :] == queries[:, None])[None]
     positions = (slots[None, :] - starts[:, None]).clamp_min(0)
-    return ragged_attention_mask(layout, allowed, positions, positions, dtype), positions
+    return ragged_attention_mask(layout, allowed, positions[:, first:], positions, dtype), positions[:, first:]
 
 
 def batch_tree_mask(layout: AttentionLayout, ancestors: torch.Tensor, depths: torch.Tensor, starts: torch.Tensor,
