@@ -236,7 +236,7 @@ def test_windowed_batch_pass_equals_the_pass_over_every_slot(tiny_models):
     from draftless.engine.batch import BatchState, verify_batch
     from draftless.engine.prefill import prefill_batch
     from draftless.engine.tree import DraftTree
-    from draftless.hf.attention import cut_sliding_mask, inspect_model
+    from draftless.hf.attention import batch_tree_mask, cut_sliding_mask, inspect_model
     from draftless.hf.kv_cache import new_cache
 
     model = tiny_models("gemma3")
@@ -257,7 +257,6 @@ def test_windowed_batch_pass_equals_the_pass_over_every_slot(tiny_models):
             batch = BatchState(cache=cache, active=[0, 1, 2], starts=starts, width=width - 1)
             ends = batch.starts + np.array(lengths) - 1
             if windowed:  # every row ends at slot 25 (left padding): the window (6) reaches back to slot 20
-                from draftless.hf.attention import batch_tree_mask
                 anc = torch.zeros(3, 7, 7, dtype=torch.bool)
                 anc[:, torch.arange(7), torch.arange(7)] = True
                 mask, _ = batch_tree_mask(layout, anc, torch.zeros(3, 7, dtype=torch.long),
